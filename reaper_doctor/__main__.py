@@ -1,0 +1,5 @@
+"""`python -m reaper_doctor` runs the command line."""
+
+from reaper_doctor.cli import main
+
+main()

@@ -1,0 +1,129 @@
+"""Spawn real processes for tests and always reap them.
+
+Every helper here registers what it starts before doing anything else with
+it, so a failing assertion still leaves nothing behind (ground rule 2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+# A child that never reaps: it forks the given zombies and then sleeps. Each
+# spec is an exit code, or "sig:N" for a child that kills itself with signal N.
+ZOMBIE_PARENT = r"""
+import os, signal, sys, time
+specs = sys.argv[1:]
+for spec in specs:
+    pid = os.fork()
+    if pid == 0:
+        if spec.startswith("sig:"):
+            os.kill(os.getpid(), int(spec[4:]))
+        os._exit(int(spec))
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 10.0,
+               interval_s: float = 0.02, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def zombie_children(pid: int) -> list[int]:
+    """PIDs of `pid`'s children that are zombies, read from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        rest = raw[raw.rfind(b")") + 2:].split()
+        if int(rest[1]) == pid and rest[0] == b"Z":
+            found.append(int(entry))
+    return found
+
+
+def reap(proc: subprocess.Popen, timeout_s: float = 5.0) -> None:
+    """End `proc` and its process group: SIGTERM, wait, SIGKILL, wait."""
+    if proc.poll() is None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig) if _own_group(proc) else proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=timeout_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def _own_group(proc: subprocess.Popen) -> bool:
+    try:
+        return os.getpgid(proc.pid) == proc.pid
+    except ProcessLookupError:
+        return False
+
+
+class Spawner:
+    """Starts Python children (each in its own process group) and reaps them all."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def python(self, code: str, *args: str, wait_for_line: str | None = "ready",
+               **popen: Any) -> subprocess.Popen:
+        """Run `code` with `python -c`; wait for its first stdout line if asked."""
+        proc = subprocess.Popen([sys.executable, "-c", code, *args],
+                                stdout=subprocess.PIPE, text=True,
+                                start_new_session=True, **popen)
+        self.started.append(proc)
+        if wait_for_line is not None:
+            line = proc.stdout.readline() if proc.stdout else ""
+            assert line.strip() == wait_for_line, f"child said {line!r}"
+        return proc
+
+    def zombie_parent(self, *specs: str) -> subprocess.Popen:
+        """A live parent holding one unreaped zombie per spec (see ZOMBIE_PARENT)."""
+        proc = self.python(ZOMBIE_PARENT, *specs)
+        wait_until(lambda: len(zombie_children(proc.pid)) == len(specs),
+                   what=f"{len(specs)} zombies under {proc.pid}")
+        return proc
+
+    def reap_all(self) -> None:
+        for proc in reversed(self.started):
+            reap(proc)
+        self.started.clear()
+
+
+def run_cli(*args: str, timeout_s: float = 60.0, **popen: Any) -> subprocess.CompletedProcess:
+    """Run the real command line (`python -m reaper_doctor`) as a subprocess."""
+    return subprocess.run([sys.executable, "-m", "reaper_doctor", *args],
+                          capture_output=True, text=True, timeout=timeout_s, **popen)
+
+
+def run_json(*args: str, **kw: Any) -> tuple[int, dict]:
+    """Run the CLI with `--json`; return its exit code and parsed document."""
+    result = run_cli(*args, "--json", **kw)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, json.loads(result.stdout)
