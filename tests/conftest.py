@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import Spawner
+from helpers import Spawner, become_subreaper
+
+# Orphans of the test children (zombies a killed parent leaves) come to the
+# test process, which reaps them, instead of lingering under PID 1.
+become_subreaper()
 
 
 @pytest.fixture

@@ -85,6 +85,36 @@ def _own_group(proc: subprocess.Popen) -> bool:
         return False
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process a child subreaper, so orphans of our children (the
+    zombies a killed test parent leaves) come to us to be reaped instead of
+    waiting on PID 1. False where prctl is not available."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_adopted(keep: set[int] = frozenset()) -> int:
+    """Reap zombie children of this process that no Popen owns; return how many."""
+    reaped = 0
+    for pid in zombie_children(os.getpid()):
+        if pid in keep:
+            continue
+        try:
+            os.waitpid(pid, 0)
+            reaped += 1
+        except ChildProcessError:
+            pass
+    return reaped
+
+
 class Spawner:
     """Starts Python children (each in its own process group) and reaps them all."""
 
@@ -114,6 +144,7 @@ class Spawner:
         for proc in reversed(self.started):
             reap(proc)
         self.started.clear()
+        reap_adopted()
 
 
 def run_cli(*args: str, timeout_s: float = 60.0, **popen: Any) -> subprocess.CompletedProcess:
