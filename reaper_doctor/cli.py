@@ -114,3 +114,59 @@ no_color_option = click.option(
                       message="%(prog)s %(version)s")
 def main() -> None:
     """Find, explain and reproduce zombie and file-descriptor leaks."""
+
+
+class GraceType(click.ParamType):
+    """A non-negative number of seconds."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise OneLineBadParameter(f"--grace must be a number of seconds, not {value!r}") from None
+        if not 0 <= seconds <= 3600 or seconds != seconds:
+            raise OneLineBadParameter(f"--grace must be between 0 and 3600 seconds, not {value!r}")
+        return seconds
+
+
+@main.command()
+@click.argument("pids", nargs=-1, type=PidType())
+@click.option("--grace", "grace_s", type=GraceType(), default=1.0, show_default=True,
+              help="Seconds between the two samples; a zombie counts only if the same PID "
+                   "is a zombie in both. 0: one sample, no persistence check.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Output format.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--list-fds", is_flag=True, help="JSON: include every descriptor (fd, link).")
+@no_color_option
+def scan(pids: tuple[int, ...], grace_s: float, fmt: str, as_json: bool, list_fds: bool,
+         no_color: bool) -> int:
+    """Snapshot and diagnose PIDS and their descendants.
+
+    Shows the process tree, zombies grouped by parent with their exit
+    status, each parent's SIGCHLD disposition, open descriptors by kind, and
+    usage against ulimit -n, ulimit -u and the pids cgroup; then the
+    findings. Exit 0: no finding of severity warning or worse; 1: at least
+    one; 2: bad input.
+    """
+    from .scan import ProcessGone, scan as run_scan
+
+    if not pids:
+        die("give at least one PID (the whole-machine census is not available yet)")
+    if as_json:
+        fmt = "json"
+    try:
+        report = run_scan(list(dict.fromkeys(pids)), grace_s=grace_s, with_fd_list=list_fds)
+    except ProcessGone as gone:
+        die(str(gone))
+    if fmt == "json":
+        from .render.json import render_json
+
+        click.echo(render_json(report), nl=False)
+    else:
+        from .render.text import render_text
+
+        click.echo(render_text(report, color=use_color(no_color)), nl=False)
+    return report.exit_code

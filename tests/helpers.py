@@ -147,9 +147,18 @@ class Spawner:
         reap_adopted()
 
 
+def cli_argv() -> list[str]:
+    """The installed `reaper-doctor` entry point beside this Python, or
+    `python -m reaper_doctor` in a checkout that is not installed."""
+    script = os.path.join(os.path.dirname(sys.executable), "reaper-doctor")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-m", "reaper_doctor"]
+
+
 def run_cli(*args: str, timeout_s: float = 60.0, **popen: Any) -> subprocess.CompletedProcess:
-    """Run the real command line (`python -m reaper_doctor`) as a subprocess."""
-    return subprocess.run([sys.executable, "-m", "reaper_doctor", *args],
+    """Run the real command line as a subprocess."""
+    return subprocess.run([*cli_argv(), *args],
                           capture_output=True, text=True, timeout=timeout_s, **popen)
 
 

@@ -1,0 +1,543 @@
+"""The sole reader of the operating system: /proc (and psutil elsewhere)
+into a Snapshot.
+
+Hot paths read /proc directly with os.open/os.read: psutil's children()
+builds a Process object per child (3x a raw scan with 2,000 zombies),
+its rlimit() fails on other users' processes without CAP_SYS_RESOURCE,
+it has no signal masks, and net_connections() parses the whole socket
+table once per process (linux-facts sections 2, 7, 10). Errors become
+data: a field we may not read is recorded as Unreadable, a process that
+vanishes mid-read is dropped from the sample.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from . import procfs
+from .model import (
+    FdTable, LimitUsage, NprocUsage, PidsCgroup, ProcessInfo, Snapshot, SocketFd, Unreadable,
+)
+
+PROC = "/proc"
+CAP_SYS_ADMIN = 21
+CAP_SYS_RESOURCE = 24
+
+
+class ProcessGone(Exception):
+    """The process does not exist (any more)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"no process with PID {pid}")
+        self.pid = pid
+
+
+def read_bytes(path: str) -> bytes:
+    """Read a whole (proc) file with os.open/os.read: no buffering layers."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8", "replace")
+
+
+def has_procfs() -> bool:
+    return os.path.exists(f"{PROC}/self/stat")
+
+
+# ----------------------------------------------------------------------------
+# The process table
+
+
+@dataclass
+class TaskBrief:
+    """Just enough of every process on the machine: ppid, real uid, threads."""
+
+    ppid: int
+    uid: int | None
+    threads: int
+    state: str
+
+
+def _brief_field(raw: bytes, key: bytes) -> bytes | None:
+    start = raw.find(key)
+    if start < 0:
+        return None
+    start += len(key)
+    end = raw.find(b"\n", start)
+    return raw[start:end if end >= 0 else None].strip()
+
+
+def process_table() -> dict[int, TaskBrief]:
+    """ppid, real uid, threads and state of every process, from one read of
+    each /proc/<pid>/status (searched, not fully parsed: this runs over
+    thousands of processes)."""
+    table: dict[int, TaskBrief] = {}
+    for entry in os.listdir(PROC):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = read_bytes(f"{PROC}/{entry}/status")
+        except OSError:
+            continue  # exited since listdir
+        ppid = _brief_field(raw, b"\nPPid:")
+        threads = _brief_field(raw, b"\nThreads:")
+        uid = _brief_field(raw, b"\nUid:")
+        state = _brief_field(raw, b"\nState:")
+        if ppid is None:
+            continue
+        table[int(entry)] = TaskBrief(
+            ppid=int(ppid), uid=int(uid.split()[0]) if uid else None,
+            threads=int(threads) if threads else 1,
+            state=state[:1].decode() if state else "?")
+    return table
+
+
+def descendants(table: dict[int, TaskBrief], root: int) -> list[int]:
+    """`root` and every process below it, parents before children."""
+    children: dict[int, list[int]] = {}
+    for pid, brief in table.items():
+        children.setdefault(brief.ppid, []).append(pid)
+    order, stack = [], [root]
+    seen = set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        order.append(pid)
+        stack.extend(sorted(children.get(pid, ()), reverse=True))
+    return order
+
+
+# ----------------------------------------------------------------------------
+# One process
+
+
+@dataclass
+class _Context:
+    """What one sample shares across processes: clock, tables, errors."""
+
+    uptime_s: float
+    clock_ticks: int
+    is_root: bool
+    my_uid: int
+    with_fd_list: bool = False
+    unreadable: list[Unreadable] = field(default_factory=list)
+    socket_tables: dict[str, dict[int, procfs.SocketRow] | None] = field(default_factory=dict)
+    unix_inodes: dict[str, set[int]] = field(default_factory=dict)
+
+    def note(self, pid: int, what: str, err: BaseException | str) -> None:
+        reason = err if isinstance(err, str) else _reason(err)
+        self.unreadable.append(Unreadable(pid, what, reason))
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, PermissionError):
+        return "permission denied"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror.lower()
+    return str(err) or type(err).__name__
+
+
+def _new_context(with_fd_list: bool = False) -> _Context:
+    try:
+        uptime_s = float(read_text(f"{PROC}/uptime").split()[0])
+    except OSError:
+        uptime_s = 0.0
+    return _Context(uptime_s=uptime_s, clock_ticks=os.sysconf("SC_CLK_TCK"),
+                    is_root=os.geteuid() == 0, my_uid=os.geteuid(),
+                    with_fd_list=with_fd_list)
+
+
+def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
+                  *, wants_sigchld: bool) -> ProcessInfo:
+    """Read one process. Raises ProcessGone if it has vanished."""
+    base = f"{PROC}/{pid}"
+    try:
+        st = procfs.parse_stat(read_bytes(f"{base}/stat"))
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessGone(pid) from None
+    except OSError as e:
+        raise ProcessGone(pid) from e
+    uid = brief.uid if brief else None
+    is_zombie = st.state == "Z"
+    exit_status = None
+    if is_zombie:
+        # The kernel shows 0 to a reader that may not ptrace-read the zombie
+        # (linux-facts 1): only root or the same UID can trust a 0.
+        hidden = not ctx.is_root and uid is not None and uid != ctx.my_uid
+        exit_status = procfs.decode_wait_status(st.exit_code, may_be_hidden=hidden)
+    cmdline: tuple[str, ...] | None = None
+    num_fds: int | None = None
+    sigchld: str | None = None
+    pending = False
+    if not is_zombie:
+        try:
+            raw = read_bytes(f"{base}/cmdline")
+            cmdline = tuple(a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0")) if raw else ()
+        except (FileNotFoundError, ProcessLookupError):
+            raise ProcessGone(pid) from None
+        except OSError as e:
+            ctx.note(pid, "cmdline", e)
+        if wants_sigchld:
+            sigchld, pending = _sigchld(pid, ctx, st.threads)
+    age = None
+    if ctx.uptime_s:
+        age = max(0.0, ctx.uptime_s - st.start_ticks / ctx.clock_ticks)
+    return ProcessInfo(pid=pid, ppid=st.ppid, name=st.comm, state=st.state,
+                       start_ticks=st.start_ticks, age_s=age, threads=st.threads,
+                       uid=uid, cmdline=cmdline, num_fds=num_fds, exit_status=exit_status,
+                       sigchld=sigchld, sigchld_pending=pending)
+
+
+def _sigchld(pid: int, ctx: _Context, threads: int) -> tuple[str | None, bool]:
+    """SIGCHLD disposition from the status masks; SigBlk is per thread, so
+    every task is checked when there is more than one (linux-facts 2)."""
+    try:
+        status = procfs.parse_status(read_text(f"{PROC}/{pid}/status"))
+    except OSError as e:
+        ctx.note(pid, "sigchld", e)
+        return None, False
+    if not status.has_sig_masks:
+        ctx.note(pid, "sigchld", "no Sig* lines in /proc/<pid>/status")
+        return None, False
+    blocked = False
+    if threads > 1:
+        try:
+            for tid in os.listdir(f"{PROC}/{pid}/task"):
+                text = read_text(f"{PROC}/{pid}/task/{tid}/status")
+                if (procfs.parse_status(text).sig_blk or 0) & procfs.SIGCHLD_BIT:
+                    blocked = True
+                    break
+        except OSError:
+            pass  # a thread exited mid-walk: the process-level mask still counts
+    pending = bool((status.shd_pnd or 0) & procfs.SIGCHLD_BIT)
+    return procfs.sigchld_disposition(status, any_thread_blocks=blocked), pending
+
+
+# ----------------------------------------------------------------------------
+# Descriptors
+
+
+def _netns_key(pid: int) -> str:
+    try:
+        return os.readlink(f"{PROC}/{pid}/ns/net")
+    except OSError:
+        return f"pid:{pid}"
+
+
+def _socket_table(pid: int, ctx: _Context) -> tuple[dict[int, procfs.SocketRow], set[int]]:
+    """The inet and unix socket tables of `pid`'s network namespace, read
+    once per namespace per sample and shared (linux-facts 10)."""
+    key = _netns_key(pid)
+    if key not in ctx.socket_tables:
+        rows: dict[int, procfs.SocketRow] = {}
+        for proto in ("tcp", "tcp6", "udp", "udp6"):
+            try:
+                text = read_text(f"{PROC}/{pid}/net/{proto}")
+            except OSError:
+                continue
+            for row in procfs.parse_inet_table(text, proto):
+                rows[row.inode] = row
+        try:
+            unix = procfs.parse_unix_inodes(read_text(f"{PROC}/{pid}/net/unix"))
+        except OSError:
+            unix = set()
+        ctx.socket_tables[key] = rows
+        ctx.unix_inodes[key] = unix
+    return ctx.socket_tables[key] or {}, ctx.unix_inodes[key]
+
+
+def _path_kind(fd_path: str) -> str:
+    try:
+        mode = os.stat(fd_path).st_mode
+    except OSError:
+        return "file"
+    if stat_mod.S_ISREG(mode):
+        return "file"
+    if stat_mod.S_ISDIR(mode):
+        return "directory"
+    if stat_mod.S_ISCHR(mode) or stat_mod.S_ISBLK(mode):
+        return "device"
+    if stat_mod.S_ISFIFO(mode):
+        return "fifo"
+    return "file"
+
+
+TOP_PATHS = 5
+
+
+def read_fds(pid: int, ctx: _Context) -> FdTable | None:
+    """Every descriptor of `pid` by kind: one readlink per fd (about 5 us each)."""
+    fd_dir = f"{PROC}/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessGone(pid) from None
+    except OSError as e:
+        ctx.note(pid, "fds", e)
+        return None
+    kinds: Counter[str] = Counter()
+    paths: Counter[str] = Counter()
+    sockets: list[SocketFd] = []
+    unlisted: list[tuple[int, int]] = []
+    listed: list[tuple[int, str]] = []
+    unreadable = 0
+    table: dict[int, procfs.SocketRow] | None = None
+    unix: set[int] = set()
+    for name in names:
+        try:
+            link = os.readlink(f"{fd_dir}/{name}")
+        except FileNotFoundError:
+            continue  # closed since listdir
+        except OSError:
+            unreadable += 1
+            continue
+        kind, inode = procfs.fd_link_kind(link)
+        if ctx.with_fd_list:
+            listed.append((int(name), link))
+        if kind == "path":
+            kind = _path_kind(f"{fd_dir}/{name}")
+            if kind == "file":
+                paths[link] += 1
+        elif kind == "socket" and inode is not None:
+            if table is None:
+                table, unix = _socket_table(pid, ctx)
+            row = table.get(inode)
+            if row is not None:
+                kind = row.proto.rstrip("6")
+                sockets.append(SocketFd(int(name), inode, row.proto, row.local, row.remote,
+                                        row.state, row.rx_queue, row.tx_queue))
+            elif inode in unix:
+                kind = "unix"
+            else:
+                # A socket in no table: TCP CLOSE after shutdown(), or a
+                # protocol we do not list (netlink, packet). Invisible to ss.
+                kind = "socket"
+                unlisted.append((int(name), inode))
+        kinds[kind] += 1
+    if unreadable:
+        ctx.note(pid, "fd links", f"{unreadable} descriptor links unreadable (counted, kind unknown)")
+        kinds["unknown"] += unreadable
+    return FdTable(open=sum(kinds.values()), by_kind=dict(kinds),
+                   top_paths=tuple(paths.most_common(TOP_PATHS)),
+                   sockets=tuple(sorted(sockets, key=lambda s: s.fd)),
+                   unlisted_socket_fds=tuple(sorted(unlisted)),
+                   listed=tuple(sorted(listed)), unreadable_links=unreadable)
+
+
+# ----------------------------------------------------------------------------
+# Limits
+
+
+def _limits(pid: int, ctx: _Context) -> dict[str, tuple[int | None, int | None]] | None:
+    # /proc/<pid>/limits is 0444; psutil's rlimit() (prlimit) fails on other
+    # users' processes without CAP_SYS_RESOURCE (linux-facts 7).
+    try:
+        return procfs.parse_limits(read_text(f"{PROC}/{pid}/limits"))
+    except OSError as e:
+        ctx.note(pid, "limits", e)
+        return None
+
+
+def _nproc(pid: int, target: ProcessInfo, table: dict[int, TaskBrief],
+           limits: dict[str, tuple[int | None, int | None]] | None,
+           ctx: _Context) -> NprocUsage | None:
+    """Tasks (threads and zombies count) of the target's real UID against
+    its soft RLIMIT_NPROC (linux-facts 6)."""
+    uid = target.uid
+    if uid is None:
+        return None
+    used = sum(b.threads for b in table.values() if b.uid == uid)
+    soft, hard = (limits or {}).get("Max processes", (None, None))
+    enforced = uid != 0
+    if enforced:
+        try:
+            cap_eff = procfs.parse_status(read_text(f"{PROC}/{pid}/status")).cap_eff or 0
+            if cap_eff & ((1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_RESOURCE)):
+                enforced = False
+        except OSError:
+            pass
+    return NprocUsage(used=used, soft=soft, hard=hard, uid=uid, enforced=enforced)
+
+
+def _cgroup_file_int(path: str) -> int | None:
+    try:
+        text = read_text(path).strip()
+    except OSError:
+        return None
+    return None if text == "max" or not text.lstrip("-").isdigit() else int(text)
+
+
+def pids_cgroup(pid: int, ctx: _Context) -> PidsCgroup | None:
+    """The pids cgroup (v1 or v2) of `pid`, walking up to the mount root:
+    the ancestor nearest its limit wins, as a limit anywhere above applies.
+    A missing pids.max (the root cgroup) means no limit (linux-facts 9)."""
+    try:
+        lines = procfs.parse_cgroup(read_text(f"{PROC}/{pid}/cgroup"))
+        mounts = procfs.parse_mountinfo(read_text(f"{PROC}/self/mountinfo"))
+    except OSError as e:
+        ctx.note(pid, "pids cgroup", e)
+        return None
+    directory = None
+    for line in lines:
+        if "pids" in line.controllers:  # v1
+            for m in mounts:
+                if m.fstype == "cgroup" and "pids" in m.super_options.split(","):
+                    directory = _join_cgroup(m, line.path)
+                    break
+    if directory is None:
+        for line in lines:
+            if line.hierarchy == 0:  # v2 unified
+                for m in mounts:
+                    if m.fstype == "cgroup2":
+                        candidate = _join_cgroup(m, line.path)
+                        if _v2_has_pids(m.mount_point):
+                            directory = candidate
+                        break
+    if directory is None:
+        return PidsCgroup(path=None, current=None, max=None)
+    best: PidsCgroup | None = None
+    walk, mount_root = directory, directory
+    while True:
+        limit = _cgroup_file_int(f"{walk}/pids.max")
+        current = _cgroup_file_int(f"{walk}/pids.current")
+        if limit is not None and current is not None:
+            candidate = PidsCgroup(path=walk, current=current, max=limit,
+                                   refusals=_pids_refusals(walk))
+            if best is None or (best.max and current / limit > (best.current or 0) / best.max):
+                best = candidate
+        if not os.path.exists(f"{walk}/pids.max") and walk != directory:
+            break  # reached the root of the hierarchy
+        parent = os.path.dirname(walk)
+        if parent == walk or not os.path.exists(f"{parent}/cgroup.procs"):
+            break
+        walk = parent
+    if best is None:
+        current = _cgroup_file_int(f"{mount_root}/pids.current")
+        return PidsCgroup(path=mount_root, current=current, max=None)
+    return best
+
+
+def _join_cgroup(mount: procfs.Mount, cgroup_path: str) -> str:
+    rel = cgroup_path
+    if mount.root != "/" and rel.startswith(mount.root):
+        rel = rel[len(mount.root):]
+    return os.path.normpath(mount.mount_point + "/" + rel.lstrip("/"))
+
+
+def _v2_has_pids(mount_point: str) -> bool:
+    try:
+        return "pids" in read_text(f"{mount_point}/cgroup.controllers").split()
+    except OSError:
+        return False
+
+
+def _pids_refusals(directory: str) -> int | None:
+    try:
+        for line in read_text(f"{directory}/pids.events").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "max":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _int_file(path: str) -> int | None:
+    try:
+        return int(read_text(path).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# ----------------------------------------------------------------------------
+# A whole sample
+
+
+def collect_snapshot(target: int, *, with_fds: bool = True,
+                     with_fd_list: bool = False) -> Snapshot:
+    """One sample of `target` and all its descendants.
+
+    Raises ProcessGone when the target itself does not exist. Descendants
+    that vanish mid-sample are left out; fields we may not read are listed
+    in `Snapshot.unreadable`.
+    """
+    if not has_procfs():
+        from .collect_psutil import collect_snapshot_psutil
+
+        return collect_snapshot_psutil(target)
+    ctx = _new_context(with_fd_list)
+    table = process_table()
+    if target not in table:
+        raise ProcessGone(target)
+    order = descendants(table, target)
+    parents = {table[p].ppid for p in order if p in table}
+    processes: dict[int, ProcessInfo] = {}
+    fds: dict[int, FdTable] = {}
+    nofile: dict[int, LimitUsage] = {}
+    target_limits = None
+    for pid in order:
+        try:
+            info = _read_process(pid, ctx, table.get(pid),
+                                 wants_sigchld=pid == target or pid in parents)
+            if pid == target:
+                target_limits = _limits(pid, ctx)
+            if not info.is_zombie:
+                limits = target_limits if pid == target else _limits(pid, ctx)
+                table_fds = read_fds(pid, ctx) if with_fds else None
+                if table_fds is not None:
+                    fds[pid] = table_fds
+                    info = _replace(info, num_fds=table_fds.open)
+                soft, hard = (limits or {}).get("Max open files", (None, None))
+                nofile[pid] = LimitUsage(used=info.num_fds, soft=soft, hard=hard)
+        except ProcessGone:
+            if pid == target:
+                raise
+            continue
+        processes[pid] = info
+    target_info = processes[target]
+    target_parent = None
+    if target_info.is_zombie and target_info.ppid > 0:
+        try:
+            target_parent = _read_process(target_info.ppid, ctx, table.get(target_info.ppid),
+                                          wants_sigchld=True)
+        except ProcessGone:
+            pass
+    return Snapshot(
+        target=target, taken_at=time.monotonic(), processes=processes, fds=fds, nofile=nofile,
+        nproc=_nproc(target, target_info, table, target_limits, ctx),
+        pids_cgroup=pids_cgroup(target, ctx),
+        pid_max=_int_file(f"{PROC}/sys/kernel/pid_max"),
+        pids_in_use=sum(b.threads for b in table.values()),
+        unreadable=tuple(_dedupe(ctx.unreadable)), target_parent=target_parent)
+
+
+def _replace(info: ProcessInfo, **changes: object) -> ProcessInfo:
+    from dataclasses import replace
+
+    return replace(info, **changes)
+
+
+def _dedupe(items: list[Unreadable]) -> list[Unreadable]:
+    seen, out = set(), []
+    for item in items:
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out

@@ -1,0 +1,145 @@
+"""Snapshots in, findings out: small pure functions, no I/O, no clock.
+
+"Persist" (DESIGN.md): the same PID -- the same process, so the same
+start time too -- is a zombie in two samples at least `grace_s` apart.
+Comparing counts instead of PIDs would flag every healthy fork server,
+whose zombies come and go.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable, Sequence
+
+from .catalog import CODES
+from .model import Finding, LimitUsage, ProcessInfo, Severity, Snapshot
+
+# PID 1 on some machines reaps orphans only every ~1-2 s (linux-facts 8):
+# its zombies must persist longer before they count.
+PID1_GRACE_S = 3.0
+WARN_RATIO = 0.80
+ERROR_RATIO = 0.95
+MAX_EVIDENCE_PIDS = 50
+
+
+def finding(code: str, pid: int, message: str, severity: Severity | None = None,
+            **evidence: object) -> Finding:
+    meta = CODES[code]
+    return Finding(code=code, slug=meta.slug, severity=severity or Severity(meta.severity),
+                   pid=pid, message=message, evidence=evidence)
+
+
+def diagnose(samples: Sequence[Snapshot], *, grace_s: float) -> list[Finding]:
+    """All findings from the samples of one target, oldest first.
+
+    With one sample (`--grace 0`) there is no persistence check: every
+    zombie present counts.
+    """
+    earlier, later = samples[0], samples[-1]
+    found = [*zombie_findings(earlier, later, grace_s), *limit_findings(later)]
+    return sorted(found, key=lambda f: (f.pid, f.code))
+
+
+def persistent_zombies(earlier: Snapshot, later: Snapshot, grace_s: float) -> list[ProcessInfo]:
+    """Zombies of `later` that were already zombies in `earlier`."""
+    zombies = later.zombies
+    if earlier is later:
+        return zombies
+    elapsed = later.taken_at - earlier.taken_at
+    if elapsed + 1e-9 < grace_s:
+        return []
+    before = {z.identity for z in earlier.zombies}
+    return [z for z in zombies
+            if z.identity in before and (z.ppid != 1 or elapsed >= PID1_GRACE_S)]
+
+
+def zombie_findings(earlier: Snapshot, later: Snapshot, grace_s: float) -> Iterable[Finding]:
+    by_parent: dict[int, list[ProcessInfo]] = {}
+    for z in persistent_zombies(earlier, later, grace_s):
+        by_parent.setdefault(z.ppid, []).append(z)
+    elapsed = later.taken_at - earlier.taken_at
+    for ppid, zombies in sorted(by_parent.items()):
+        parent = later.processes.get(ppid)
+        if parent is None and later.target_parent and later.target_parent.pid == ppid:
+            parent = later.target_parent
+        yield _zombie_finding(ppid, parent, zombies, later, elapsed)
+
+
+def _zombie_finding(ppid: int, parent: ProcessInfo | None, zombies: list[ProcessInfo],
+                    later: Snapshot, elapsed_s: float) -> Finding:
+    disposition = parent.sigchld if parent else None
+    statuses = Counter(z.exit_status.describe() if z.exit_status else "hidden" for z in zombies)
+    pids = sorted(z.pid for z in zombies)
+    all_now = sum(1 for z in later.zombies if z.ppid == ppid)
+    who = f"PID {ppid}" + (f" ({parent.name})" if parent else "")
+    count = len(zombies)
+    noun = "zombie child" if count == 1 else "zombie children"
+    seen = f"{count} {noun} of {who} persist" + (f" over {elapsed_s:.1f} s" if elapsed_s else "")
+    evidence = dict(
+        ppid=ppid, count=count, zombies_now=all_now, sigchld=disposition or "unknown",
+        sigchld_pending=bool(parent and parent.sigchld_pending),
+        exit_statuses=dict(statuses.most_common()), pids=pids[:MAX_EVIDENCE_PIDS],
+        persisted_s=round(elapsed_s, 3))
+    if disposition == "blocked":
+        pending = " (a SIGCHLD is pending)" if parent and parent.sigchld_pending else ""
+        return finding("RD103", ppid,
+                       f"{seen}; SIGCHLD is blocked in the parent{pending} and nothing waits: "
+                       "unblock SIGCHLD, or wait for it (sigtimedwait) and then loop "
+                       "waitpid(-1, WNOHANG) until it returns 0", **evidence)
+    if disposition == "caught":
+        return finding("RD102", ppid,
+                       f"{seen} although the parent catches SIGCHLD: its handler reaps fewer "
+                       "children than exit (signals that arrive together merge into one); "
+                       "loop os.waitpid(-1, os.WNOHANG) in the handler until it returns 0",
+                       **evidence)
+    why = {"default": "SIGCHLD is default and nothing calls waitpid",
+           "ignored": "SIGCHLD is now ignored, but these exited before and were never waited for",
+           None: "the parent's SIGCHLD disposition could not be read and nothing waits"}
+    return finding("RD101", ppid,
+                   f"{seen}; {why.get(disposition, why[None])}: reap them with "
+                   "os.waitpid(-1, os.WNOHANG) in a loop (in a SIGCHLD handler or the "
+                   "server loop)", **evidence)
+
+
+def _limit_severity(usage: LimitUsage) -> Severity | None:
+    ratio = usage.ratio
+    if ratio is None or ratio < WARN_RATIO:
+        return None
+    return Severity.ERROR if ratio >= ERROR_RATIO else Severity.WARNING
+
+
+def limit_findings(snap: Snapshot) -> Iterable[Finding]:
+    for pid, usage in sorted(snap.nofile.items()):
+        severity = _limit_severity(usage)
+        if severity:
+            yield finding(
+                "RD301", pid,
+                f"PID {pid} has {usage.used} of {usage.soft} descriptors open "
+                f"({usage.ratio:.0%} of ulimit -n): at the limit accept() and open() fail with "
+                "EMFILE; find what is not closed (reaper-doctor watch shows the rate)",
+                severity, used=usage.used, soft=usage.soft, hard=usage.hard,
+                ratio=round(usage.ratio or 0, 3))
+    nproc = snap.nproc
+    if nproc and nproc.enforced:
+        severity = _limit_severity(nproc)
+        if severity:
+            zombies = len(snap.zombies)
+            yield finding(
+                "RD302", snap.target,
+                f"UID {nproc.uid} runs {nproc.used} of {nproc.soft} tasks ({nproc.ratio:.0%} of "
+                f"ulimit -u; threads and zombies count, {zombies} zombies in this tree): at the "
+                "limit fork() fails with EAGAIN; reap children and end idle threads",
+                severity, uid=nproc.uid, used=nproc.used, soft=nproc.soft, hard=nproc.hard,
+                zombies_in_tree=zombies, ratio=round(nproc.ratio or 0, 3))
+    cg = snap.pids_cgroup
+    if cg and cg.max and cg.current is not None:
+        usage = LimitUsage(used=cg.current, soft=cg.max, hard=cg.max)
+        severity = _limit_severity(usage)
+        if severity:
+            yield finding(
+                "RD303", snap.target,
+                f"the pids cgroup {cg.path} holds {cg.current} of {cg.max} tasks "
+                f"({usage.ratio:.0%} of pids.max): at the limit fork() fails with EAGAIN, "
+                "even for root; reap zombies and end idle threads",
+                severity, path=cg.path, current=cg.current, max=cg.max, refusals=cg.refusals,
+                ratio=round(usage.ratio or 0, 3))

@@ -1,0 +1,186 @@
+"""Plain, frozen data: what a sample saw, and what the diagnosis found.
+
+collect.py fills these; diagnose.py reads them; renderers turn them into
+text. None of them does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Mapping
+
+from .procfs import ExitStatus
+
+
+class Severity(str, Enum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        return {"info": 0, "warning": 1, "error": 2}[self.value]
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One process of the scanned tree, as one sample saw it."""
+
+    pid: int
+    ppid: int
+    name: str
+    state: str                         # stat letter: R S D Z T ...
+    start_ticks: int                   # with pid, identifies the process across samples
+    age_s: float | None
+    threads: int
+    uid: int | None                    # real UID
+    cmdline: tuple[str, ...] | None    # None: unreadable or a zombie
+    num_fds: int | None                # None: unreadable (or not a live process)
+    exit_status: ExitStatus | None = None  # zombies only
+    sigchld: str | None = None         # "default" | "caught" | "ignored" | "blocked"; None: unread
+    sigchld_pending: bool = False      # SIGCHLD pending process-wide (ShdPnd)
+
+    @property
+    def is_zombie(self) -> bool:
+        return self.state == "Z"
+
+    @property
+    def identity(self) -> tuple[int, int]:
+        """(pid, start time): a reused PID is a different process."""
+        return self.pid, self.start_ticks
+
+
+@dataclass(frozen=True)
+class SocketFd:
+    """An open socket descriptor found in a socket table."""
+
+    fd: int
+    inode: int
+    proto: str                 # "tcp", "tcp6", "udp", "udp6"
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    state: str                 # "LISTEN", "CLOSE_WAIT", ...
+    rx_queue: int              # LISTEN: accept-queue length
+    tx_queue: int
+
+
+@dataclass(frozen=True)
+class FdTable:
+    """The descriptors of one live process."""
+
+    open: int
+    by_kind: Mapping[str, int]                   # {"tcp": 9, "file": 2, "pipe": 1, ...}
+    top_paths: tuple[tuple[str, int], ...] = ()  # most-opened regular files: (path, count)
+    sockets: tuple[SocketFd, ...] = ()           # TCP/UDP sockets with state and addresses
+    unlisted_socket_fds: tuple[tuple[int, int], ...] = ()  # (fd, inode) in no socket table
+    listed: tuple[tuple[int, str], ...] = ()     # every (fd, link text), when asked for
+    unreadable_links: int = 0                    # fds whose link we could not read
+
+    @property
+    def close_wait(self) -> int:
+        return sum(1 for s in self.sockets if s.state == "CLOSE_WAIT")
+
+
+@dataclass(frozen=True)
+class LimitUsage:
+    """Usage against a soft/hard resource limit; None means unlimited or unknown."""
+
+    used: int | None
+    soft: int | None
+    hard: int | None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.used is None or not self.soft:
+            return None
+        return self.used / self.soft
+
+
+@dataclass(frozen=True)
+class NprocUsage(LimitUsage):
+    """Tasks of a real UID against RLIMIT_NPROC. Not enforced for UID 0 (or
+    with CAP_SYS_RESOURCE / CAP_SYS_ADMIN): kernel/fork.c."""
+
+    uid: int | None = None
+    enforced: bool = True
+
+
+@dataclass(frozen=True)
+class PidsCgroup:
+    """The pids cgroup nearest its limit among the target's cgroup and its ancestors."""
+
+    path: str | None
+    current: int | None
+    max: int | None             # None: no limit
+    refusals: int | None = None  # pids.events "max N": forks refused
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A field a sample could not read, and why."""
+
+    pid: int
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One sample of a target and its descendants."""
+
+    target: int
+    taken_at: float                       # time.monotonic() seconds
+    processes: Mapping[int, ProcessInfo]  # the target and all its descendants
+    fds: Mapping[int, FdTable] = field(default_factory=dict)        # live processes
+    nofile: Mapping[int, LimitUsage] = field(default_factory=dict)  # live processes
+    nproc: NprocUsage | None = None
+    pids_cgroup: PidsCgroup | None = None
+    pid_max: int | None = None
+    pids_in_use: int | None = None        # tasks on the machine (each takes a PID)
+    unreadable: tuple[Unreadable, ...] = ()
+    target_parent: ProcessInfo | None = None  # filled when the target is a zombie
+
+    @property
+    def zombies(self) -> list[ProcessInfo]:
+        return [p for p in self.processes.values() if p.is_zombie]
+
+    def children_of(self, pid: int) -> list[ProcessInfo]:
+        return [p for p in self.processes.values() if p.ppid == pid and p.pid != self.target]
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str                    # "RD101"
+    slug: str                    # "zombie-leak"
+    severity: Severity
+    pid: int
+    message: str                 # one line, names the fix
+    evidence: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TargetReport:
+    """What a scan says about one target: its latest sample and the findings."""
+
+    pid: int
+    snapshot: Snapshot
+    findings: tuple[Finding, ...]
+    samples: int = 1
+    grace_s: float = 0.0
+    gone: bool = False           # the target exited during the scan
+
+    @property
+    def worst(self) -> Severity | None:
+        return max((f.severity for f in self.findings), key=lambda s: s.rank, default=None)
+
+
+@dataclass(frozen=True)
+class Report:
+    targets: tuple[TargetReport, ...]
+
+    @property
+    def exit_code(self) -> int:
+        """0: no finding of severity warning or worse; 1: at least one (DESIGN.md)."""
+        worst = [t.worst for t in self.targets if t.worst is not None]
+        return 1 if any(s.rank >= Severity.WARNING.rank for s in worst) else 0

@@ -1,0 +1,329 @@
+"""Pure parsers: the text of /proc files in, plain values out.
+
+Nothing here touches the file system, so every parser is unit-tested on
+captured text. Field positions and meanings are from proc(5) and were
+checked on a live kernel (../shared/notes/linux-facts.md).
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+SIGCHLD_BIT = 1 << (signal.SIGCHLD - 1)  # 0x10000: signal N is bit N-1
+
+# /proc/<pid>/stat state letters -> the words psutil uses for them.
+STATE_NAMES = {
+    "R": "running", "S": "sleeping", "D": "disk-sleep", "T": "stopped",
+    "t": "tracing-stop", "Z": "zombie", "X": "dead", "x": "dead", "K": "wake-kill",
+    "W": "waking", "P": "parked", "I": "idle",
+}
+
+
+class StatLine(NamedTuple):
+    """The fields of /proc/<pid>/stat that reaper-doctor uses."""
+
+    pid: int
+    comm: str
+    state: str            # one letter: R S D Z T t X I ...
+    ppid: int
+    threads: int
+    start_ticks: int      # field 22: clock ticks after boot; with pid, a process's identity
+    exit_code: int | None  # field 52: raw wait status of a zombie; None on old kernels
+
+
+def parse_stat(raw: bytes) -> StatLine:
+    """Parse /proc/<pid>/stat.
+
+    The comm field may hold spaces and parentheses ("a) b (c"), so split
+    after the *last* ')': a naive split silently returns wrong fields.
+    """
+    open_paren = raw.index(b"(")
+    close_paren = raw.rindex(b")")
+    rest = raw[close_paren + 2:].split()
+    # rest[0] is field 3 (state); field N is rest[N - 3].
+    return StatLine(
+        pid=int(raw[:open_paren]),
+        comm=raw[open_paren + 1:close_paren].decode("utf-8", "replace"),
+        state=rest[0].decode(),
+        ppid=int(rest[1]),
+        threads=int(rest[17]),
+        start_ticks=int(rest[19]),
+        exit_code=int(rest[49]) if len(rest) >= 50 else None,
+    )
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """A zombie's wait status, decoded. `hidden` when the kernel showed us 0
+    because we may not ptrace-read the process (the real value is unknown)."""
+
+    raw: int | None
+    code: int | None = None     # exit code, when it exited
+    signal: int | None = None   # terminating signal, when it was killed
+    core: bool = False
+    hidden: bool = False
+
+    def describe(self) -> str:
+        """"exit 3", "SIGKILL", "SIGSEGV (core)" or "hidden"."""
+        if self.hidden or self.raw is None:
+            return "hidden"
+        if self.signal is not None:
+            return signal_name(self.signal) + (" (core)" if self.core else "")
+        return f"exit {self.code}"
+
+
+def decode_wait_status(raw: int | None, *, may_be_hidden: bool = False) -> ExitStatus:
+    """Decode a raw wait status (stat field 52) the way waitpid() callers do.
+
+    `may_be_hidden`: the reader could not ptrace-read the zombie, in which
+    case the kernel prints 0 and 0 means "unknown", not "exit 0".
+    """
+    if raw is None or (raw == 0 and may_be_hidden):
+        return ExitStatus(raw=raw, hidden=True)
+    termsig = raw & 0x7F
+    if termsig == 0:
+        return ExitStatus(raw=raw, code=(raw >> 8) & 0xFF)
+    return ExitStatus(raw=raw, signal=termsig, core=bool(raw & 0x80))
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+@dataclass(frozen=True)
+class StatusFields:
+    """What reaper-doctor reads from /proc/<pid>/status."""
+
+    name: str | None = None
+    state: str | None = None       # one letter
+    ppid: int | None = None
+    real_uid: int | None = None
+    threads: int | None = None
+    sig_blk: int | None = None     # per thread (this task's)
+    sig_ign: int | None = None
+    sig_cgt: int | None = None
+    shd_pnd: int | None = None     # process-wide pending
+    cap_eff: int | None = None
+
+    @property
+    def has_sig_masks(self) -> bool:
+        return None not in (self.sig_blk, self.sig_ign, self.sig_cgt)
+
+
+def parse_status(text: str) -> StatusFields:
+    """Parse the lines of /proc/<pid>/status that matter here; absent lines give None."""
+    fields: dict[str, object] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        value = value.strip()
+        if key == "Name":
+            fields["name"] = _unescape_status_name(value)
+        elif key == "State":
+            fields["state"] = value[:1]
+        elif key == "PPid":
+            fields["ppid"] = int(value)
+        elif key == "Uid":
+            fields["real_uid"] = int(value.split()[0])
+        elif key == "Threads":
+            fields["threads"] = int(value)
+        elif key in _MASK_KEYS:
+            fields[_MASK_KEYS[key]] = int(value, 16)
+    return StatusFields(**fields)  # type: ignore[arg-type]
+
+
+_MASK_KEYS = {"SigBlk": "sig_blk", "SigIgn": "sig_ign", "SigCgt": "sig_cgt",
+              "ShdPnd": "shd_pnd", "CapEff": "cap_eff"}
+
+
+def _unescape_status_name(value: str) -> str:
+    # The kernel escapes '\n' and '\\' in the Name line (proc(5)).
+    return value.replace("\\n", "\n").replace("\\\\", "\\")
+
+
+def sigchld_disposition(process: StatusFields, *, any_thread_blocks: bool = False) -> str:
+    """Classify SIGCHLD handling: "blocked", "ignored", "caught" or "default".
+
+    Blocked wins: a blocked SIGCHLD is never delivered whatever the handler.
+    SigBlk is per thread, so the caller says whether any task blocks it.
+    SA_NOCLDWAIT with SIG_DFL does not show in /proc and reads as "default".
+    """
+    if any_thread_blocks or (process.sig_blk or 0) & SIGCHLD_BIT:
+        return "blocked"
+    if (process.sig_ign or 0) & SIGCHLD_BIT:
+        return "ignored"
+    if (process.sig_cgt or 0) & SIGCHLD_BIT:
+        return "caught"
+    return "default"
+
+
+def parse_limits(text: str) -> dict[str, tuple[int | None, int | None]]:
+    """Parse /proc/<pid>/limits into {"Max open files": (soft, hard)}; None = unlimited."""
+    limits: dict[str, tuple[int | None, int | None]] = {}
+    for line in text.splitlines()[1:]:
+        # "Max open files            1024                 4096                 files"
+        # The name has single spaces; columns are separated by runs of spaces.
+        parts = [p for p in line.split("  ") if p.strip()]
+        if len(parts) < 3:
+            continue
+        name, soft, hard = parts[0].strip(), parts[1].strip(), parts[2].strip()
+        limits[name] = (_limit_value(soft), _limit_value(hard))
+    return limits
+
+
+def _limit_value(text: str) -> int | None:
+    return None if text == "unlimited" else int(text)
+
+
+class CgroupLine(NamedTuple):
+    hierarchy: int
+    controllers: tuple[str, ...]
+    path: str
+
+
+def parse_cgroup(text: str) -> list[CgroupLine]:
+    """Parse /proc/<pid>/cgroup ("8:pids:/a/b", "0::/x" for v2)."""
+    rows = []
+    for line in text.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy.isdigit():
+            rows.append(CgroupLine(int(hierarchy), tuple(c for c in controllers.split(",") if c), path))
+    return rows
+
+
+class Mount(NamedTuple):
+    root: str          # the path inside the file system that is mounted
+    mount_point: str
+    fstype: str
+    source: str
+    super_options: str
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """Parse /proc/<pid>/mountinfo (proc(5)); octal escapes (\\040) are decoded."""
+    mounts = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fields = left.split()
+        tail = right.split()
+        if len(fields) < 5 or len(tail) < 2:
+            continue
+        mounts.append(Mount(root=_unoctal(fields[3]), mount_point=_unoctal(fields[4]),
+                            fstype=tail[0], source=tail[1],
+                            super_options=tail[2] if len(tail) > 2 else ""))
+    return mounts
+
+
+def _unoctal(path: str) -> str:
+    if "\\" not in path:
+        return path
+    out, i = [], 0
+    while i < len(path):
+        if path[i] == "\\" and path[i + 1:i + 4].isdigit():
+            out.append(chr(int(path[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(path[i])
+            i += 1
+    return "".join(out)
+
+
+# TCP states as /proc/net/tcp prints them (include/net/tcp_states.h).
+TCP_STATES = {
+    0x01: "ESTABLISHED", 0x02: "SYN_SENT", 0x03: "SYN_RECV", 0x04: "FIN_WAIT1",
+    0x05: "FIN_WAIT2", 0x06: "TIME_WAIT", 0x07: "CLOSE", 0x08: "CLOSE_WAIT",
+    0x09: "LAST_ACK", 0x0A: "LISTEN", 0x0B: "CLOSING", 0x0C: "NEW_SYN_RECV",
+}
+
+
+class SocketRow(NamedTuple):
+    """One row of /proc/net/{tcp,tcp6,udp,udp6}."""
+
+    proto: str          # "tcp", "tcp6", "udp", "udp6"
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    state: str
+    tx_queue: int
+    rx_queue: int       # for LISTEN: the current accept-queue length
+    uid: int
+    inode: int
+
+
+def parse_inet_table(text: str, proto: str) -> Iterator[SocketRow]:
+    """Rows of /proc/net/tcp (or tcp6, udp, udp6). Inode 0 rows (TIME_WAIT,
+    request socks) belong to no descriptor and are skipped."""
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 10:
+            continue
+        inode = int(parts[9])
+        if inode == 0:
+            continue
+        tx, _, rx = parts[4].partition(":")
+        state = int(parts[3], 16)
+        yield SocketRow(proto, _address(parts[1]), _address(parts[2]),
+                        TCP_STATES.get(state, "UDP" if proto.startswith("udp") else hex(state)),
+                        int(tx, 16), int(rx, 16), int(parts[7]), inode)
+
+
+def _address(field: str) -> tuple[str, int]:
+    host_hex, _, port_hex = field.partition(":")
+    raw = bytes.fromhex(host_hex)
+    # The kernel prints each 32-bit word in host byte order (little-endian here).
+    swapped = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(swapped) == 4:
+        host = ".".join(str(b) for b in swapped)
+    else:
+        import ipaddress
+
+        host = str(ipaddress.IPv6Address(swapped))
+    return host, int(port_hex, 16)
+
+
+def parse_unix_inodes(text: str) -> set[int]:
+    """Inodes listed in /proc/net/unix."""
+    inodes = set()
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 7 and parts[6].isdigit():
+            inodes.add(int(parts[6]))
+    return inodes
+
+
+# anon_inode names -> the kind reaper-doctor reports (fs/anon_inodes.c users).
+ANON_KINDS = {
+    "[eventfd]": "eventfd", "[eventpoll]": "epoll", "[signalfd]": "signalfd",
+    "[timerfd]": "timerfd", "[pidfd]": "pidfd", "inotify": "inotify",
+    "[fanotify]": "fanotify", "[io_uring]": "io_uring", "[userfaultfd]": "userfaultfd",
+    "[perf_event]": "perf_event", "bpf-map": "bpf", "bpf-prog": "bpf",
+}
+
+
+def fd_link_kind(link: str) -> tuple[str, int | None]:
+    """Classify an fd's link text: ("socket", inode), ("pipe", inode),
+    ("eventfd", None), ("path", None) for a file-system path, ...
+
+    A path still needs stat() to tell a file from a directory or device;
+    the caller does that.
+    """
+    if link.startswith("/"):
+        return "path", None
+    if link.startswith("socket:["):
+        return "socket", int(link[8:-1])
+    if link.startswith("pipe:["):
+        return "pipe", int(link[6:-1])
+    if link.startswith("anon_inode:"):
+        name = link[len("anon_inode:"):]
+        return ANON_KINDS.get(name, "anon_inode"), None
+    if link.startswith("pidfd:"):
+        return "pidfd", None
+    return "other", None

@@ -1,0 +1,1 @@
+"""Renderers: a Report in, a str out. They never read /proc."""

@@ -1,0 +1,87 @@
+"""Shapes both renderers need: the tree, zombie groups, safe text."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from ..model import ProcessInfo, Snapshot
+from ..procfs import STATE_NAMES
+
+
+def state_word(info: ProcessInfo) -> str:
+    return STATE_NAMES.get(info.state, info.state)
+
+
+def children_map(snap: Snapshot) -> dict[int, list[ProcessInfo]]:
+    """Children of each process of the tree, by PID."""
+    kids: dict[int, list[ProcessInfo]] = {}
+    for info in snap.processes.values():
+        if info.pid != snap.target:
+            kids.setdefault(info.ppid, []).append(info)
+    for group in kids.values():
+        group.sort(key=lambda p: p.pid)
+    return kids
+
+
+@dataclass(frozen=True)
+class ZombieGroup:
+    """The zombies of one parent."""
+
+    ppid: int
+    parent_name: str | None
+    sigchld: str | None
+    pids: tuple[int, ...]
+    exit_statuses: dict[str, int]   # "exit 0" -> 412
+
+    @property
+    def count(self) -> int:
+        return len(self.pids)
+
+
+def zombie_groups(snap: Snapshot) -> list[ZombieGroup]:
+    """Zombies grouped by parent, the largest group first."""
+    by_parent: dict[int, list[ProcessInfo]] = {}
+    for z in snap.zombies:
+        by_parent.setdefault(z.ppid, []).append(z)
+    groups = []
+    for ppid, zombies in by_parent.items():
+        parent = snap.processes.get(ppid) or (
+            snap.target_parent if snap.target_parent and snap.target_parent.pid == ppid else None)
+        statuses = Counter(z.exit_status.describe() if z.exit_status else "hidden"
+                           for z in zombies)
+        groups.append(ZombieGroup(ppid=ppid, parent_name=parent.name if parent else None,
+                                  sigchld=parent.sigchld if parent else None,
+                                  pids=tuple(sorted(z.pid for z in zombies)),
+                                  exit_statuses=dict(statuses.most_common())))
+    return sorted(groups, key=lambda g: (-g.count, g.ppid))
+
+
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\x1b": "\\e"}
+
+
+def safe(text: str) -> str:
+    """Escape control characters: a process can name itself with terminal
+    escape sequences, and a report must not run them."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    return "".join(out)
+
+
+def command_line(info: ProcessInfo, width: int = 60) -> str:
+    """The command line, escaped and shortened; the name where there is none."""
+    if info.cmdline:
+        text = safe(" ".join(info.cmdline))
+    else:
+        text = safe(info.name)
+    return text if len(text) <= width else text[: width - 1] + "…"

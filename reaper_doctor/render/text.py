@@ -1,0 +1,251 @@
+"""`scan` for people: the tree, zombies, descriptors, limits, verdict.
+
+One screen even for 2,000 zombies and 20,000 descriptors: identical
+siblings collapse to one line with a count (as pstree does), descriptors
+are counts by kind and the top few, never a line per fd.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+import click
+from tabulate import tabulate
+
+from ..model import Finding, FdTable, LimitUsage, ProcessInfo, Report, Severity, Snapshot, TargetReport
+from .common import children_map, command_line, safe, state_word, zombie_groups
+
+SEVERITY_COLORS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+MAX_LIVE_LINES = 30   # live siblings shown one per line before they are summarised
+
+
+def render_text(report: Report, *, color: bool = False) -> str:
+    style = _styler(color)
+    return "\n\n".join(render_target(t, style) for t in report.targets) + "\n"
+
+
+def _styler(color: bool) -> Callable[..., str]:
+    if color:
+        return click.style
+    return lambda text, **_: text
+
+
+def render_target(t: TargetReport, style: Callable[..., str]) -> str:
+    snap = t.snapshot
+    me = snap.processes[t.pid]
+    parts = [_headline(t, me, style), _tree(snap), _zombies(snap), _descriptors(snap),
+             _limits(snap), _findings(t, style), _unreadable(snap)]
+    return "\n\n".join(p for p in parts if p)
+
+
+def _headline(t: TargetReport, me: ProcessInfo, style: Callable[..., str]) -> str:
+    facts = [state_word(me), f"uid {me.uid}" if me.uid is not None else "uid ?"]
+    if me.age_s is not None:
+        facts.append(f"up {_duration(me.age_s)}")
+    line = style(f"PID {me.pid}", bold=True) + f"  {command_line(me, 80)}  ({', '.join(facts)})"
+    sampling = (f"{t.samples} samples {t.grace_s:g} s apart" if t.samples > 1
+                else "1 sample (no persistence check)")
+    extra = [f"SIGCHLD {me.sigchld or 'unknown'}", f"parent {me.ppid}", sampling]
+    if t.gone:
+        extra.append(style("the process exited during the scan", fg="yellow"))
+    return line + "\n" + " · ".join(extra)
+
+
+def _node_label(info: ProcessInfo) -> str:
+    bits = [f"{info.pid} {safe(info.name)}"]
+    if info.is_zombie:
+        bits.append("<defunct>")
+        if info.exit_status:
+            bits.append(info.exit_status.describe())
+    else:
+        bits.append(f"[{info.state}]")
+        if info.num_fds is not None:
+            bits.append(f"fds {info.num_fds}")
+        if info.sigchld and info.sigchld != "default":
+            bits.append(f"SIGCHLD {info.sigchld}")
+    return " ".join(bits)
+
+
+def _tree(snap: Snapshot) -> str:
+    kids = children_map(snap)
+    lines = ["Process tree", _node_label(snap.processes[snap.target])]
+
+    def walk(pid: int, prefix: str) -> None:
+        rows = _collapsed_children(kids.get(pid, []), kids)
+        for i, (label, child) in enumerate(rows):
+            last = i == len(rows) - 1
+            lines.append(prefix + ("└─ " if last else "├─ ") + label)
+            if child is not None:
+                walk(child.pid, prefix + ("   " if last else "│  "))
+
+    walk(snap.target, "")
+    return "\n".join(lines)
+
+
+def _collapsed_children(children: list[ProcessInfo], kids: dict[int, list[ProcessInfo]]
+                        ) -> list[tuple[str, ProcessInfo | None]]:
+    """Rows for one parent's children: zombies collapsed by (name, exit status),
+    childless live siblings of the same name collapsed when there are many."""
+    rows: list[tuple[str, ProcessInfo | None]] = []
+    zombies: dict[tuple[str, str], list[int]] = {}
+    leaves: dict[tuple[str, str], list[ProcessInfo]] = {}
+    for child in children:
+        if child.is_zombie:
+            status = child.exit_status.describe() if child.exit_status else "hidden"
+            zombies.setdefault((child.name, status), []).append(child.pid)
+        elif child.pid not in kids and len(children) > MAX_LIVE_LINES:
+            leaves.setdefault((child.name, child.state), []).append(child)
+        else:
+            rows.append((_node_label(child), child))
+    for (name, state), group in leaves.items():
+        if len(group) == 1:
+            rows.append((_node_label(group[0]), None))
+            continue
+        fds = [c.num_fds for c in group if c.num_fds is not None]
+        fd_range = f" fds {min(fds)}–{max(fds)}" if fds and min(fds) != max(fds) else (
+            f" fds {fds[0]}" if fds else "")
+        rows.append((f"{len(group)} × {safe(name)} [{state}]{fd_range} "
+                     f"(pids {group[0].pid}…{group[-1].pid})", None))
+    for (name, status), pids in sorted(zombies.items(), key=lambda kv: -len(kv[1])):
+        if len(pids) == 1:
+            rows.append((f"{pids[0]} {safe(name)} <defunct> {status}", None))
+        else:
+            rows.append((f"{len(pids)} × {safe(name)} <defunct> {status} "
+                         f"(pids {_pid_span(pids)})", None))
+    return rows
+
+
+def _pid_span(pids: list[int]) -> str:
+    pids = sorted(pids)
+    return f"{pids[0]}…{pids[-1]}" if len(pids) > 2 else ", ".join(map(str, pids))
+
+
+def _zombies(snap: Snapshot) -> str:
+    groups = zombie_groups(snap)
+    if not groups:
+        return "Zombies: none"
+    rows = []
+    for g in groups:
+        statuses = ", ".join(f"{s} ×{n}" if n > 1 else s for s, n in g.exit_statuses.items())
+        rows.append([f"{g.ppid} {safe(g.parent_name or '?')}", g.count, statuses,
+                     g.sigchld or "unknown"])
+    total = sum(g.count for g in groups)
+    return f"Zombies: {total}\n" + tabulate(
+        rows, headers=["parent", "zombies", "exit statuses", "parent's SIGCHLD"],
+        tablefmt="simple")
+
+
+def _descriptors(snap: Snapshot) -> str:
+    if not snap.fds:
+        return ""
+    lines = ["Descriptors"]
+    ordered = sorted(snap.fds.items(), key=lambda kv: (kv[0] != snap.target, -kv[1].open))
+    shown = ordered[:8]
+    for pid, fds in shown:
+        lines.append(f"  {pid} {safe(snap.processes[pid].name)}: {_fd_summary(fds)}")
+    if len(ordered) > len(shown):
+        rest = ordered[len(shown):]
+        lines.append(f"  … {len(rest)} more processes, {sum(f.open for _, f in rest)} descriptors")
+    target_fds = snap.fds.get(snap.target)
+    if target_fds and target_fds.top_paths:
+        top = ", ".join(f"{safe(p)}" + (f" ×{n}" if n > 1 else "") for p, n in target_fds.top_paths)
+        lines.append(f"  top files ({snap.target}): {top}")
+    return "\n".join(lines)
+
+
+def _fd_summary(fds: FdTable) -> str:
+    kinds = " · ".join(f"{kind} {n}" for kind, n in
+                       sorted(fds.by_kind.items(), key=lambda kv: (-kv[1], kv[0])))
+    text = f"{fds.open} open" + (f" — {kinds}" if kinds else "")
+    states = Counter(s.state for s in fds.sockets if s.proto.startswith("tcp"))
+    if states:
+        text += "; TCP " + ", ".join(f"{st} {n}" for st, n in states.most_common())
+    if fds.unlisted_socket_fds:
+        text += f"; {len(fds.unlisted_socket_fds)} sockets in no socket table"
+    return text
+
+
+def _pct(usage: LimitUsage) -> str:
+    return "" if usage.ratio is None else f"{usage.ratio:.0%}"
+
+
+def _num(value: int | None) -> str:
+    return "unlimited" if value is None else str(value)
+
+
+def _limits(snap: Snapshot) -> str:
+    rows = []
+    nofile = snap.nofile.get(snap.target)
+    if nofile:
+        rows.append(["open files (ulimit -n)", _num(nofile.used), _num(nofile.soft),
+                     _num(nofile.hard), _pct(nofile)])
+    worst_child = max((u for pid, u in snap.nofile.items() if pid != snap.target and u.ratio),
+                      key=lambda u: u.ratio or 0, default=None)
+    if worst_child and worst_child.ratio and worst_child.ratio >= 0.5:
+        pid = next(p for p, u in snap.nofile.items() if u is worst_child)
+        rows.append([f"open files of {pid}", worst_child.used, _num(worst_child.soft),
+                     _num(worst_child.hard), _pct(worst_child)])
+    if snap.nproc:
+        n = snap.nproc
+        note = _pct(n) if n.enforced else f"{_pct(n)} (not enforced for UID {n.uid})"
+        rows.append([f"tasks of UID {n.uid} (ulimit -u)", _num(n.used), _num(n.soft),
+                     _num(n.hard), note])
+    cg = snap.pids_cgroup
+    if cg:
+        if cg.max:
+            usage = LimitUsage(cg.current, cg.max, cg.max)
+            note = _pct(usage) + (f" ({cg.refusals} forks refused)" if cg.refusals else "")
+            rows.append([f"pids cgroup {cg.path}", _num(cg.current), cg.max, "", note])
+        else:
+            rows.append(["pids cgroup", _num(cg.current) if cg.current is not None else "",
+                         "no limit", "", ""])
+    if snap.pid_max:
+        usage = LimitUsage(snap.pids_in_use, snap.pid_max, snap.pid_max)
+        rows.append(["PIDs on the machine (pid_max)", _num(snap.pids_in_use), snap.pid_max, "",
+                     _pct(usage)])
+    if not rows:
+        return ""
+    return "Limits\n" + tabulate(rows, headers=["", "used", "soft", "hard", "use"],
+                                 tablefmt="simple", disable_numparse=True)
+
+
+def _findings(t: TargetReport, style: Callable[..., str]) -> str:
+    if t.gone and not t.findings:
+        return "Findings: none (the process exited before a second sample)"
+    if not t.findings:
+        return style("Findings: none", fg="green") + " — no leak seen" + (
+            f" over {t.grace_s:g} s" if t.samples > 1 else "")
+    lines = [f"Findings: {len(t.findings)}"]
+    for f in t.findings:
+        lines.append(_finding_line(f, style))
+    codes = sorted({f.code for f in t.findings})
+    lines.append("Explained: " + ", ".join(f"reaper-doctor explain {c}" for c in codes))
+    return "\n".join(lines)
+
+
+def _finding_line(f: Finding, style: Callable[..., str]) -> str:
+    sev = style(f.severity.value.upper().ljust(7), fg=SEVERITY_COLORS[f.severity], bold=True)
+    return f"  {sev} {f.code} {f.slug} (PID {f.pid})\n          {safe(f.message)}"
+
+
+def _unreadable(snap: Snapshot) -> str:
+    if not snap.unreadable:
+        return ""
+    lines = ["Could not read"]
+    for u in snap.unreadable[:10]:
+        lines.append(f"  PID {u.pid} {u.field}: {safe(u.reason)}")
+    if len(snap.unreadable) > 10:
+        lines.append(f"  … and {len(snap.unreadable) - 10} more")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"

@@ -1,0 +1,57 @@
+"""Sample, wait, sample again, diagnose: the `scan` use case.
+
+The only module that sleeps: collect reads, diagnose judges, and this
+decides when to read.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+from .collect import ProcessGone, collect_snapshot
+from .diagnose import PID1_GRACE_S, diagnose
+from .model import Report, Snapshot, TargetReport
+
+
+def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = False,
+         sleep: Callable[[float], None] = time.sleep) -> Report:
+    """Scan each target: one sample, then (grace_s > 0) another `grace_s`
+    later, and diagnose each from its samples.
+
+    Raises ProcessGone if a target does not exist at the first sample; a
+    target that exits before the second sample is reported from the first,
+    marked gone.
+    """
+    first = {pid: collect_snapshot(pid, with_fd_list=with_fd_list) for pid in pids}
+    samples: dict[int, list[Snapshot]] = {pid: [snap] for pid, snap in first.items()}
+    gone: set[int] = set()
+    if grace_s > 0:
+        wait_s = grace_s
+        if any(z.ppid == 1 for snap in first.values() for z in snap.zombies):
+            wait_s = max(wait_s, PID1_GRACE_S)  # PID 1 reaps lazily (linux-facts 8)
+        _sleep_until(first, wait_s, sleep)
+        for pid in pids:
+            try:
+                samples[pid].append(collect_snapshot(pid, with_fd_list=with_fd_list))
+            except ProcessGone:
+                gone.add(pid)
+    targets = []
+    for pid in pids:
+        snaps = samples[pid]
+        findings = diagnose(snaps, grace_s=grace_s) if pid not in gone else []
+        targets.append(TargetReport(pid=pid, snapshot=snaps[-1], findings=tuple(findings),
+                                    samples=len(snaps), grace_s=grace_s, gone=pid in gone))
+    return Report(targets=tuple(targets))
+
+
+def _sleep_until(first: dict[int, Snapshot], wait_s: float,
+                 sleep: Callable[[float], None]) -> None:
+    # Measure from the first sample's time: collecting many targets takes a while.
+    start = min(s.taken_at for s in first.values())
+    remaining = start + wait_s - time.monotonic()
+    if remaining > 0:
+        sleep(remaining)
+
+
+__all__ = ["scan", "ProcessGone"]
