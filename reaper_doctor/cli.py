@@ -45,6 +45,11 @@ class OneLineErrors(click.Group):
             # Our own parameter types say the whole thing ("no process with
             # PID 9"); click's need the parameter named to make sense.
             die(e.message if getattr(e, "one_line", False) else e.format_message())
+        except click.NoSuchOption as e:
+            # `scan -1` reads as an option to click; to the user it is a PID.
+            if _looks_numeric(e.option_name):
+                die(f"PID must be a positive integer, not {e.option_name!r}")
+            die(e.format_message())
         except click.ClickException as e:
             die(e.format_message(), e.exit_code if e.exit_code != 1 else 2)
         except click.exceptions.Abort:
@@ -58,6 +63,14 @@ class OneLineErrors(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class OneLineBadParameter(click.BadParameter):

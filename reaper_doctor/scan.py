@@ -33,13 +33,18 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
         _sleep_until(first, wait_s, sleep)
         for pid in pids:
             try:
-                samples[pid].append(collect_snapshot(pid, with_fd_list=with_fd_list))
+                later = collect_snapshot(pid, with_fd_list=with_fd_list)
             except ProcessGone:
                 gone.add(pid)
+                continue
+            samples[pid].append(later)
+            if later.processes[pid].is_zombie and not first[pid].processes[pid].is_zombie:
+                gone.add(pid)  # it exited between the samples; its zombie is still reported
     targets = []
     for pid in pids:
         snaps = samples[pid]
-        findings = diagnose(snaps, grace_s=grace_s) if pid not in gone else []
+        # A target that vanished has one sample: too few to judge persistence.
+        findings = diagnose(snaps, grace_s=grace_s) if len(snaps) > 1 or grace_s == 0 else []
         targets.append(TargetReport(pid=pid, snapshot=snaps[-1], findings=tuple(findings),
                                     samples=len(snaps), grace_s=grace_s, gone=pid in gone))
     return Report(targets=tuple(targets))

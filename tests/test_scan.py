@@ -1,0 +1,379 @@
+"""`scan` end to end: real parents, real zombies, the CLI's verdict."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import run_cli, run_json, wait_until, zombie_children
+from reaper_doctor.cli import main
+
+# Forks N children blocked on one pipe, then releases them together: the
+# SIGCHLD handler runs once per *delivered* signal and calls os.wait() once.
+WAIT_ONCE_PARENT = r"""
+import os, signal, sys, time
+n = int(sys.argv[1])
+signal.signal(signal.SIGCHLD, lambda *_: os.wait())
+r, w = os.pipe()
+for _ in range(n):
+    if os.fork() == 0:
+        os.close(w); os.read(r, 1); os._exit(0)
+os.close(r)
+os.close(w)            # every child sees EOF at once
+print("ready", flush=True)
+while True:
+    time.sleep(60)
+"""
+
+BLOCKED_PARENT = r"""
+import os, signal, time
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+for _ in range(3):
+    if os.fork() == 0:
+        os._exit(0)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+# The correct fork server: a SIGCHLD handler that loops waitpid(WNOHANG).
+FIXED_FORK_SERVER = r"""
+import os, signal, socket, time
+def reap(*_):
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+signal.signal(signal.SIGCHLD, reap)
+srv = socket.create_server(("127.0.0.1", 0))
+print("ready", flush=True)
+print(srv.getsockname()[1], flush=True)
+while True:
+    conn, _ = srv.accept()
+    if os.fork() == 0:
+        try:
+            srv.close(); conn.recv(100); time.sleep(0.02); conn.sendall(b"ok"); conn.close()
+        finally:
+            os._exit(0)
+    conn.close()
+"""
+
+FORKING_TCP_SERVER = r"""
+import socketserver, time
+class Handler(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.recv(100); time.sleep(0.02); self.request.sendall(b"ok")
+srv = socketserver.ForkingTCPServer(("127.0.0.1", 0), Handler)
+print("ready", flush=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"""
+
+
+def findings_of(doc: dict) -> list[dict]:
+    return [f for t in doc["targets"] for f in t["findings"]]
+
+
+def codes_of(doc: dict) -> set[str]:
+    return {f["code"] for f in findings_of(doc)}
+
+
+def test_rd101_missing_waitpid_with_exit_statuses(spawner):
+    parent = spawner.zombie_parent("0", "3", "sig:9")
+    code, doc = run_json("scan", str(parent.pid), "--grace", "0.3")
+    assert code == 1
+    (rd101,) = [f for f in findings_of(doc) if f["code"] == "RD101"]
+    assert rd101["pid"] == parent.pid and rd101["severity"] == "error"
+    ev = rd101["evidence"]
+    assert ev["count"] == 3 and ev["sigchld"] == "default"
+    assert ev["exit_statuses"] == {"exit 0": 1, "exit 3": 1, "SIGKILL": 1}
+    target = doc["targets"][0]
+    assert target["sigchld"] == "default"
+    assert target["zombies"]["count"] == 3
+    assert target["zombies"]["by_parent"][0]["ppid"] == parent.pid
+    assert sorted(target["zombies"]["by_parent"][0]["pids"]) == sorted(zombie_children(parent.pid))
+    assert "waitpid" in rd101["message"]
+
+
+def test_rd101_text_collapses_identical_zombies(spawner):
+    parent = spawner.zombie_parent(*["0"] * 12, "3")
+    result = run_cli("scan", str(parent.pid), "--grace", "0.2", "--no-color")
+    assert result.returncode == 1, result.stderr
+    assert "12 × python" in result.stdout and "<defunct> exit 0" in result.stdout
+    assert "RD101" in result.stdout and "\x1b[" not in result.stdout
+
+
+def test_rd102_wait_once_handler_loses_coalesced_signals(spawner):
+    parent = spawner.python(WAIT_ONCE_PARENT, "128")
+    # Children exit together; the handler reaps a few. Wait for the rest to settle.
+    wait_until(lambda: len(zombie_children(parent.pid)) > 0
+               and not _live_children(parent.pid), timeout_s=20, what="the burst to settle")
+    code, doc = run_json("scan", str(parent.pid), "--grace", "0.5")
+    assert code == 1
+    (rd102,) = [f for f in findings_of(doc) if f["code"] == "RD102"]
+    assert rd102["evidence"]["sigchld"] == "caught"
+    assert 0 < rd102["evidence"]["count"] < 128
+    assert "RD101" not in codes_of(doc)
+
+
+def test_rd103_sigchld_blocked(spawner):
+    parent = spawner.python(BLOCKED_PARENT)
+    wait_until(lambda: len(zombie_children(parent.pid)) == 3, what="3 zombies")
+    code, doc = run_json("scan", str(parent.pid), "--grace", "0.2")
+    assert code == 1
+    (rd103,) = [f for f in findings_of(doc) if f["code"] == "RD103"]
+    assert rd103["evidence"]["sigchld"] == "blocked" and rd103["evidence"]["count"] == 3
+    assert rd103["evidence"]["sigchld_pending"] is True
+
+
+def _live_children(pid: int) -> list[int]:
+    live = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    raw = f.read()
+            except OSError:
+                continue
+            rest = raw[raw.rfind(b")") + 2:].split()
+            if int(rest[1]) == pid and rest[0] != b"Z":
+                live.append(int(entry))
+    return live
+
+
+def _hammer(port: int, stop: threading.Event, counter: list[int]) -> None:
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                s.recv(100)
+            counter[0] += 1
+        except OSError:
+            time.sleep(0.01)
+
+
+@pytest.mark.parametrize("server", [FIXED_FORK_SERVER, FORKING_TCP_SERVER],
+                         ids=["waitpid-loop", "ForkingTCPServer"])
+def test_no_false_positive_on_healthy_fork_servers_under_load(spawner, server):
+    proc = spawner.python(server)
+    port = int(proc.stdout.readline())
+    stop, counter = threading.Event(), [0]
+    threads = [threading.Thread(target=_hammer, args=(port, stop, counter)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: counter[0] >= 20, timeout_s=20, what="load to start")
+        code, doc = run_json("scan", str(proc.pid), "--grace", "1.0")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+    assert not {"RD101", "RD102", "RD103"} & codes_of(doc), findings_of(doc)
+    assert counter[0] >= 20
+
+
+NOFILE_HOG = r"""
+import os, resource, sys
+soft = int(sys.argv[1]); keep = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = [os.open("/dev/null", os.O_RDONLY) for _ in range(keep - len(os.listdir("/proc/self/fd")) + 1)]
+print("ready", flush=True)
+import time; time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("keep,severity", [(17, "warning"), (20, "error")])
+def test_rd301_nofile_near_soft_limit(spawner, keep, severity):
+    proc = spawner.python(NOFILE_HOG, "20", str(keep))
+    code, doc = run_json("scan", str(proc.pid), "--grace", "0")
+    assert code == 1
+    (rd301,) = [f for f in findings_of(doc) if f["code"] == "RD301"]
+    assert rd301["severity"] == severity and rd301["evidence"]["soft"] == 20
+    limits = doc["targets"][0]["limits"]["nofile"]
+    assert limits["soft"] == 20 and limits["used"] == rd301["evidence"]["used"] >= 16
+
+
+def test_no_rd301_far_from_the_limit(spawner):
+    proc = spawner.python(NOFILE_HOG, "100", "10")
+    code, doc = run_json("scan", str(proc.pid), "--grace", "0")
+    assert code == 0 and "RD301" not in codes_of(doc)
+
+
+# Drops to an unprivileged UID with a low RLIMIT_NPROC, then forks children
+# that sleep: every one of them counts against the UID's limit.
+NPROC_USER = r"""
+import os, resource, sys, time
+uid, limit, children = (int(a) for a in sys.argv[1:4])
+resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+if uid:
+    os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)
+for _ in range(children):
+    if os.fork() == 0:
+        time.sleep(120); os._exit(0)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def _tasks_of_uid(uid: int) -> int:
+    total = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/status") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid:
+                total += int(fields["Threads"])
+    return total
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to an unprivileged UID")
+def test_rd302_nproc_enforced_for_unprivileged_uid(spawner):
+    nobody = 65534
+    already = _tasks_of_uid(nobody)
+    limit = already + 10
+    proc = spawner.python(NPROC_USER, str(nobody), str(limit), "8")   # 9 tasks: 90 %
+    code, doc = run_json("scan", str(proc.pid), "--grace", "0")
+    nproc = doc["targets"][0]["limits"]["nproc"]
+    assert nproc["enforced"] is True and nproc["soft"] == limit and nproc["uid"] == nobody
+    assert nproc["used"] >= already + 9
+    (rd302,) = [f for f in findings_of(doc) if f["code"] == "RD302"]
+    assert rd302["evidence"]["uid"] == nobody and code == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the UID 0 exemption needs root")
+def test_rd302_never_for_uid_0(spawner):
+    proc = spawner.python(NPROC_USER, "0", "5", "6")
+    code, doc = run_json("scan", str(proc.pid), "--grace", "0")
+    nproc = doc["targets"][0]["limits"]["nproc"]
+    assert nproc["enforced"] is False and nproc["soft"] == 5
+    assert "RD302" not in codes_of(doc)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["scan", "0"], "positive integer"),
+    (["scan", "-1"], "positive integer"),
+    (["scan", "abc"], "positive integer"),
+    (["scan", "1.5"], "positive integer"),
+    (["scan", "99999999"], "no process with PID 99999999"),
+    (["scan", "--bogus", "1"], "--bogus"),
+    (["scan", "1", "--grace", "x"], "--grace"),
+    (["scan", "1", "--format", "xml"], "xml"),
+    (["nonsense"], "nonsense"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message):
+    result = run_cli(*argv)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("reaper-doctor: error: "), result.stderr
+    assert message in lines[0] and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_special_targets_give_valid_reports(spawner):
+    parent = spawner.zombie_parent("5")
+    (zombie,) = zombie_children(parent.pid)
+    for pid in (1, 2, zombie):
+        result = run_cli("scan", str(pid), "--grace", "0", "--json")
+        assert result.returncode in (0, 1), result.stderr
+        assert "Traceback" not in result.stderr
+        target = json.loads(result.stdout)["targets"][0]
+        assert target["pid"] == pid
+    # Scanning the zombie itself names its parent as the one that must reap.
+    assert target["state"] == "zombie"
+    assert any(f["code"] == "RD101" and f["pid"] == parent.pid for f in target["findings"])
+
+
+def test_process_that_exits_during_the_scan_is_reported_not_crashed_on(spawner):
+    proc = spawner.python("import time; print('ready', flush=True); time.sleep(0.3)")
+    code, doc = run_json("scan", str(proc.pid), "--grace", "1.5")
+    target = doc["targets"][0]
+    assert target["gone"] is True and code == 0
+
+
+def test_control_characters_in_names_are_escaped(spawner):
+    evil = r"""
+import ctypes, time
+ctypes.CDLL(None).prctl(15, b"\x1b[31mevil\n", 0, 0, 0)   # PR_SET_NAME
+print("ready", flush=True); time.sleep(60)
+"""
+    proc = spawner.python(evil)
+    result = run_cli("scan", str(proc.pid), "--grace", "0")
+    assert "\x1b" not in result.stdout and "\\e[31mevil" in result.stdout
+
+
+def test_churn_scanned_50_times(spawner):
+    churn = r"""
+import os, time
+print("ready", flush=True)
+end = time.monotonic() + 60
+while time.monotonic() < end:
+    for _ in range(5):
+        if os.fork() == 0:
+            os._exit(0)
+    time.sleep(0.05)
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+"""
+    proc = spawner.python(churn)
+    runner = CliRunner()
+    for _ in range(50):
+        result = runner.invoke(main, ["scan", str(proc.pid), "--grace", "0", "--json"])
+        assert result.exit_code in (0, 1), result.output
+        doc = json.loads(result.stdout)
+        assert doc["schema"] == "reaper-doctor/scan/1"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to the unprivileged UID")
+def test_unprivileged_scan_of_a_root_process_is_partial_not_an_error(spawner):
+    """Run the CLI as UID nobody (in a forked copy of this process: the
+    interpreter under /root is not executable for nobody) against a
+    root-owned parent with zombies."""
+    from reaper_doctor import scan as _scan  # noqa: F401  (import before dropping privileges)
+    from reaper_doctor.render import json as _json, text as _text  # noqa: F401
+
+    parent = spawner.zombie_parent("3")
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked child
+        code = 3
+        try:
+            os.close(r)
+            os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+            os.dup2(w, 1)
+            sys.stdout = os.fdopen(1, "w")
+            try:
+                main(["scan", str(parent.pid), "--grace", "0", "--json"])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 3
+            sys.stdout.flush()
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as out:
+        text = out.read()
+    _, status = os.waitpid(child, 0)
+    assert os.WEXITSTATUS(status) in (0, 1), text
+    target = json.loads(text)["targets"][0]
+    unreadable = {(u["pid"], u["field"]) for u in target["unreadable"]}
+    assert (parent.pid, "fds") in unreadable
+    assert target["zombies"]["by_parent"][0]["exit_statuses"] == {"hidden": 1}
+    assert target["sigchld"] == "default"   # status masks are readable by anyone
