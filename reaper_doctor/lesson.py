@@ -98,13 +98,11 @@ class StrategyResult:
     def values(self, key: str) -> list[float]:
         return [v for t in self.trials if (v := getattr(t, key)) is not None]
 
-    def median(self, key: str) -> float | int | None:
-        """Median of `key` over the trials; None if no trial has a value."""
+    def median(self, key: str) -> float | None:
+        """Median of `key` over the trials (the lower one for an even number of
+        trials, so it is a count one trial really saw); None if no trial has one."""
         vals = self.values(key)
-        if not vals:
-            return None
-        m = statistics.median(vals)
-        return int(m) if float(m).is_integer() else m
+        return statistics.median_low(vals) if vals else None
 
     def span(self, key: str) -> tuple[float, float] | None:
         """(min, max) of `key` over the trials; None if no trial has a value."""
