@@ -16,7 +16,6 @@ import json
 import os
 import select
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,7 +87,7 @@ class Trial:
 
 @dataclass(frozen=True)
 class StrategyResult:
-    """All trials of one strategy; the headline numbers are medians."""
+    """All trials of one strategy; the headline numbers are the median trial's."""
 
     name: str
     children: int
@@ -98,11 +97,20 @@ class StrategyResult:
     def values(self, key: str) -> list[float]:
         return [v for t in self.trials if (v := getattr(t, key)) is not None]
 
+    def median_trial(self) -> Trial | None:
+        """The trial in the middle when ordered by (zombies_left, handler_runs,
+        reaped): the lower middle one for an even count. Its numbers are the
+        headline, so they are counts one trial really saw and add up."""
+        if not self.trials:
+            return None
+        order = sorted(self.trials, key=lambda t: (t.zombies_left or 0, t.handler_runs or 0,
+                                                   t.reaped or 0))
+        return order[(len(order) - 1) // 2]
+
     def median(self, key: str) -> float | None:
-        """Median of `key` over the trials (the lower one for an even number of
-        trials, so it is a count one trial really saw); None if no trial has one."""
-        vals = self.values(key)
-        return statistics.median_low(vals) if vals else None
+        """`key` of the median trial; None if skipped or not counted (sig-ign)."""
+        trial = self.median_trial()
+        return None if trial is None else getattr(trial, key)
 
     def span(self, key: str) -> tuple[float, float] | None:
         """(min, max) of `key` over the trials; None if no trial has a value."""
@@ -116,6 +124,8 @@ class StrategyResult:
         doc["skipped"] = self.skipped
         doc["note"] = NOTES.get(self.name)
         if not self.skipped:
+            median = self.median_trial()
+            doc["median_trial_pid"] = median.pid if median else None
             doc["min"] = {k: (s[0] if (s := self.span(k)) else None)
                           for k in ("handler_runs", "reaped", "zombies_left")}
             doc["max"] = {k: (s[1] if (s := self.span(k)) else None)
@@ -378,7 +388,7 @@ def render_text(report: LessonReport, *, color: bool = False, width: int = 78) -
     table = tabulate(rows, headers=["strategy", "children", "handler runs",
                                     "reaped by handler", "zombies left"],
                      tablefmt="simple", disable_numparse=True)
-    how = (f"median of {report.trials} trials, (min-max) where they differ"
+    how = (f"the median of {report.trials} trials, (min-max) where they differ"
            if report.trials > 1 else "one trial")
     head = (f"SIGCHLD coalescing: {report.children} children exit at the same instant "
             f"under each strategy ({how}); zombies are counted before clean-up.")
@@ -392,6 +402,10 @@ def render_text(report: LessonReport, *, color: bool = False, width: int = 78) -
     return "\n".join(out)
 
 
+def _times(count: float | None) -> str:
+    return "1 time" if count == 1 else f"{count} times"
+
+
 def _explanation(report: LessonReport) -> list[str]:
     """Paragraphs explaining the table, quoting this run's medians."""
     n = report.children
@@ -402,11 +416,12 @@ def _explanation(report: LessonReport) -> list[str]:
         if left:
             paras.append(
                 f"wait-once: {n} children exited, so the kernel generated {n} SIGCHLDs, "
-                f"but the Python handler ran only {runs} times and reaped "
+                f"but the Python handler ran only {_times(runs)} and reaped "
                 f"{once.median('reaped')}; {left} children stayed zombies.")
         else:
             paras.append(
-                f"wait-once: this time the handler ran {runs} times for {n} exits and "
+                f"wait-once: this time the handler ran {_times(runs)} for {n} "
+                f"exit{'s' if n != 1 else ''} and "
                 "kept up; with more --children the exits crowd together and it does not.")
     paras += [
         "Signals merge at two levels. The kernel keeps one pending bit per standard "
@@ -425,7 +440,7 @@ def _explanation(report: LessonReport) -> list[str]:
             continue
         left = s.median("zombies_left")
         if s.name == "waitpid-loop":
-            facts.append(f"waitpid-loop ran {s.median('handler_runs')} times and reaped "
+            facts.append(f"waitpid-loop ran {_times(s.median('handler_runs'))} and reaped "
                          f"{s.median('reaped')}, {left} left")
         elif s.name == "sig-ign":
             facts.append(f"under sig-ign the kernel reaped them, {left} left")
