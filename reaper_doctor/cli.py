@@ -183,3 +183,52 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str, as_json: bool, list_fd
 
         click.echo(render_text(report, color=use_color(no_color)), nl=False)
     return report.exit_code
+
+
+# Names only: importing lesson.py here would be paid by every command.
+# tests/test_lesson.py checks they match lesson.STRATEGIES.
+LESSON_STRATEGIES = ("wait-once", "waitpid-loop", "sig-ign", "pidfd")
+
+
+class BoundedInt(click.IntRange):
+    """An IntRange whose errors say "not a valid integer", not "integer range"."""
+
+    name = "integer"
+
+
+@main.group()
+def lesson() -> None:
+    """Short experiments that show how the leaks happen, with real numbers."""
+
+
+@lesson.command("coalescing")
+@click.option("--children", "-n", type=BoundedInt(1, 2048), default=64, show_default=True,
+              help="Children that exit at the same instant, per trial.")
+@click.option("--trials", "-t", type=BoundedInt(1, 20), default=3, show_default=True,
+              help="Trials per strategy; the table shows the median and min-max.")
+@click.option("--strategy", "strategies", multiple=True, type=click.Choice(LESSON_STRATEGIES),
+              help="Run only this strategy (repeatable). Default: all four.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@no_color_option
+def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json: bool,
+               no_color: bool) -> None:
+    """N children exit at once under each SIGCHLD reaping strategy: handler
+    runs vs children reaped vs zombies left, and why.
+
+    Each trial runs in a fresh Python process; everything it forks is reaped.
+    """
+    from . import lesson as lesson_mod
+
+    try:
+        report = lesson_mod.run_lesson(children, trials,
+                                       strategies or lesson_mod.STRATEGIES)
+    except lesson_mod.LessonError as e:
+        die(str(e))
+    if as_json:
+        click.echo(lesson_mod.render_json(report))
+    else:
+        click.echo(lesson_mod.render_text(report, color=use_color(no_color)))
+    if report.leftover_processes:
+        click.echo(error_line(f"{report.leftover_processes} process(es) of the trials "
+                              "were left over (killed)"), err=True)
+        sys.exit(1)
