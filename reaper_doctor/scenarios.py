@@ -1,0 +1,86 @@
+"""The scenario servers: what each one reproduces, what reaper-doctor should
+find in it, and where its script is.
+
+The scripts live in the repository's top-level `scenarios/` folder; the
+wheel ships them inside the package as `reaper_doctor/scenarios/`
+(pyproject `force-include`), so `script_path` looks there first and falls
+back to the checkout (editable or dev runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str                   # "zombie-leak"
+    script: str                 # "zombie_leak.py"
+    reproduces: str             # one line: the design and its bug
+    expected: tuple[str, ...]   # finding codes `scenario run` expects, e.g. ("RD101",)
+    fix: str                    # one line: the fix
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("blocking", "blocking.py",
+                 "iterative server: one slow request makes every other client wait "
+                 "(accept queue fills)",
+                 ("RD401",),
+                 "serve connections concurrently (fork with a waitpid loop, or an event loop)"),
+        Scenario("zombie-leak", "zombie_leak.py",
+                 "fork per connection; the parent never calls waitpid",
+                 ("RD101",),
+                 "reap in a SIGCHLD handler: loop os.waitpid(-1, os.WNOHANG) until it returns 0"),
+        Scenario("lost-sigchld", "lost_sigchld.py",
+                 "SIGCHLD handler that calls wait() once per signal; bursts of exits "
+                 "leave zombies",
+                 ("RD102",),
+                 "loop os.waitpid(-1, os.WNOHANG) in the handler: one signal may stand "
+                 "for many exits"),
+        Scenario("fd-leak", "fd_leak.py",
+                 "fork per connection; the parent never closes client_connection",
+                 ("RD201",),
+                 "in the parent, close client_connection right after fork()"),
+        Scenario("fixed-fork", "fixed_fork.py",
+                 "the correct fork server: waitpid(-1, WNOHANG) loop, both copies closed",
+                 (),
+                 "nothing to fix"),
+        Scenario("event-loop", "event_loop.py",
+                 "one process, selectors, non-blocking sockets: the lighter design",
+                 (),
+                 "nothing to fix"),
+    )
+}
+
+
+def get(name: str) -> Scenario | None:
+    """The scenario called `name` ("zombie-leak"; "zombie_leak" also works), or None."""
+    return SCENARIOS.get(name.strip().lower().replace("_", "-"))
+
+
+def scripts_dir() -> Path:
+    """The folder holding the scenario scripts: in the installed package, else
+    the checkout's top-level `scenarios/`."""
+    import reaper_doctor
+
+    package = Path(reaper_doctor.__file__).resolve().parent
+    for candidate in (package / "scenarios", package.parent / "scenarios"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"scenario scripts not found in {package / 'scenarios'} "
+                            f"or {package.parent / 'scenarios'}")
+
+
+def script_path(name: str) -> Path:
+    """The script of scenario `name`. KeyError if no such scenario,
+    FileNotFoundError if its script is missing from the installation."""
+    scenario = get(name)
+    if scenario is None:
+        raise KeyError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
+    path = scripts_dir() / scenario.script
+    if not path.is_file():
+        raise FileNotFoundError(f"scenario script missing: {path}")
+    return path
