@@ -33,8 +33,9 @@ import os
 import re
 import signal
 import threading
+import time
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -129,13 +130,14 @@ def _probe(path: Path) -> bool | None:
     return (path / "instances").is_dir() and (path / "events").is_dir()
 
 
-def find_tracefs(environ: Mapping[str, str] | None = None,
-                 mountinfo: str | None = None) -> Path:
+def find_tracefs(environ: Mapping[str, str] | None = None, mountinfo: str | None = None,
+                 candidates: Iterable[str] = TRACEFS_CANDIDATES) -> Path:
     """The tracefs root to use; raises TracefsError saying what is missing.
 
     `REAPER_DOCTOR_TRACEFS` (meant for tests) overrides the search. Otherwise
     /sys/kernel/tracing, /sys/kernel/debug/tracing, then any tracefs line of
-    /proc/self/mountinfo (`mountinfo` text may be given, for tests).
+    /proc/self/mountinfo (`mountinfo` text and `candidates` may be given,
+    for tests).
     """
     env = os.environ if environ is None else environ
     override = env.get(TRACEFS_ENV)
@@ -155,16 +157,17 @@ def find_tracefs(environ: Mapping[str, str] | None = None,
         except OSError:
             mountinfo = ""
     denied = False
-    for candidate in (*TRACEFS_CANDIDATES, *mountinfo_tracefs_mounts(mountinfo)):
+    candidates = tuple(candidates)
+    for candidate in (*candidates, *mountinfo_tracefs_mounts(mountinfo)):
         state = _probe(Path(candidate))
         if state:
             return Path(candidate)
         denied = denied or state is None
     if denied:
-        raise _permission(TRACEFS_CANDIDATES[0])
+        raise _permission(candidates[0] if candidates else "tracefs")
     raise TracefsNotFound(
-        "tracefs is not mounted (looked in /sys/kernel/tracing, /sys/kernel/debug/tracing "
-        f"and /proc/self/mountinfo); mount it as root: {MOUNT_FIX}")
+        f"tracefs is not mounted (looked in {', '.join(candidates)} and "
+        f"/proc/self/mountinfo); mount it as root: {MOUNT_FIX}")
 
 
 # ------------------------------------------------------ event formats
@@ -436,8 +439,8 @@ class SignalTrace:
     leaving (normally, by an exception or by Ctrl-C) disables the events and
     removes the instance. Raises TracefsError subclasses with one-line
     messages. Filters name the target's threads as they are when the trace
-    starts (the first MAX_FILTER_TIDS of them); threads created later are
-    not traced, except the main thread.
+    starts (only the main thread if there are more than MAX_FILTER_TIDS);
+    threads created later are not traced.
 
     Not thread-safe: call read()/take_interval() from one thread.
     """
@@ -497,9 +500,10 @@ class SignalTrace:
             if missing or (fmt is gen and result_field is None):
                 raise SignalEventsMissing(
                     f"the kernel's signal:{fmt.name} tracepoint has no field "
-                    f"{(missing or ['result'])[0]!r}; this kernel's signal events are not supported")
+                    f"{(missing or ['result'])[0]!r}; this kernel's signal events are "
+                    "not supported")
         self._tally = _Tally(result_field or "result", "sig", self.signum)
-        tids = self.tids[:MAX_FILTER_TIDS] if len(self.tids) <= MAX_FILTER_TIDS else [self.pid]
+        tids = self.tids if len(self.tids) <= MAX_FILTER_TIDS else [self.pid]
         self.filters = {
             GENERATE: f"sig == {self.signum} && {_or_terms('pid', tids)}",
             DELIVER: f"sig == {self.signum} && {_or_terms('common_pid', tids)}",
@@ -651,8 +655,6 @@ class SignalTrace:
 
 def _remove_instance(path: Path, attempts: int = 50, pause_s: float = 0.02) -> None:
     """rmdir a tracing instance; EBUSY (a reader still open) is retried briefly."""
-    import time
-
     for attempt in range(attempts):
         try:
             os.rmdir(path)
