@@ -295,3 +295,70 @@ def explain(code: str | None, as_json: bool) -> None:
                                "summary": found.summary, "text": text}, indent=2))
         return
     click.echo(text, nl=not text.endswith("\n"))
+
+
+class SignalType(click.ParamType):
+    """A signal: a name with or without SIG (CHLD, SIGCHLD, sigchld) or a number (17)."""
+
+    name = "signal"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        from .tracefs import parse_signal
+
+        try:
+            return parse_signal(str(value))
+        except ValueError:
+            raise OneLineBadParameter(
+                f"unknown signal {value!r} (try CHLD, SIGCHLD or 17)") from None
+
+
+@main.command()
+@click.argument("pid", type=PidType())
+@click.option("--duration", type=float, default=None, metavar="S",
+              help="Stop after S seconds (default: at Ctrl-C or when PID exits).")
+@click.option("--interval", type=float, default=1.0, show_default=True, metavar="S",
+              help="Seconds between the per-interval lines.")
+@click.option("--signal", "signum", type=SignalType(), default="CHLD", show_default=True,
+              help="The signal to count: a name (CHLD, SIGCHLD) or a number.")
+@click.option("--grace", type=float, default=1.0, show_default=True, metavar="S",
+              help="A zombie counts as left only after S seconds as a zombie.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document at the end.")
+@no_color_option
+def trace(pid: int, duration: float | None, interval: float, signum: int, grace: float,
+          as_json: bool, no_color: bool) -> None:
+    """(root) Count SIGCHLD generated / merged / delivered for PID, from the
+    kernel's signal tracepoints, in a private tracing instance."""
+    from . import trace as tracing
+    from .tracefs import TracefsError, signal_name
+
+    if duration is not None and not duration > 0:
+        die(f"--duration must be a positive number of seconds, not {duration:g}")
+    if not interval > 0:
+        die(f"--interval must be a positive number of seconds, not {interval:g}")
+    if not grace >= 0:
+        die(f"--grace must be zero or more seconds, not {grace:g}")
+
+    def started(tr: Any) -> None:
+        until = f"for {duration:g} s" if duration is not None else "until Ctrl-C"
+        click.echo(f"{PROG}: tracing {signal_name(signum)} of PID {pid} in {tr.instance} "
+                   f"{until}", err=True)
+        if not as_json:
+            click.echo(tracing.SAMPLE_HEADER)
+
+    def sampled(s: Any) -> None:
+        if not as_json:
+            click.echo(tracing.render_sample(s))
+
+    def target_exited(t_s: float) -> None:
+        click.echo(f"{PROG}: PID {pid} exited after {t_s:.1f} s; trace ended", err=True)
+
+    try:
+        result = tracing.run_trace(pid, signum, duration_s=duration, interval_s=interval,
+                                   grace_s=grace, on_start=started, on_sample=sampled,
+                                   on_target_exit=target_exited)
+    except TracefsError as e:
+        die(str(e))
+    click.echo(tracing.render_json(result) if as_json else tracing.render_text(result))
+    sys.exit(tracing.exit_code(tracing.trace_findings(result)))
