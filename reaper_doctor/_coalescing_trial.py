@@ -38,29 +38,13 @@ import sys
 import time
 from typing import Any
 
+from reaper_doctor.collect import child_states
+
 STRATEGIES = ("wait-once", "waitpid-loop", "sig-ign", "pidfd")
 
 POLL_S = 0.02      # between /proc scans while the children exit
 STABLE_S = 0.1     # no child alive and the same zombie count for this long
 GO_TIMEOUT_S = 300.0
-
-
-def child_states(parent: int) -> dict[int, str]:
-    """{pid: state letter} of `parent`'s children, from /proc/*/stat (proc(5))."""
-    found: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        # comm may hold spaces and ")": split after the last ")".
-        rest = raw[raw.rfind(b")") + 2:].split()
-        if len(rest) > 1 and int(rest[1]) == parent:
-            found[int(entry)] = rest[0].decode()
-    return found
 
 
 def pidfd_unsupported() -> str | None:

@@ -17,6 +17,7 @@ import stat as stat_mod
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from . import procfs
 from .model import (
@@ -71,6 +72,33 @@ class TaskBrief:
     uid: int | None
     threads: int
     state: str
+
+
+def read_stat(pid: int) -> procfs.StatLine | None:
+    """The stat line of `pid`, or None if it is gone."""
+    try:
+        return procfs.parse_stat(read_bytes(f"{PROC}/{pid}/stat"))
+    except OSError:
+        return None
+
+
+def stat_lines() -> Iterator[procfs.StatLine]:
+    """The stat line of every process; those that exit mid-walk are skipped."""
+    for entry in os.listdir(PROC):
+        if entry.isdigit():
+            line = read_stat(int(entry))
+            if line is not None:
+                yield line
+
+
+def child_states(ppid: int) -> dict[int, str]:
+    """{pid: state letter} of the children of `ppid`."""
+    return {st.pid: st.state for st in stat_lines() if st.ppid == ppid}
+
+
+def session_members(sid: int) -> list[int]:
+    """PIDs (live or zombie) of the processes in session `sid`."""
+    return [st.pid for st in stat_lines() if st.session == sid]
 
 
 def _brief_field(raw: bytes, key: bytes) -> bytes | None:

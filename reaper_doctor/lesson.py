@@ -189,21 +189,10 @@ def _read_line(fd: int, buf: bytearray, deadline: float) -> str | None:
 
 
 def session_processes(sid: int) -> list[int]:
-    """PIDs of live or zombie processes in session `sid`, from /proc/*/stat."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        rest = raw[raw.rfind(b")") + 2:].split()
-        # proc(5): state ppid pgrp session ...
-        if len(rest) > 3 and int(rest[3]) == sid:
-            found.append(int(entry))
-    return found
+    """PIDs of live or zombie processes in session `sid`."""
+    from .collect import session_members
+
+    return session_members(sid)
 
 
 def _stop_trial(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:

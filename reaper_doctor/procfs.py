@@ -28,6 +28,8 @@ class StatLine(NamedTuple):
     comm: str
     state: str            # one letter: R S D Z T t X I ...
     ppid: int
+    pgrp: int
+    session: int
     threads: int
     start_ticks: int      # field 22: clock ticks after boot; with pid, a process's identity
     exit_code: int | None  # field 52: raw wait status of a zombie; None on old kernels
@@ -48,6 +50,8 @@ def parse_stat(raw: bytes) -> StatLine:
         comm=raw[open_paren + 1:close_paren].decode("utf-8", "replace"),
         state=rest[0].decode(),
         ppid=int(rest[1]),
+        pgrp=int(rest[2]),
+        session=int(rest[3]),
         threads=int(rest[17]),
         start_ticks=int(rest[19]),
         exit_code=int(rest[49]) if len(rest) >= 50 else None,

@@ -43,9 +43,11 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 10.0,
         time.sleep(interval_s)
 
 
-def zombie_children(pid: int) -> list[int]:
-    """PIDs of `pid`'s children that are zombies, read from /proc."""
-    found = []
+def proc_stats() -> dict[int, list[bytes]]:
+    """{pid: stat fields from field 3 on} for every process: [state, ppid,
+    pgrp, session, ...]. The tests' own /proc reader, independent of the
+    tool's, so that a bug in the tool's parser cannot hide from them."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -54,10 +56,24 @@ def zombie_children(pid: int) -> list[int]:
                 raw = f.read()
         except OSError:
             continue
-        rest = raw[raw.rfind(b")") + 2:].split()
-        if int(rest[1]) == pid and rest[0] == b"Z":
-            found.append(int(entry))
+        found[int(entry)] = raw[raw.rfind(b")") + 2:].split()  # after the last ")"
     return found
+
+
+def children_states(pid: int) -> dict[int, str]:
+    """{child pid: state letter} of `pid`'s children."""
+    return {child: rest[0].decode() for child, rest in proc_stats().items()
+            if int(rest[1]) == pid}
+
+
+def zombie_children(pid: int) -> list[int]:
+    """PIDs of `pid`'s children that are zombies."""
+    return [child for child, state in children_states(pid).items() if state == "Z"]
+
+
+def live_children(pid: int) -> list[int]:
+    """PIDs of `pid`'s children that are not zombies."""
+    return [child for child, state in children_states(pid).items() if state != "Z"]
 
 
 def reap(proc: subprocess.Popen, timeout_s: float = 5.0) -> None:

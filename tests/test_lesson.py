@@ -8,35 +8,17 @@ import re
 
 import pytest
 
-from helpers import run_cli, wait_until
+from helpers import children_states as children_of, proc_stats, run_cli, wait_until
 from reaper_doctor import cli, lesson
 from reaper_doctor.lesson import LessonReport, StrategyResult, Trial
 
 N = 64
 
 
-def _stat(pid: str) -> list[bytes] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    return raw[raw.rfind(b")") + 2:].split()  # state ppid pgrp session ...
-
-
 def processes_of(pids: set[int]) -> list[int]:
     """Processes whose parent or session is one of `pids` (the trials')."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (rest := _stat(entry)) is not None:
-            if int(rest[1]) in pids or int(rest[3]) in pids:
-                found.append(int(entry))
-    return found
-
-
-def children_of(pid: int) -> dict[int, str]:
-    return {int(e): rest[0].decode() for e in os.listdir("/proc")
-            if e.isdigit() and (rest := _stat(e)) is not None and int(rest[1]) == pid}
+    return [pid for pid, rest in proc_stats().items()
+            if int(rest[1]) in pids or int(rest[3]) in pids]
 
 
 def pidfd_expected() -> bool:

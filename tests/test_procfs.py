@@ -41,6 +41,7 @@ TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retr
 def test_parse_stat_splits_after_the_last_paren():
     st = procfs.parse_stat(STAT_ZOMBIE)
     assert (st.pid, st.comm, st.state, st.ppid) == (4711, "a) b (c", "Z", 4242)
+    assert (st.pgrp, st.session) == (4242, 4242)
     assert st.threads == 1 and st.start_ticks == 24484 and st.exit_code == 768
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from helpers import run_cli, run_json, wait_until, zombie_children
+from helpers import live_children, run_cli, run_json, wait_until, zombie_children
 from reaper_doctor.cli import main
 
 # Forks N children blocked on one pipe, then releases them together: the
@@ -117,7 +117,7 @@ def test_rd102_wait_once_handler_loses_coalesced_signals(spawner):
     parent = spawner.python(WAIT_ONCE_PARENT, "128")
     # Children exit together; the handler reaps a few. Wait for the rest to settle.
     wait_until(lambda: len(zombie_children(parent.pid)) > 0
-               and not _live_children(parent.pid), timeout_s=20, what="the burst to settle")
+               and not live_children(parent.pid), timeout_s=20, what="the burst to settle")
     code, doc = run_json("scan", str(parent.pid), "--grace", "0.5")
     assert code == 1
     (rd102,) = [f for f in findings_of(doc) if f["code"] == "RD102"]
@@ -134,21 +134,6 @@ def test_rd103_sigchld_blocked(spawner):
     (rd103,) = [f for f in findings_of(doc) if f["code"] == "RD103"]
     assert rd103["evidence"]["sigchld"] == "blocked" and rd103["evidence"]["count"] == 3
     assert rd103["evidence"]["sigchld_pending"] is True
-
-
-def _live_children(pid: int) -> list[int]:
-    live = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    raw = f.read()
-            except OSError:
-                continue
-            rest = raw[raw.rfind(b")") + 2:].split()
-            if int(rest[1]) == pid and rest[0] != b"Z":
-                live.append(int(entry))
-    return live
 
 
 def _hammer(port: int, stop: threading.Event, counter: list[int]) -> None:
