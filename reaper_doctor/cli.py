@@ -209,20 +209,35 @@ def lesson() -> None:
 @click.option("--strategy", "strategies", multiple=True, type=click.Choice(LESSON_STRATEGIES),
               help="Run only this strategy (repeatable). Default: all four.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option("--trace", "trace", is_flag=True,
+              help="(root, tracefs) Also count each trial's SIGCHLD in the kernel: "
+                   "generated, merged, delivered.")
 @no_color_option
 def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json: bool,
-               no_color: bool) -> None:
+               trace: bool, no_color: bool) -> None:
     """N children exit at once under each SIGCHLD reaping strategy: handler
     runs vs children reaped vs zombies left, and why.
 
     Each trial runs in a fresh Python process; everything it forks is reaped.
+    With --trace, the kernel's signal tracepoints show where the signals merged.
     """
     from . import lesson as lesson_mod
 
+    trace_errors: tuple[type[Exception], ...] = ()
+    if trace:
+        from .tracefs import TracefsError, preflight
+
+        trace_errors = (TracefsError,)
+        try:
+            preflight()  # before any trial: no root or no tracefs is one line, exit 2
+        except TracefsError as e:
+            die(str(e))
     try:
         report = lesson_mod.run_lesson(children, trials,
-                                       strategies or lesson_mod.STRATEGIES)
+                                       strategies or lesson_mod.STRATEGIES, trace=trace)
     except lesson_mod.LessonError as e:
+        die(str(e))
+    except trace_errors as e:
         die(str(e))
     if as_json:
         click.echo(lesson_mod.render_json(report))
