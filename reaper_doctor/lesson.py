@@ -497,8 +497,9 @@ def _kernel_explanation(report: LessonReport) -> list[str]:
             f"pending and merged into it (result 2), and {k['delivered']} "
             f"{'was' if k['delivered'] == 1 else 'were'} delivered. ")
     if cpy:
-        text += (f"CPython merged again: {k['delivered']} deliveries became {_times(runs)} "
-                 f"of the Python handler, {cpy} lost in its flag. ")
+        text += (f"CPython merged again: {k['delivered']} deliveries became {runs} "
+                 f"run{'s' if runs != 1 else ''} of the Python handler, {cpy} lost in "
+                 "its flag. ")
     else:
         text += (f"CPython ran the Python handler once per delivery this time ({_times(runs)}), "
                  "so every signal lost was lost in the kernel. ")

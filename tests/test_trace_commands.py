@@ -119,7 +119,7 @@ def test_lesson_renders_kernel_counts_on_hand_built_data():
     flat = " ".join(text.split())
     assert ("for wait-once it generated 64 SIGCHLDs, 53 arrived while one was already "
             "pending and merged into it (result 2), and 11 were delivered") in flat
-    assert "11 deliveries became 9 times of the Python handler, 2 lost in its flag" in flat
+    assert "11 deliveries became 9 runs of the Python handler, 2 lost in its flag" in flat
     assert "53 + 2 = 55 zombies" in flat
     assert "sig-ign the kernel sent no SIGCHLD at all" in flat
     # Without --trace the table and the text stay as they were.
