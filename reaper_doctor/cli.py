@@ -153,9 +153,13 @@ class GraceType(click.ParamType):
               show_default=True, help="Output format.")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--list-fds", is_flag=True, help="JSON: include every descriptor (fd, link).")
+@click.option("--trace", "trace_s", type=float, default=None, metavar="S",
+              help="(root, tracefs) Trace SIGCHLD for S seconds between the samples (the "
+                   "grace becomes at least S): each parent with zombies that catches SIGCHLD "
+                   "gets the kernel's counts (generated, merged, delivered) in its RD102.")
 @no_color_option
 def scan(pids: tuple[int, ...], grace_s: float, fmt: str, as_json: bool, list_fds: bool,
-         no_color: bool) -> int:
+         trace_s: float | None, no_color: bool) -> int:
     """Snapshot and diagnose PIDS and their descendants.
 
     Shows the process tree, zombies grouped by parent with their exit
@@ -170,10 +174,14 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str, as_json: bool, list_fd
         die("give at least one PID (the whole-machine census is not available yet)")
     if as_json:
         fmt = "json"
-    try:
-        report = run_scan(list(dict.fromkeys(pids)), grace_s=grace_s, with_fd_list=list_fds)
-    except ProcessGone as gone:
-        die(str(gone))
+    if trace_s is None:
+        try:
+            report = run_scan(list(dict.fromkeys(pids)), grace_s=grace_s,
+                              with_fd_list=list_fds)
+        except ProcessGone as gone:
+            die(str(gone))
+    else:
+        report = _traced_scan(list(dict.fromkeys(pids)), grace_s, list_fds, trace_s)
     if fmt == "json":
         from .render.json import render_json
 
@@ -183,6 +191,34 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str, as_json: bool, list_fd
 
         click.echo(render_text(report, color=use_color(no_color)), nl=False)
     return report.exit_code
+
+
+def _traced_scan(pids: list[int], grace_s: float, list_fds: bool, trace_s: float) -> Any:
+    """`scan --trace S`: tracefs is imported only here; its errors are one line, exit 2."""
+    from .scan import ProcessGone, scan as run_scan
+    from .trace import SigchldTracer
+    from .tracefs import TracefsError, preflight
+
+    if not 0 < trace_s <= 3600:
+        die(f"--trace must be between 0 and 3600 seconds, not {trace_s:g}")
+
+    def attached(pid: int, instance: str) -> None:
+        click.echo(f"{PROG}: tracing SIGCHLD of PID {pid} for {trace_s:g} s in {instance}",
+                   err=True)
+
+    try:
+        preflight()
+        with SigchldTracer(on_attach=attached) as tracer:
+            report = run_scan(pids, grace_s=grace_s, with_fd_list=list_fds, tracer=tracer,
+                              trace_s=trace_s)
+        if not tracer.attached:
+            click.echo(f"{PROG}: --trace: no parent of a zombie catches SIGCHLD at the first "
+                       "sample; nothing was traced", err=True)
+    except ProcessGone as gone:
+        die(str(gone))
+    except TracefsError as e:
+        die(str(e))
+    return report
 
 
 # Names only: importing lesson.py here would be paid by every command.
@@ -209,20 +245,35 @@ def lesson() -> None:
 @click.option("--strategy", "strategies", multiple=True, type=click.Choice(LESSON_STRATEGIES),
               help="Run only this strategy (repeatable). Default: all four.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option("--trace", "trace", is_flag=True,
+              help="(root, tracefs) Also count each trial's SIGCHLD in the kernel: "
+                   "generated, merged, delivered.")
 @no_color_option
 def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json: bool,
-               no_color: bool) -> None:
+               trace: bool, no_color: bool) -> None:
     """N children exit at once under each SIGCHLD reaping strategy: handler
     runs vs children reaped vs zombies left, and why.
 
     Each trial runs in a fresh Python process; everything it forks is reaped.
+    With --trace, the kernel's signal tracepoints show where the signals merged.
     """
     from . import lesson as lesson_mod
 
+    trace_errors: tuple[type[Exception], ...] = ()
+    if trace:
+        from .tracefs import TracefsError, preflight
+
+        trace_errors = (TracefsError,)
+        try:
+            preflight()  # before any trial: no root or no tracefs is one line, exit 2
+        except TracefsError as e:
+            die(str(e))
     try:
         report = lesson_mod.run_lesson(children, trials,
-                                       strategies or lesson_mod.STRATEGIES)
+                                       strategies or lesson_mod.STRATEGIES, trace=trace)
     except lesson_mod.LessonError as e:
+        die(str(e))
+    except trace_errors as e:
         die(str(e))
     if as_json:
         click.echo(lesson_mod.render_json(report))

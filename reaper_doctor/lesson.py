@@ -7,6 +7,12 @@ pytest process. `run_trial` drives one trial through a small handshake
 (`ready <pid>` / `go`) so that a kernel tracer can attach to the trial
 process before its children are released (the later `--trace`).
 
+With `trace=True` (`lesson coalescing --trace`, root and tracefs) each
+trial process is traced from "ready" until it has settled, and the kernel's
+own counts of SIGCHLD (generated / merged / delivered, trace.SigchldTracer)
+stand beside the handler runs: the two levels of merging, in the kernel and
+in CPython.
+
 Measured basis: notes/linux-facts.md section 3 (exp3_coalescing.py).
 """
 
@@ -22,7 +28,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +47,12 @@ NOTES: Mapping[str, str] = {
               "waitid(P_PIDFD); 'handler runs' counts readable-pidfd events"),
 }
 
+# The kernel counts `--trace` adds to each strategy (JSON "kernel").
+KERNEL_KEYS = ("generated", "merged", "delivered", "ignored", "lost_events")
+# Strategies whose "handler runs" are runs of a Python SIGCHLD handler, so
+# that kernel deliveries minus handler runs is what CPython merged.
+SIGNAL_HANDLERS = ("wait-once", "waitpid-loop")
+
 TrialHook = Callable[[int], None]
 
 
@@ -54,7 +66,9 @@ class Trial:
 
     `handler_runs` and `reaped` are None for sig-ign (no handler; the kernel
     reaps). `zombies_left` is counted before the trial's own clean-up.
-    All counts are None when `skipped` gives a reason.
+    All counts are None when `skipped` gives a reason. `kernel`: SIGCHLD
+    counts of the trial process from its tracepoints (`KERNEL_KEYS`), None
+    when not traced.
     """
 
     strategy: str
@@ -69,6 +83,22 @@ class Trial:
     leftover_processes: int = 0
     skipped: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    kernel: Mapping[str, int] | None = None
+
+    @property
+    def cpython_merged(self) -> int | None:
+        """Kernel deliveries that never became a separate Python handler run;
+        None unless traced with a Python signal handler."""
+        if self.kernel is None or self.handler_runs is None or \
+                self.strategy not in SIGNAL_HANDLERS:
+            return None
+        return self.kernel["delivered"] - self.handler_runs
+
+    def count(self, key: str) -> int | None:
+        """A trial count by name: a field, a kernel count, or cpython_merged."""
+        if key in KERNEL_KEYS:
+            return None if self.kernel is None else self.kernel[key]
+        return getattr(self, key)
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], leftover_processes: int = 0) -> Trial:
@@ -82,7 +112,9 @@ class Trial:
         return {"pid": self.pid, "handler_runs": self.handler_runs, "reaped": self.reaped,
                 "zombies_left": self.zombies_left, "still_alive": self.still_alive,
                 "cleanup_reaped": self.cleanup_reaped, "settle_s": self.settle_s,
-                "leftover_processes": self.leftover_processes, **self.extra}
+                "leftover_processes": self.leftover_processes, **self.extra,
+                "kernel": dict(self.kernel) if self.kernel is not None else None,
+                "cpython_merged": self.cpython_merged}
 
 
 @dataclass(frozen=True)
@@ -95,7 +127,7 @@ class StrategyResult:
     skipped: str | None = None
 
     def values(self, key: str) -> list[float]:
-        return [v for t in self.trials if (v := getattr(t, key)) is not None]
+        return [v for t in self.trials if (v := t.count(key)) is not None]
 
     def median_trial(self) -> Trial | None:
         """The trial in the middle when ordered by (zombies_left, handler_runs,
@@ -110,7 +142,7 @@ class StrategyResult:
     def median(self, key: str) -> float | None:
         """`key` of the median trial; None if skipped or not counted (sig-ign)."""
         trial = self.median_trial()
-        return None if trial is None else getattr(trial, key)
+        return None if trial is None else trial.count(key)
 
     def span(self, key: str) -> tuple[float, float] | None:
         """(min, max) of `key` over the trials; None if no trial has a value."""
@@ -130,6 +162,10 @@ class StrategyResult:
                           for k in ("handler_runs", "reaped", "zombies_left")}
             doc["max"] = {k: (s[1] if (s := self.span(k)) else None)
                           for k in ("handler_runs", "reaped", "zombies_left")}
+        median = self.median_trial()
+        doc["kernel"] = (dict(median.kernel) if median is not None and median.kernel is not None
+                         else None)
+        doc["cpython_merged"] = median.cpython_merged if median is not None else None
         doc["trials"] = [t.to_json() for t in self.trials]
         return doc
 
@@ -140,6 +176,7 @@ class LessonReport:
     trials: int
     strategies: tuple[StrategyResult, ...]
     platform: Mapping[str, str] = field(default_factory=dict)
+    traced: bool = False
 
     @property
     def leftover_processes(self) -> int:
@@ -150,6 +187,7 @@ class LessonReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "children": self.children, "trials": self.trials,
+                "traced": self.traced,
                 "strategies": [s.to_json() for s in self.strategies],
                 "leftover_processes": self.leftover_processes, **self.platform}
 
@@ -306,13 +344,38 @@ def _drive(proc: subprocess.Popen[bytes], before_release: TrialHook | None,
     return doc
 
 
+def run_traced_trial(strategy: str, children: int, *,
+                     tracefs: str | os.PathLike[str] | None = None,
+                     timeout_s: float | None = None) -> Trial:
+    """run_trial, with the trial process's SIGCHLD traced from "ready" until
+    it has settled and reported (`Trial.kernel`). The instance is removed
+    on every path. Raises tracefs.TracefsError (root, tracefs) or LessonError."""
+    from .trace import SigchldTracer
+
+    def attach(pid: int) -> None:
+        if not tracer.attach(pid):
+            raise LessonError(f"{strategy} trial (PID {pid}) vanished before the trace began")
+
+    with SigchldTracer(tracefs) as tracer:
+        trial = run_trial(strategy, children, before_release=attach, timeout_s=timeout_s)
+        # The trial has printed its counts, reaped its children and exited:
+        # every SIGCHLD of the burst is in the buffer by now.
+        counts = tracer.counts().get(trial.pid)
+    if counts is None:
+        return trial  # skipped: nothing was released, nothing traced
+    return replace(trial, kernel={k: getattr(counts, k) for k in KERNEL_KEYS})
+
+
 def run_lesson(children: int = 64, trials: int = 3,
                strategies: Iterable[str] = STRATEGIES,
-               progress: Callable[[str, int], None] | None = None) -> LessonReport:
+               progress: Callable[[str, int], None] | None = None, *,
+               trace: bool = False,
+               tracefs: str | os.PathLike[str] | None = None) -> LessonReport:
     """Run `trials` trials of each strategy (in STRATEGIES order) with `children`.
 
     A strategy the trial process reports as unsupported is skipped after its
     first trial. `progress(strategy, trial_number)` is called before each trial.
+    `trace`: trace each trial (run_traced_trial); raises tracefs.TracefsError.
     """
     if not MIN_CHILDREN <= children <= MAX_CHILDREN:
         raise LessonError(f"children must be in {MIN_CHILDREN}..{MAX_CHILDREN}")
@@ -326,14 +389,17 @@ def run_lesson(children: int = 64, trials: int = 3,
         for i in range(trials):
             if progress is not None:
                 progress(name, i + 1)
-            trial = run_trial(name, children)
+            if trace:
+                trial = run_traced_trial(name, children, tracefs=tracefs)
+            else:
+                trial = run_trial(name, children)
             if trial.skipped:
                 skipped = trial.skipped
                 break
             done.append(trial)
         results.append(StrategyResult(name, children, tuple(done), skipped))
     platform = {"kernel": os.uname().release, "python": sys.version.split()[0]}
-    return LessonReport(children, trials, tuple(results), platform)
+    return LessonReport(children, trials, tuple(results), platform, traced=trace)
 
 
 # --- rendering: LessonReport -> str ---------------------------------------
@@ -367,20 +433,32 @@ def render_text(report: LessonReport, *, color: bool = False, width: int = 78) -
         return click.style(text, fg=fg)
 
     rows = []
+    kernel_cols = ("generated", "merged", "delivered", "cpython_merged")
     for s in report.strategies:
         if s.skipped:
-            rows.append([s.name, s.children, "-", "-", f"skipped: {s.skipped}"])
+            rows.append([s.name, s.children, "-", "-", f"skipped: {s.skipped}"]
+                        + ["-"] * (len(kernel_cols) if report.traced else 0))
             continue
         left = _fmt(s, "zombies_left")
-        rows.append([s.name, s.children, _fmt(s, "handler_runs"), _fmt(s, "reaped"),
-                     paint(left, "red" if s.median("zombies_left") else "green")])
-    table = tabulate(rows, headers=["strategy", "children", "handler runs",
-                                    "reaped by handler", "zombies left"],
-                     tablefmt="simple", disable_numparse=True)
+        row = [s.name, s.children, _fmt(s, "handler_runs"), _fmt(s, "reaped"),
+               paint(left, "red" if s.median("zombies_left") else "green")]
+        if report.traced:
+            row += [_fmt(s, key) for key in kernel_cols]
+        rows.append(row)
+    headers = ["strategy", "children", "handler runs", "reaped by handler", "zombies left"]
+    if report.traced:
+        headers = [h.replace(" ", "\n", 1) if h.startswith(("handler", "reaped", "zombies"))
+                   else h for h in headers]
+        headers += ["SIGCHLD\ngenerated", "merged\nin kernel", "delivered\nby kernel",
+                    "merged in\nCPython"]
+    table = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
     how = (f"the median of {report.trials} trials, (min-max) where they differ"
            if report.trials > 1 else "one trial")
     head = (f"SIGCHLD coalescing: {report.children} children exit at the same instant "
             f"under each strategy ({how}); zombies are counted before clean-up.")
+    if report.traced:
+        head += (" The SIGCHLD columns are the kernel's own counts, from its signal "
+                 "tracepoints.")
     paragraphs = _explanation(report)
     if report.leftover_processes:
         paragraphs.append(paint(f"warning: {report.leftover_processes} process(es) of the "
@@ -393,6 +471,49 @@ def render_text(report: LessonReport, *, color: bool = False, width: int = 78) -
 
 def _times(count: float | None) -> str:
     return "1 time" if count == 1 else f"{count} times"
+
+
+def _kernel_explanation(report: LessonReport) -> list[str]:
+    """With --trace: the two levels of merging, in this run's numbers."""
+    once = report.strategy("wait-once")
+    t = once.median_trial() if report.traced and once is not None else None
+    if t is None or t.kernel is None or t.handler_runs is None:
+        return []
+    k, runs, n = t.kernel, t.handler_runs, report.children
+    cpy = t.cpython_merged
+    text = (f"The kernel's tracepoints show where they went: for wait-once it generated "
+            f"{k['generated']} SIGCHLDs, {k['merged']} arrived while one was already "
+            f"pending and merged into it (result 2), and {k['delivered']} "
+            f"{'was' if k['delivered'] == 1 else 'were'} delivered. ")
+    if cpy:
+        text += (f"CPython merged again: {k['delivered']} deliveries became {runs} "
+                 f"run{'s' if runs != 1 else ''} of the Python handler, {cpy} lost in "
+                 "its flag. ")
+    else:
+        text += (f"CPython ran the Python handler once per delivery this time ({_times(runs)}), "
+                 "so every signal lost was lost in the kernel. ")
+    if k["generated"] == n and cpy is not None and t.zombies_left == k["merged"] + cpy:
+        text += (f"Each signal merged is a wait() never made: {k['merged']} + {cpy} = "
+                 f"{t.zombies_left} zombies.")
+    others = []
+    ign = report.strategy("sig-ign")
+    ign_t = ign.median_trial() if ign is not None else None
+    if ign_t is not None and ign_t.kernel is not None and ign_t.kernel["generated"] == 0:
+        others.append("under sig-ign the kernel sent no SIGCHLD at all: it reaps each "
+                      "child at exit instead")
+    pidfd = report.strategy("pidfd")
+    pidfd_t = pidfd.median_trial() if pidfd is not None else None
+    if pidfd_t is not None and pidfd_t.kernel is not None and pidfd_t.kernel["generated"]:
+        others.append(f"under pidfd its {pidfd_t.kernel['generated']} SIGCHLDs were "
+                      f"generated and {pidfd_t.kernel['ignored']} discarded (default "
+                      "disposition), and the pidfds did the work")
+    if others:
+        joined = "; ".join(others)
+        text += " " + joined[0].upper() + joined[1:] + "."
+    if k.get("lost_events"):
+        text += (f" (The ring buffer dropped {k['lost_events']} events: the kernel counts "
+                 "are low.)")
+    return [text.strip()]
 
 
 def _explanation(report: LessonReport) -> list[str]:
@@ -419,6 +540,7 @@ def _explanation(report: LessonReport) -> list[str]:
         "later, once, in the main thread between bytecodes, however many signals came "
         "in meanwhile. A handler that calls wait() once per run reaps one child per "
         "run, not one per exit, and the rest stay zombies until the next SIGCHLD.",
+        *_kernel_explanation(report),
         "The fix: loop os.waitpid(-1, os.WNOHANG) until it returns 0 (or raises "
         "ChildProcessError). When exit statuses are not needed, SIG_IGN lets the "
         "kernel reap; pidfd gives one event per child.",

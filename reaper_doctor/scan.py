@@ -7,22 +7,37 @@ decides when to read.
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 from .collect import ProcessGone, collect_snapshot
-from .diagnose import PID1_GRACE_S, diagnose
+from .diagnose import PID1_GRACE_S, diagnose, with_measured_sigchld
 from .model import Report, Snapshot, TargetReport
 
 
+class SignalTracer(Protocol):
+    """What `scan --trace` needs of a tracer (trace.SigchldTracer; no tracefs here)."""
+
+    def attach(self, pid: int) -> bool: ...        # start tracing SIGCHLD of pid
+    def measure(self) -> Mapping[int, Mapping[str, float]]: ...  # counts; then stop
+
+
 def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = False,
-         sleep: Callable[[float], None] = time.sleep) -> Report:
+         sleep: Callable[[float], None] = time.sleep,
+         tracer: SignalTracer | None = None, trace_s: float = 0.0) -> Report:
     """Scan each target: one sample, then (grace_s > 0) another `grace_s`
     later, and diagnose each from its samples.
+
+    With a `tracer` (`scan --trace S`), the window lasts at least `trace_s`
+    and each parent that has zombies at the first sample and catches SIGCHLD
+    is traced through it; its RD102 gets the kernel's counts.
 
     Raises ProcessGone if a target does not exist at the first sample; a
     target that exits before the second sample is reported from the first,
     marked gone.
     """
+    if tracer is not None:
+        grace_s = max(grace_s, trace_s)
+    measured: Mapping[int, Mapping[str, float]] = {}
     first = {pid: collect_snapshot(pid, with_fd_list=with_fd_list) for pid in pids}
     samples: dict[int, list[Snapshot]] = {pid: [snap] for pid, snap in first.items()}
     gone: set[int] = set()
@@ -30,7 +45,13 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
         wait_s = grace_s
         if any(z.ppid == 1 for snap in first.values() for z in snap.zombies):
             wait_s = max(wait_s, PID1_GRACE_S)  # PID 1 reaps lazily (linux-facts 8)
+        traced_at = _attach_tracer(tracer, first)
         _sleep_until(first, wait_s, sleep)
+        if tracer is not None:
+            remaining = traced_at + trace_s - time.monotonic() if traced_at else 0.0
+            if remaining > 0:
+                sleep(remaining)  # the trace itself lasts trace_s
+            measured = tracer.measure()
         for pid in pids:
             try:
                 later = collect_snapshot(pid, with_fd_list=with_fd_list)
@@ -45,9 +66,26 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
         snaps = samples[pid]
         # A target that vanished has one sample: too few to judge persistence.
         findings = diagnose(snaps, grace_s=grace_s) if len(snaps) > 1 or grace_s == 0 else []
+        findings = with_measured_sigchld(findings, measured)
         targets.append(TargetReport(pid=pid, snapshot=snaps[-1], findings=tuple(findings),
                                     samples=len(snaps), grace_s=grace_s, gone=pid in gone))
     return Report(targets=tuple(targets))
+
+
+def _attach_tracer(tracer: SignalTracer | None, first: dict[int, Snapshot]) -> float | None:
+    """Trace every parent of a zombie that catches SIGCHLD (only they can get
+    RD102: the zombies must be there at the first sample); when tracing
+    began, None if nothing is traced."""
+    if tracer is None:
+        return None
+    parents = {}
+    for snap in first.values():
+        for z in snap.zombies:
+            parent = snap.processes.get(z.ppid) or snap.target_parent
+            if parent is not None and parent.pid == z.ppid and parent.sigchld == "caught":
+                parents[parent.pid] = parent
+    attached = [pid for pid in sorted(parents) if tracer.attach(pid)]
+    return time.monotonic() if attached else None
 
 
 def _sleep_until(first: dict[int, Snapshot], wait_s: float,
@@ -59,4 +97,4 @@ def _sleep_until(first: dict[int, Snapshot], wait_s: float,
         sleep(remaining)
 
 
-__all__ = ["scan", "ProcessGone"]
+__all__ = ["scan", "ProcessGone", "SignalTracer"]

@@ -12,12 +12,14 @@ import os
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from .catalog import CODES
-from .tracefs import SignalCounts, SignalTrace, TraceTargetGone, signal_name
+from .diagnose import trace_findings as diagnose_trace
+from .model import Finding, Severity
+from .render.json import finding_document
+from .tracefs import SignalCounts, SignalTrace, TracefsError, TraceTargetGone, signal_name
 
 SCHEMA = "reaper-doctor/trace/1"
 TICK_S = 0.1          # how often the pipe is drained and /proc looked at
@@ -273,39 +275,140 @@ def run_trace(pid: int, signum: int = signal.SIGCHLD, *, duration_s: float | Non
         grace_s=grace_s, instance=instance, samples=tuple(samples))
 
 
+# ------------------------------------------ several traces, in the background
+
+
+class SigchldTracer:
+    """SIGCHLD of several processes, each in its own private instance, read
+    by a background thread (for `lesson --trace` and `scan --trace`).
+
+    Use as a context manager: leaving it (normally, by an exception, by
+    Ctrl-C or SIGTERM) stops the reader and removes every instance.
+    `attach(pid)` starts a trace; `counts()` gives the totals so far;
+    `measure()` gives the totals with durations and detaches everything.
+
+    The thread drains each `trace_pipe` every `tick_s`, so a long window
+    does not overflow the ring buffer; one lock serialises it with the
+    caller (SignalTrace is not thread-safe).
+    """
+
+    def __init__(self, tracefs: str | os.PathLike[str] | None = None, *,
+                 signum: int = signal.SIGCHLD, tick_s: float = TICK_S,
+                 on_attach: Callable[[int, str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.tracefs = tracefs
+        self.signum = signum
+        self.tick_s = tick_s
+        self.on_attach = on_attach
+        self.clock = clock
+        self._traces: dict[int, SignalTrace] = {}
+        self._started: dict[int, float] = {}
+        self.attached: list[int] = []      # every PID ever attached, in order
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stack: ExitStack | None = None
+
+    def __enter__(self) -> SigchldTracer:
+        self._stack = ExitStack()
+        self._stack.enter_context(_sigterm_as_interrupt())
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            self.close()
+        finally:
+            if self._stack is not None:
+                self._stack.close()
+                self._stack = None
+
+    def attach(self, pid: int) -> bool:
+        """Start tracing `pid`; False if it is gone. Raises TracefsError."""
+        tr = SignalTrace(pid, self.signum, tracefs=self.tracefs)
+        try:
+            tr.start()
+        except TraceTargetGone:
+            return False
+        with self._lock:
+            self._traces[pid] = tr
+            self._started[pid] = self.clock()
+            self.attached.append(pid)
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._drain, name="reaper-doctor-trace",
+                                            daemon=True)
+            self._thread.start()
+        if self.on_attach is not None:
+            self.on_attach(pid, str(tr.instance))
+        return True
+
+    @property
+    def pids(self) -> list[int]:
+        return sorted(self._traces)
+
+    def _drain(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            with self._lock:
+                for tr in self._traces.values():
+                    try:
+                        tr.read()
+                    except OSError:
+                        pass  # the caller's own read() will say what is wrong
+
+    def counts(self) -> dict[int, SignalCounts]:
+        """{pid: counts since its attach}, after draining every pipe."""
+        with self._lock:
+            for tr in self._traces.values():
+                tr.read()
+            return {pid: tr.totals for pid, tr in self._traces.items()}
+
+    def measure(self) -> dict[int, dict[str, float]]:
+        """{pid: {"generated", "merged", "delivered", "ignored", "lost_events",
+        "duration_s"}}; then stop: every instance is removed."""
+        totals = self.counts()
+        now = self.clock()
+        out = {pid: {"generated": c.generated, "merged": c.merged, "delivered": c.delivered,
+                     "ignored": c.ignored, "lost_events": c.lost_events,
+                     "duration_s": round(now - self._started[pid], 3)}
+               for pid, c in totals.items()}
+        self.close()
+        return out
+
+    def close(self) -> None:
+        """Stop the reader and remove every instance (idempotent). Raises the
+        first TracefsError after trying them all."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error: TracefsError | None = None
+        with self._lock:
+            traces, self._traces = self._traces, {}
+            self._started = {}
+        for tr in traces.values():
+            try:
+                tr.close()
+            except TracefsError as e:
+                error = error or e
+        if error is not None:
+            raise error
+
+
 # ------------------------------------------------------------- diagnose
-
-
-def _finding(code: str, pid: int, message: str, **evidence: Any) -> dict[str, Any]:
-    c = CODES[code]
-    return {"code": c.code, "slug": c.slug, "severity": c.severity, "pid": pid,
-            "message": message, "evidence": evidence}
 
 
 def _times(n: int) -> str:
     return "once" if n == 1 else f"{n} times"
 
 
-def trace_findings(r: TraceResult) -> list[dict[str, Any]]:
-    """Findings of a SIGCHLD trace: RD101/RD102/RD103 when zombies persist."""
-    if r.signum != signal.SIGCHLD or r.zombies_persisting == 0:
+def trace_findings(r: TraceResult) -> list[Finding]:
+    """Findings of a SIGCHLD trace: RD101/RD102/RD103 when zombies persist
+    (judged by `diagnose.trace_findings`)."""
+    if r.signum != signal.SIGCHLD:
         return []
-    c, z = r.counts, r.zombies_persisting
-    evidence = {"generated": c.generated, "merged": c.merged, "delivered": c.delivered,
-                "ignored": c.ignored, "children_exited": r.children_exited,
-                "zombies_left": r.zombies_left, "sigchld": r.disposition}
-    if r.disposition == "blocked":
-        return [_finding("RD103", r.pid, f"SIGCHLD is blocked: {c.generated} sent, "
-                         f"{c.delivered} delivered; {z} zombies left", **evidence)]
-    if r.disposition == "caught" or c.delivered > 0:
-        return [_finding("RD102", r.pid, f"{c.merged} of {c.generated} SIGCHLD merged; "
-                         f"the handler ran {_times(c.delivered)}; {z} zombies left: the "
-                         "handler reaps one child per signal; loop waitpid(-1, WNOHANG)",
-                         **evidence)]
-    if r.disposition == "default":
-        return [_finding("RD101", r.pid, f"SIGCHLD is not caught and nobody calls waitpid: "
-                         f"{z} zombies left", **evidence)]
-    return []
+    return diagnose_trace(r.pid, r.counts, disposition=r.disposition,
+                          zombies_persisting=r.zombies_persisting,
+                          zombies_left=r.zombies_left, children_exited=r.children_exited)
 
 
 def trace_verdict(r: TraceResult) -> str:
@@ -322,7 +425,7 @@ def trace_verdict(r: TraceResult) -> str:
                 f"{c.ignored} ignored, {c.delivered} delivered{lost}")
     found = trace_findings(r)
     if found:
-        code, z = found[0]["code"], r.zombies_persisting
+        code, z = found[0].code, r.zombies_persisting
         if code == "RD102":
             body = (f"{c.merged} of {c.generated} SIGCHLD merged; the handler ran "
                     f"{_times(c.delivered)}; {z} zombies left: a wait-once handler")
@@ -343,8 +446,9 @@ def trace_verdict(r: TraceResult) -> str:
             f"left{young} — healthy (a waitpid loop reaps all per signal){lost}")
 
 
-def exit_code(findings: list[dict[str, Any]]) -> int:
-    return 1 if any(f["severity"] in ("warning", "error") for f in findings) else 0
+def exit_code(findings: list[Finding]) -> int:
+    """0: no finding of severity warning or worse; 1: at least one (DESIGN.md)."""
+    return 1 if any(f.severity.rank >= Severity.WARNING.rank for f in findings) else 0
 
 
 # --------------------------------------------------------------- render
@@ -358,7 +462,8 @@ def result_document(r: TraceResult) -> dict[str, Any]:
         "duration_s": round(r.duration_s, 3),
         "generated": c.generated, "merged": c.merged, "delivered": c.delivered,
         "ignored": c.ignored, "children_exited": r.children_exited,
-        "zombies_left": r.zombies_left, "findings": trace_findings(r),
+        "zombies_left": r.zombies_left,
+        "findings": [finding_document(f) for f in trace_findings(r)],
         "queued": c.queued, "overflow_fail": c.overflow_fail, "lose_info": c.lose_info,
         "other_result": c.other_result, "lost_events": c.lost_events,
         "zombies_persisting": r.zombies_persisting, "zombies_before": r.zombies_before,

@@ -410,6 +410,34 @@ def count_lines(lines: Iterable[str], formats: Mapping[str, EventFormat], signum
     return tally.counts()
 
 
+def read_event_format(root: Path, event: str) -> EventFormat:
+    """The parsed `events/signal/<event>/format` file under tracefs `root`."""
+    path = root / "events" / EVENT_SYSTEM / event / "format"
+    try:
+        return parse_event_format(path.read_text())
+    except FileNotFoundError:
+        raise SignalEventsMissing(
+            f"the kernel has no signal:{event} tracepoint ({path} is missing); "
+            "it needs CONFIG_EVENT_TRACING") from None
+    except PermissionError as e:
+        raise _permission(root, e) from None
+
+
+def preflight(tracefs: str | os.PathLike[str] | None = None) -> Path:
+    """Check, before any work starts, that signals can be traced here.
+
+    The tracefs root (found as `find_tracefs` does, unless given), both
+    signal tracepoints, and a writable `instances/`. Raises TracefsError
+    with a one-line reason; nothing is created.
+    """
+    root = Path(tracefs) if tracefs is not None else find_tracefs()
+    for event in (GENERATE, DELIVER):
+        read_event_format(root, event)
+    if not os.access(root / "instances", os.W_OK):
+        raise _permission(root / "instances")
+    return root
+
+
 # ------------------------------------------------------- the instance
 
 
@@ -524,15 +552,7 @@ class SignalTrace:
             raise TracefsError(f"cannot open {self.instance}/trace_pipe: {e.strerror}") from None
 
     def _read_format(self, root: Path, event: str) -> EventFormat:
-        path = root / "events" / EVENT_SYSTEM / event / "format"
-        try:
-            return parse_event_format(path.read_text())
-        except FileNotFoundError:
-            raise SignalEventsMissing(
-                f"the kernel has no signal:{event} tracepoint ({path} is missing); "
-                "it needs CONFIG_EVENT_TRACING") from None
-        except PermissionError as e:
-            raise _permission(root, e) from None
+        return read_event_format(root, event)
 
     def _make_instance(self, root: Path) -> Path:
         base = f"{INSTANCE_PREFIX}{os.getpid()}"
@@ -711,5 +731,6 @@ __all__ = [
     "TracefsPermissionError", "SignalEventsMissing", "TraceTargetGone", "find_tracefs",
     "mountinfo_tracefs_mounts", "EventFormat", "parse_event_format", "TraceRecord",
     "LostEvents", "parse_trace_line", "SignalCounts", "count_lines", "SignalTrace",
-    "instances_of", "signal_name", "parse_signal", "thread_ids",
+    "instances_of", "signal_name", "parse_signal", "thread_ids", "preflight",
+    "read_event_format",
 ]

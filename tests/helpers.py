@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 # A child that never reaps: it forks the given zombies and then sleeps. Each
@@ -183,3 +184,13 @@ def run_json(*args: str, **kw: Any) -> tuple[int, dict]:
     result = run_cli(*args, "--json", **kw)
     assert "Traceback" not in result.stderr, result.stderr
     return result.returncode, json.loads(result.stdout)
+
+
+def trace_instance_ready(instance: Path) -> bool:
+    """True once a SignalTrace instance exists and both its events are on
+    (mkdir comes first; enabling a tracepoint takes a while after it)."""
+    try:
+        return all((instance / "events" / "signal" / e / "enable").read_text().strip() == "1"
+                   for e in ("signal_generate", "signal_deliver"))
+    except OSError:
+        return False

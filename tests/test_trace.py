@@ -1,9 +1,10 @@
 """`reaper-doctor trace` and reaper_doctor.tracefs (issue 7).
 
 The parser and error tests run anywhere. The tracing tests need root and
-tracefs: a module fixture mounts tracefs into a temporary directory when it
-is not mounted (`mount -t tracefs nodev DIR`), points REAPER_DOCTOR_TRACEFS
-at it, and unmounts it afterwards. Every test checks that its private
+tracefs: the `tracefs_root` fixture (conftest.py) mounts tracefs into a
+temporary directory when it is not mounted (`mount -t tracefs nodev DIR`),
+`trace_env` points REAPER_DOCTOR_TRACEFS at it, and it is unmounted at the
+end of the session. Every test checks that its private
 instance directory is gone at the end.
 """
 
@@ -15,7 +16,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -141,14 +141,14 @@ def test_verdicts_are_pure():
     assert trace_verdict(once) == ("53 of 64 SIGCHLD merged; the handler ran 11 times; 53 "
                                    "zombies left: a wait-once handler — see "
                                    "`reaper-doctor explain RD102`")
-    assert [f["code"] for f in trace_findings(once)] == ["RD102"]
+    assert [f.code for f in trace_findings(once)] == ["RD102"]
     loop = TraceResult(counts=SignalCounts(generated=64, queued=3, merged=61, delivered=3),
                        zombies_left=0, zombies_persisting=0, disposition="caught", **base)
     assert trace_findings(loop) == [] and "0 zombies left" in trace_verdict(loop)
     assert "healthy" in trace_verdict(loop)
     none = TraceResult(counts=SignalCounts(generated=64, ignored=64), zombies_left=64,
                        zombies_persisting=64, disposition="default", **base)
-    assert [f["code"] for f in trace_findings(none)] == ["RD101"]
+    assert [f.code for f in trace_findings(none)] == ["RD101"]
 
 
 # ------------------------------------------------------ errors (any user)
@@ -200,38 +200,6 @@ def test_bad_invocation_is_one_line(args):
 
 
 # --------------------------------------------------- tracing (root only)
-
-
-@pytest.fixture(scope="module")
-def tracefs_root(tmp_path_factory) -> Iterator[Path]:
-    """A tracefs root, mounted into a temporary directory if need be."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: tracefs is root-only")
-    mounted: Path | None = None
-    root = next((Path(c) for c in tracefs.TRACEFS_CANDIDATES
-                 if (Path(c) / "instances").is_dir()), None)
-    if root is None:
-        mounted = tmp_path_factory.mktemp("tracefs")
-        r = subprocess.run(["mount", "-t", "tracefs", "nodev", str(mounted)],
-                           capture_output=True, text=True, timeout=30)
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount tracefs: {r.stderr.strip() or r.returncode}")
-        root = mounted
-    try:
-        if not (root / "events" / "signal" / "signal_generate" / "format").exists():
-            pytest.skip("this kernel has no signal:signal_generate tracepoint")
-        yield root
-    finally:
-        if mounted is not None:
-            r = subprocess.run(["umount", str(mounted)], capture_output=True, timeout=30)
-            if r.returncode != 0:
-                subprocess.run(["umount", "-l", str(mounted)], capture_output=True, timeout=30)
-            assert not os.path.ismount(mounted)
-
-
-@pytest.fixture
-def trace_env(tracefs_root) -> dict[str, str]:
-    return {**os.environ, tracefs.TRACEFS_ENV: str(tracefs_root)}
 
 
 @pytest.fixture

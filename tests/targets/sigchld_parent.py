@@ -8,6 +8,8 @@ call: the RD102 bug), `loop` (waitpid(-1, WNOHANG) until 0: the fix), or
 prints "ready", then obeys its stdin, one command a line:
 
     release   close the pipe: every child exits at once; prints "released"
+    release K write K bytes to the pipe: K children exit at once (each
+              reads one byte); prints "released K"
     report    prints "runs R reaped Z" (handler runs, children reaped)
     exit      exits at once (os._exit), leaving its zombies to the subreaper
 EOF at stdin ends it too.
@@ -63,6 +65,10 @@ for line in sys.stdin:
     if cmd == "release":
         os.close(w)
         print("released", flush=True)
+    elif cmd.startswith("release "):
+        k = int(cmd.split()[1])
+        os.write(w, b"x" * k)
+        print(f"released {k}", flush=True)
     elif cmd == "report":
         print(f"runs {runs} reaped {reaped}", flush=True)
     elif cmd == "exit":
