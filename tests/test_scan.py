@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -282,11 +283,27 @@ def test_special_targets_give_valid_reports(spawner):
     assert any(f["code"] == "RD101" and f["pid"] == parent.pid for f in target["findings"])
 
 
-def test_process_that_exits_during_the_scan_is_reported_not_crashed_on(spawner):
-    proc = spawner.python("import time; print('ready', flush=True); time.sleep(0.3)")
-    code, doc = run_json("scan", str(proc.pid), "--grace", "1.5")
-    target = doc["targets"][0]
-    assert target["gone"] is True and code == 0
+@pytest.mark.parametrize("reaped", [False, True], ids=["left-a-zombie", "vanished"])
+def test_process_that_exits_during_the_scan_is_reported_not_crashed_on(spawner, reaped):
+    """The target exits between the two samples: the scan's wait is the
+    moment we end it, so the test does not race the clock."""
+    from reaper_doctor.render.json import render_json
+    from reaper_doctor.scan import scan
+
+    proc = spawner.python("import sys; print('ready', flush=True); sys.stdin.read()",
+                          stdin=subprocess.PIPE)
+
+    def end_target_instead_of_sleeping(_seconds: float) -> None:
+        proc.stdin.close()  # EOF: the target exits
+        if reaped:
+            proc.wait(10)
+        else:
+            wait_until(lambda: proc.pid in zombie_children(os.getpid()), what="its zombie")
+
+    report = scan([proc.pid], grace_s=1.0, sleep=end_target_instead_of_sleeping)
+    target = json.loads(render_json(report))["targets"][0]
+    assert target["gone"] is True and report.exit_code == 0
+    assert target["samples"] == (1 if reaped else 2)
 
 
 def test_control_characters_in_names_are_escaped(spawner):
