@@ -54,6 +54,17 @@ def parse_stat(raw: bytes) -> StatLine:
     )
 
 
+def parse_stat_session(raw: bytes) -> int:
+    """The session ID (field 6) of /proc/<pid>/stat; split after the last ')'."""
+    return int(raw[raw.rindex(b")") + 2:].split()[3])
+
+
+def parse_file_nr(text: str) -> tuple[int, int, int]:
+    """/proc/sys/fs/file-nr: (allocated, allocated but unused, fs.file-max)."""
+    allocated, unused, maximum = (int(x) for x in text.split()[:3])
+    return allocated, unused, maximum
+
+
 @dataclass(frozen=True)
 class ExitStatus:
     """A zombie's wait status, decoded. `hidden` when the kernel showed us 0
@@ -124,7 +135,7 @@ def parse_status(text: str) -> StatusFields:
             continue
         value = value.strip()
         if key == "Name":
-            fields["name"] = _unescape_status_name(value)
+            fields["name"] = unescape_status_name(value)
         elif key == "State":
             fields["state"] = value[:1]
         elif key == "PPid":
@@ -142,9 +153,12 @@ _MASK_KEYS = {"SigBlk": "sig_blk", "SigIgn": "sig_ign", "SigCgt": "sig_cgt",
               "ShdPnd": "shd_pnd", "CapEff": "cap_eff"}
 
 
-def _unescape_status_name(value: str) -> str:
+def unescape_status_name(value: str) -> str:
     # The kernel escapes '\n' and '\\' in the Name line (proc(5)).
     return value.replace("\\n", "\n").replace("\\\\", "\\")
+
+
+_unescape_status_name = unescape_status_name  # the old private name
 
 
 def sigchld_disposition(process: StatusFields, *, any_thread_blocks: bool = False) -> str:
