@@ -205,7 +205,7 @@ class Targets:
                     pass
         if target in self.started:
             self.started.remove(target)
-        reap_orphans()
+        reap_orphans(keep={t.pid for t in self.started})
 
     def close(self) -> None:
         for target in list(reversed(self.started)):
@@ -213,9 +213,21 @@ class Targets:
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
-def reap_orphans(timeout_s: float = 60.0) -> int:
-    """Reap the zombies a killed target left to us (we are their subreaper).
-    Polls with a deadline until we have no child left."""
+def my_children() -> set[int]:
+    """Our children, from /proc/self/task/*/children (Linux >= 3.5)."""
+    kids: set[int] = set()
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                kids.update(int(x) for x in f.read().split())
+    except OSError:
+        pass
+    return kids
+
+
+def reap_orphans(keep: set[int] = frozenset(), timeout_s: float = 60.0) -> int:
+    """Reap the zombies a killed target left to us (we are their subreaper),
+    polling with a deadline until no child is left but those in `keep`."""
     reaped, deadline = 0, time.monotonic() + timeout_s
     while True:
         try:
@@ -225,7 +237,7 @@ def reap_orphans(timeout_s: float = 60.0) -> int:
         if pid:
             reaped += 1
             continue
-        if time.monotonic() > deadline:
+        if not (my_children() - keep) or time.monotonic() > deadline:
             return reaped
         time.sleep(0.01)
 
