@@ -18,6 +18,7 @@ import stat as stat_mod
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Iterator, Mapping
 
 from . import procfs
 from .model import (
@@ -280,14 +281,19 @@ def _socket_table(pid: int, ctx: _Context) -> tuple[dict[int, procfs.SocketRow],
     once per namespace per sample and shared (linux-facts 10)."""
     key = _netns_key(pid)
     if key not in ctx.socket_tables:
-        rows: dict[int, procfs.SocketRow] = {}
-        for proto in ("tcp", "tcp6", "udp", "udp6"):
+        rows = _SocketRows()
+        # TCP over sock_diag when the target shares our network namespace;
+        # /proc/<pid>/net/tcp* otherwise, or if netlink is refused.
+        tcp = _tcp_by_sock_diag() if key == _netns_key(os.getpid()) else None
+        if tcp is not None:
+            rows.diag = tcp
+        for proto in (("udp", "udp6") if tcp is not None else ("tcp", "tcp6", "udp", "udp6")):
             try:
                 text = read_text(f"{PROC}/{pid}/net/{proto}")
             except OSError:
                 continue
             for row in procfs.parse_inet_table(text, proto):
-                rows[row.inode] = row
+                rows.parsed[row.inode] = row
         try:
             unix = procfs.parse_unix_inodes(read_text(f"{PROC}/{pid}/net/unix"))
         except OSError:
@@ -295,6 +301,54 @@ def _socket_table(pid: int, ctx: _Context) -> tuple[dict[int, procfs.SocketRow],
         ctx.socket_tables[key] = rows
         ctx.unix_inodes[key] = unix
     return ctx.socket_tables[key] or {}, ctx.unix_inodes[key]
+
+
+class _SocketRows(Mapping[int, procfs.SocketRow]):
+    """A netns's TCP/UDP sockets by inode. Rows from sock_diag stay raw
+    (an offset into the dump) until asked for: a process holds a few of
+    the machine's sockets."""
+
+    def __init__(self) -> None:
+        self.parsed: dict[int, procfs.SocketRow] = {}
+        self.diag: dict[int, tuple[bytes, int, str]] = {}
+
+    def __getitem__(self, inode: int) -> procfs.SocketRow:
+        row = self.parsed.get(inode)
+        if row is None:
+            data, offset, proto = self.diag[inode]   # KeyError: in no table
+            row = self.parsed[inode] = procfs.inet_diag_row(
+                memoryview(data)[offset:offset + 72], proto)
+        return row
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self.parsed
+        yield from (inode for inode in self.diag if inode not in self.parsed)
+
+    def __len__(self) -> int:
+        return len(self.parsed) + sum(1 for inode in self.diag if inode not in self.parsed)
+
+
+def _tcp_by_sock_diag() -> dict[int, tuple[bytes, int, str]] | None:
+    """Every TCP socket of our network namespace from one sock_diag dump per
+    family; None if netlink is not available (the caller reads /proc)."""
+    import socket
+
+    found: dict[int, tuple[bytes, int, str]] = {}
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 4) as nl:  # NETLINK_SOCK_DIAG
+            nl.settimeout(5.0)
+            for family, proto in ((procfs.AF_INET, "tcp"), (procfs.AF_INET6, "tcp6")):
+                nl.send(procfs.inet_diag_request(family))
+                done = False
+                while not done:
+                    data = nl.recv(1 << 20)
+                    offsets: dict[int, int] = {}
+                    done = procfs.split_inet_diag(data, offsets)
+                    for inode, offset in offsets.items():
+                        found[inode] = (data, offset, proto)
+    except OSError:
+        return None
+    return found
 
 
 def _path_kind(fd_path: str) -> str:
