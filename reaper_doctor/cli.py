@@ -144,49 +144,86 @@ class GraceType(click.ParamType):
         return seconds
 
 
+FORMATS = ("text", "json", "prometheus")
+
+
 @main.command()
 @click.argument("pids", nargs=-1, type=PidType())
 @click.option("--grace", "grace_s", type=GraceType(), default=1.0, show_default=True,
               help="Seconds between the two samples; a zombie counts only if the same PID "
                    "is a zombie in both. 0: one sample, no persistence check.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="Output format.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="Output format (default: text).")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--textfile", type=click.Path(dir_okay=False), default=None,
+              help="Also write the Prometheus text to this file, atomically (for "
+                   "node_exporter's textfile collector). Alone, nothing goes to stdout.")
 @click.option("--list-fds", is_flag=True, help="JSON: include every descriptor (fd, link).")
 @click.option("--trace", "trace_s", type=float, default=None, metavar="S",
               help="(root, tracefs) Trace SIGCHLD for S seconds between the samples (the "
                    "grace becomes at least S): each parent with zombies that catches SIGCHLD "
                    "gets the kernel's counts (generated, merged, delivered) in its RD102.")
 @no_color_option
-def scan(pids: tuple[int, ...], grace_s: float, fmt: str, as_json: bool, list_fds: bool,
-         trace_s: float | None, no_color: bool) -> int:
-    """Snapshot and diagnose PIDS and their descendants.
+def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
+         textfile: str | None, list_fds: bool, trace_s: float | None, no_color: bool) -> int:
+    """Snapshot and diagnose PIDS and their descendants; with no PID, the
+    whole machine.
 
     Shows the process tree, zombies grouped by parent with their exit
     status, each parent's SIGCHLD disposition, open descriptors by kind, and
     usage against ulimit -n, ulimit -u and the pids cgroup; then the
-    findings. Exit 0: no finding of severity warning or worse; 1: at least
-    one; 2: bad input.
+    findings. With no PID: every parent holding zombies, orphaned zombies,
+    the processes nearest ulimit -n, tasks per UID against ulimit -u, the
+    pids cgroups nearest pids.max, and the machine's PID and file tables.
+    Exit 0: no finding of severity warning or worse; 1: at least one; 2:
+    bad input.
     """
+    import time
+    from dataclasses import replace
+
     from .scan import ProcessGone, scan as run_scan
 
-    if not pids:
-        die("give at least one PID (the whole-machine census is not available yet)")
     if as_json:
         fmt = "json"
-    if trace_s is None:
+    if fmt is None:
+        fmt = None if textfile else "text"
+    if textfile is not None:
+        problem = _textfile_problem(textfile)
+        if problem:
+            die(problem)
+    if trace_s is not None and not pids:
+        die("--trace needs at least one PID (the whole-machine census is not traced)")
+    started = time.perf_counter()
+    if trace_s is not None:
+        report = _traced_scan(list(dict.fromkeys(pids)), grace_s, list_fds, trace_s)
+    else:
         try:
-            report = run_scan(list(dict.fromkeys(pids)), grace_s=grace_s,
-                              with_fd_list=list_fds)
+            if pids:
+                report = run_scan(list(dict.fromkeys(pids)), grace_s=grace_s,
+                                  with_fd_list=list_fds)
+            else:
+                from .census import census
+
+                report = census(grace_s=grace_s)
         except ProcessGone as gone:
             die(str(gone))
-    else:
-        report = _traced_scan(list(dict.fromkeys(pids)), grace_s, list_fds, trace_s)
+    report = replace(report, duration_s=time.perf_counter() - started)
+    if textfile is not None or fmt == "prometheus":
+        from .render.prometheus import render_prometheus
+
+        metrics = render_prometheus(report)
+        if textfile is not None:
+            try:
+                _write_atomically(textfile, metrics)
+            except OSError as e:
+                die(f"cannot write --textfile {textfile}: {e.strerror or e}")
+        if fmt == "prometheus":
+            click.echo(metrics, nl=False)
     if fmt == "json":
         from .render.json import render_json
 
         click.echo(render_json(report), nl=False)
-    else:
+    elif fmt == "text":
         from .render.text import render_text
 
         click.echo(render_text(report, color=use_color(no_color)), nl=False)
@@ -219,6 +256,47 @@ def _traced_scan(pids: list[int], grace_s: float, list_fds: bool, trace_s: float
     except TracefsError as e:
         die(str(e))
     return report
+
+
+def _textfile_problem(path: str) -> str | None:
+    """Why `path` cannot take the textfile, checked before the scan; None if it looks fine."""
+    if not path.strip():
+        return "--textfile needs a file name"
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return f"--textfile {path} is a directory, not a file"
+    if not os.path.isdir(directory):
+        return f"--textfile {path}: no such directory {directory}"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"--textfile {path}: permission denied (cannot create files in {directory})"
+    return None
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """A temporary file in the same directory, then os.replace: a scraper
+    never reads a half-written file (node_exporter textfile collector). The
+    temporary name does not end in .prom, so the collector ignores it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd = -1
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        data = text.encode("utf-8")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 # Names only: importing lesson.py here would be paid by every command.

@@ -12,12 +12,13 @@ vanishes mid-read is dropped from the sample.
 
 from __future__ import annotations
 
+import heapq
 import os
 import stat as stat_mod
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from . import procfs
 from .model import (
@@ -66,12 +67,16 @@ def has_procfs() -> bool:
 
 @dataclass
 class TaskBrief:
-    """Just enough of every process on the machine: ppid, real uid, threads."""
+    """Just enough of every process on the machine: ppid, real uid, threads.
+    `name` and `fd_size` (the FDSize line: the size of the descriptor
+    table, an upper bound of the open count) are filled for the census."""
 
     ppid: int
     uid: int | None
     threads: int
     state: str
+    name: str | None = None
+    fd_size: int | None = None
 
 
 def read_stat(pid: int) -> procfs.StatLine | None:
@@ -110,28 +115,56 @@ def _brief_field(raw: bytes, key: bytes) -> bytes | None:
     return raw[start:end if end >= 0 else None].strip()
 
 
-def process_table() -> dict[int, TaskBrief]:
+def _read_small(path: str, size: int = 8192) -> bytes:
+    """One open, one read, one close: enough for status, stat, limits
+    (about 1.4 KB); a longer file is read to its end."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        raw = os.read(fd, size)
+        if len(raw) < size:
+            return raw
+        chunks = [raw]
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def process_table(*, details: bool = False) -> dict[int, TaskBrief]:
     """ppid, real uid, threads and state of every process, from one read of
     each /proc/<pid>/status (searched, not fully parsed: this runs over
-    thousands of processes)."""
+    thousands of processes).
+
+    RLIMIT_NPROC counts tasks per *real* UID (linux-facts 6), and the only
+    per-process source of the real UID is `status` (the owner of /proc/<pid>
+    is the effective UID, and root for non-dumpable processes), so every
+    process's status is read once: the cheapest correct way.
+    """
     table: dict[int, TaskBrief] = {}
     for entry in os.listdir(PROC):
         if not entry.isdigit():
             continue
         try:
-            raw = read_bytes(f"{PROC}/{entry}/status")
+            raw = _read_small(f"{PROC}/{entry}/status")
         except OSError:
             continue  # exited since listdir
         ppid = _brief_field(raw, b"\nPPid:")
+        if ppid is None:
+            continue
         threads = _brief_field(raw, b"\nThreads:")
         uid = _brief_field(raw, b"\nUid:")
         state = _brief_field(raw, b"\nState:")
-        if ppid is None:
-            continue
-        table[int(entry)] = TaskBrief(
+        brief = TaskBrief(
             ppid=int(ppid), uid=int(uid.split()[0]) if uid else None,
             threads=int(threads) if threads else 1,
             state=state[:1].decode() if state else "?")
+        if details:
+            name = _brief_field(raw, b"Name:")
+            size = _brief_field(raw, b"\nFDSize:")
+            brief.name = procfs.unescape_status_name(name.decode("utf-8", "replace")) if name else None
+            brief.fd_size = int(size) if size else None
+        table[int(entry)] = brief
     return table
 
 
@@ -193,11 +226,12 @@ def _new_context(with_fd_list: bool = False) -> _Context:
 
 
 def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
-                  *, wants_sigchld: bool) -> ProcessInfo:
-    """Read one process. Raises ProcessGone if it has vanished."""
+                  *, wants_sigchld: bool, raw_stat: bytes | None = None) -> ProcessInfo:
+    """Read one process (from `raw_stat` when the caller has read its stat
+    already). Raises ProcessGone if it has vanished."""
     base = f"{PROC}/{pid}"
     try:
-        st = procfs.parse_stat(read_bytes(f"{base}/stat"))
+        st = procfs.parse_stat(raw_stat if raw_stat is not None else _read_small(f"{base}/stat"))
     except (FileNotFoundError, ProcessLookupError):
         raise ProcessGone(pid) from None
     except OSError as e:
@@ -274,14 +308,19 @@ def _socket_table(pid: int, ctx: _Context) -> tuple[dict[int, procfs.SocketRow],
     once per namespace per sample and shared (linux-facts 10)."""
     key = _netns_key(pid)
     if key not in ctx.socket_tables:
-        rows: dict[int, procfs.SocketRow] = {}
-        for proto in ("tcp", "tcp6", "udp", "udp6"):
+        rows = _SocketRows()
+        # TCP over sock_diag when the target shares our network namespace;
+        # /proc/<pid>/net/tcp* otherwise, or if netlink is refused.
+        tcp = _tcp_by_sock_diag() if key == _netns_key(os.getpid()) else None
+        if tcp is not None:
+            rows.diag = tcp
+        for proto in (("udp", "udp6") if tcp is not None else ("tcp", "tcp6", "udp", "udp6")):
             try:
                 text = read_text(f"{PROC}/{pid}/net/{proto}")
             except OSError:
                 continue
             for row in procfs.parse_inet_table(text, proto):
-                rows[row.inode] = row
+                rows.parsed[row.inode] = row
         try:
             unix = procfs.parse_unix_inodes(read_text(f"{PROC}/{pid}/net/unix"))
         except OSError:
@@ -289,6 +328,54 @@ def _socket_table(pid: int, ctx: _Context) -> tuple[dict[int, procfs.SocketRow],
         ctx.socket_tables[key] = rows
         ctx.unix_inodes[key] = unix
     return ctx.socket_tables[key] or {}, ctx.unix_inodes[key]
+
+
+class _SocketRows(Mapping[int, procfs.SocketRow]):
+    """A netns's TCP/UDP sockets by inode. Rows from sock_diag stay raw
+    (an offset into the dump) until asked for: a process holds a few of
+    the machine's sockets."""
+
+    def __init__(self) -> None:
+        self.parsed: dict[int, procfs.SocketRow] = {}
+        self.diag: dict[int, tuple[bytes, int, str]] = {}
+
+    def __getitem__(self, inode: int) -> procfs.SocketRow:
+        row = self.parsed.get(inode)
+        if row is None:
+            data, offset, proto = self.diag[inode]   # KeyError: in no table
+            row = self.parsed[inode] = procfs.inet_diag_row(
+                memoryview(data)[offset:offset + 72], proto)
+        return row
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self.parsed
+        yield from (inode for inode in self.diag if inode not in self.parsed)
+
+    def __len__(self) -> int:
+        return len(self.parsed) + sum(1 for inode in self.diag if inode not in self.parsed)
+
+
+def _tcp_by_sock_diag() -> dict[int, tuple[bytes, int, str]] | None:
+    """Every TCP socket of our network namespace from one sock_diag dump per
+    family; None if netlink is not available (the caller reads /proc)."""
+    import socket
+
+    found: dict[int, tuple[bytes, int, str]] = {}
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 4) as nl:  # NETLINK_SOCK_DIAG
+            nl.settimeout(5.0)
+            for family, proto in ((procfs.AF_INET, "tcp"), (procfs.AF_INET6, "tcp6")):
+                nl.send(procfs.inet_diag_request(family))
+                done = False
+                while not done:
+                    data = nl.recv(1 << 20)
+                    offsets: dict[int, int] = {}
+                    done = procfs.split_inet_diag(data, offsets)
+                    for inode, offset in offsets.items():
+                        found[inode] = (data, offset, proto)
+    except OSError:
+        return None
+    return found
 
 
 def _path_kind(fd_path: str) -> str:
@@ -569,3 +656,221 @@ def _dedupe(items: list[Unreadable]) -> list[Unreadable]:
             seen.add(item)
             out.append(item)
     return out
+
+
+# ----------------------------------------------------------------------------
+# The whole machine (`scan` with no PID): read here, judged in census.py
+
+
+@dataclass
+class MachineSample:
+    """One pass over every process on the machine."""
+
+    taken_at: float                                   # time.monotonic()
+    table: dict[int, TaskBrief]                       # every process (with names)
+    zombies: dict[int, ProcessInfo]                   # every zombie
+    sessions: dict[int, int]                          # zombie PID -> its session ID
+    limits: dict[int, dict[str, tuple[int | None, int | None]]]  # live processes we could read
+    fd_counts: dict[int, int]                         # processes whose descriptors were counted
+    fds_skipped: int                                  # not counted: too far from the limit to rank
+    fds_unreadable: int                               # not counted: permission denied
+    pids_cgroups: list[PidsCgroup]                    # every pids cgroup with a pids.max
+    file_nr: tuple[int, int, int] | None              # fs.file-nr: allocated, unused, file-max
+    pid_max: int | None
+    tasks: int                                        # tasks on the machine (each takes a PID)
+    unreadable: list[Unreadable]
+
+
+def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8) -> MachineSample:
+    """Every process, every zombie, every process's limits, and the
+    descriptor counts of the processes that may be nearest their soft
+    RLIMIT_NOFILE.
+
+    Counting is skipped where it cannot change the answer: FDSize (the
+    descriptor table's size) bounds the open count from above, so once
+    `fd_top` processes are counted and no uncounted one could reach the
+    `fd_top`-th ratio or `fd_floor` (the warning threshold), the rest are
+    left out.
+    """
+    ctx = _new_context()
+    taken_at = time.monotonic()
+    table = process_table(details=True)
+    zombies: dict[int, ProcessInfo] = {}
+    sessions: dict[int, int] = {}
+    limits: dict[int, dict[str, tuple[int | None, int | None]]] = {}
+    for pid, brief in table.items():
+        if brief.state == "Z":
+            try:
+                raw = _read_small(f"{PROC}/{pid}/stat")
+                zombies[pid] = _read_process(pid, ctx, brief, wants_sigchld=False, raw_stat=raw)
+                sessions[pid] = procfs.parse_stat_session(raw)
+            except (OSError, ProcessGone, ValueError, IndexError):
+                continue  # reaped since the table was read
+        else:
+            try:
+                limits[pid] = procfs.parse_limits(_read_small(f"{PROC}/{pid}/limits").decode())
+            except OSError:
+                continue
+    fd_counts, skipped, denied = _count_fds_nearest(table, limits, fd_top, fd_floor)
+    try:
+        file_nr: tuple[int, int, int] | None = procfs.parse_file_nr(
+            read_text(f"{PROC}/sys/fs/file-nr"))
+    except (OSError, ValueError):
+        file_nr = None
+    return MachineSample(
+        taken_at=taken_at, table=table, zombies=zombies, sessions=sessions, limits=limits,
+        fd_counts=fd_counts, fds_skipped=skipped, fds_unreadable=denied,
+        pids_cgroups=pids_cgroups_with_limits(), file_nr=file_nr,
+        pid_max=_int_file(f"{PROC}/sys/kernel/pid_max"),
+        tasks=sum(b.threads for b in table.values()), unreadable=ctx.unreadable)
+
+
+def _count_fds_nearest(table: dict[int, TaskBrief],
+                       limits: dict[int, dict[str, tuple[int | None, int | None]]],
+                       top: int, floor: float) -> tuple[dict[int, int], int, int]:
+    candidates = []
+    for pid, lim in limits.items():
+        soft = lim.get("Max open files", (None, None))[0]
+        if not soft:
+            continue  # unlimited: no ratio
+        size = table[pid].fd_size
+        candidates.append((size / soft if size is not None else float("inf"), pid))
+    candidates.sort(reverse=True)
+    counts: dict[int, int] = {}
+    best: list[float] = []   # min-heap of the `top` highest ratios counted so far
+    denied = 0
+    for i, (bound, pid) in enumerate(candidates):
+        if len(best) >= top and bound < floor and bound < best[0]:
+            return counts, len(candidates) - i, denied
+        try:
+            count = len(os.listdir(f"{PROC}/{pid}/fd"))
+        except PermissionError:
+            denied += 1
+            continue
+        except OSError:
+            continue  # gone
+        counts[pid] = count
+        ratio = count / limits[pid]["Max open files"][0]  # type: ignore[operator]
+        if len(best) < top:
+            heapq.heappush(best, ratio)
+        elif ratio > best[0]:
+            heapq.heapreplace(best, ratio)
+    return counts, 0, denied
+
+
+def pids_cgroups_with_limits() -> list[PidsCgroup]:
+    """Every cgroup of the pids hierarchy (v1, or v2 with the pids controller)
+    that has a numeric pids.max, with its pids.current."""
+    try:
+        mounts = procfs.parse_mountinfo(read_text(f"{PROC}/self/mountinfo"))
+    except OSError:
+        return []
+    root = None
+    for m in mounts:
+        if m.fstype == "cgroup" and "pids" in m.super_options.split(","):
+            root = m.mount_point
+            break
+    if root is None:
+        for m in mounts:
+            if m.fstype == "cgroup2" and _v2_has_pids(m.mount_point):
+                root = m.mount_point
+                break
+    found: list[PidsCgroup] = []
+    if root is None:
+        return found
+    for dirpath, _dirs, files in os.walk(root):
+        if "pids.max" not in files:
+            continue
+        limit = _cgroup_file_int(f"{dirpath}/pids.max")
+        current = _cgroup_file_int(f"{dirpath}/pids.current")
+        if limit is not None and current is not None:
+            found.append(PidsCgroup(path=dirpath, current=current, max=limit,
+                                    refusals=_pids_refusals(dirpath)))
+    return found
+
+
+def cgroup_member(path: str) -> int | None:
+    """A process in the cgroup at `path` or below it (the lowest PID found first)."""
+    for dirpath, _dirs, _files in os.walk(path):
+        try:
+            pids = [int(x) for x in read_text(f"{dirpath}/cgroup.procs").split()]
+        except (OSError, ValueError):
+            continue
+        if pids:
+            return min(pids)
+    return None
+
+
+def resample_zombies(zombies: dict[int, ProcessInfo]) -> tuple[float, dict[int, ProcessInfo]]:
+    """Read the stat of each of `zombies` again: those still zombies now."""
+    ctx = _new_context()
+    taken_at = time.monotonic()
+    now: dict[int, ProcessInfo] = {}
+    for pid, before in zombies.items():
+        brief = TaskBrief(ppid=before.ppid, uid=before.uid, threads=1, state="Z")
+        try:
+            info = _read_process(pid, ctx, brief, wants_sigchld=False)
+        except ProcessGone:
+            continue
+        if info.is_zombie:
+            now[pid] = info
+    return taken_at, now
+
+
+def read_processes(pids: list[int], table: dict[int, TaskBrief]
+                   ) -> tuple[dict[int, ProcessInfo], dict[int, int]]:
+    """Each of `pids` in full (with its SIGCHLD disposition) and its session
+    ID; processes that are gone are left out."""
+    ctx = _new_context()
+    infos: dict[int, ProcessInfo] = {}
+    sessions: dict[int, int] = {}
+    for pid in pids:
+        try:
+            raw = _read_small(f"{PROC}/{pid}/stat")
+            infos[pid] = _read_process(pid, ctx, table.get(pid), wants_sigchld=True, raw_stat=raw)
+            sessions[pid] = procfs.parse_stat_session(raw)
+        except (OSError, ProcessGone, ValueError, IndexError):
+            continue
+    return infos, sessions
+
+
+def collect_census_target(info: ProcessInfo, zombie_children: dict[int, ProcessInfo],
+                          sample: MachineSample, *, with_fds: bool = True) -> Snapshot:
+    """A Snapshot of one process the census has findings about: the process,
+    its zombie children, its descriptors by kind and its limits (its live
+    descendants are not walked: `scan PID` does that)."""
+    ctx = _new_context()
+    pid = info.pid
+    processes: dict[int, ProcessInfo] = {**zombie_children}
+    fds: dict[int, FdTable] = {}
+    nofile: dict[int, LimitUsage] = {}
+    limits = sample.limits.get(pid)
+    if not info.is_zombie:
+        table_fds = None
+        try:
+            if with_fds:
+                table_fds = read_fds(pid, ctx)
+        except ProcessGone:
+            pass
+        if table_fds is None and pid in sample.fd_counts:
+            info = _replace(info, num_fds=sample.fd_counts[pid])
+        if table_fds is not None:
+            fds[pid] = table_fds
+            info = _replace(info, num_fds=table_fds.open)
+        soft, hard = (limits or {}).get("Max open files", (None, None))
+        nofile[pid] = LimitUsage(used=info.num_fds, soft=soft, hard=hard)
+    processes[pid] = info
+    return Snapshot(
+        target=pid, taken_at=time.monotonic(), processes=processes, fds=fds, nofile=nofile,
+        nproc=_nproc(pid, info, sample.table, limits, ctx), pids_cgroup=pids_cgroup(pid, ctx),
+        pid_max=sample.pid_max, pids_in_use=sample.tasks,
+        unreadable=tuple(_dedupe(ctx.unreadable)))
+
+
+def has_cap_exemption(pid: int) -> bool:
+    """CAP_SYS_ADMIN or CAP_SYS_RESOURCE: RLIMIT_NPROC is not enforced (kernel/fork.c)."""
+    try:
+        cap_eff = procfs.parse_status(read_text(f"{PROC}/{pid}/status")).cap_eff or 0
+    except OSError:
+        return False
+    return bool(cap_eff & ((1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_RESOURCE)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Collection, Iterable, Mapping, Protocol, Sequence
 
 from .catalog import CODES
 from .model import Finding, LimitUsage, ProcessInfo, Severity, Snapshot
@@ -41,8 +41,11 @@ def diagnose(samples: Sequence[Snapshot], *, grace_s: float) -> list[Finding]:
     return sorted(found, key=lambda f: (f.pid, f.code))
 
 
-def persistent_zombies(earlier: Snapshot, later: Snapshot, grace_s: float) -> list[ProcessInfo]:
-    """Zombies of `later` that were already zombies in `earlier`."""
+def persistent_zombies(earlier: Snapshot, later: Snapshot, grace_s: float,
+                       slow_reapers: Collection[int] = (1,)) -> list[ProcessInfo]:
+    """Zombies of `later` that were already zombies in `earlier`. Those whose
+    parent is in `slow_reapers` (PID 1, subreapers) must persist for
+    PID1_GRACE_S at least."""
     zombies = later.zombies
     if earlier is later:
         return zombies
@@ -51,12 +54,13 @@ def persistent_zombies(earlier: Snapshot, later: Snapshot, grace_s: float) -> li
         return []
     before = {z.identity for z in earlier.zombies}
     return [z for z in zombies
-            if z.identity in before and (z.ppid != 1 or elapsed >= PID1_GRACE_S)]
+            if z.identity in before and (z.ppid not in slow_reapers or elapsed >= PID1_GRACE_S)]
 
 
-def zombie_findings(earlier: Snapshot, later: Snapshot, grace_s: float) -> Iterable[Finding]:
+def zombie_findings(earlier: Snapshot, later: Snapshot, grace_s: float,
+                    slow_reapers: Collection[int] = (1,)) -> Iterable[Finding]:
     by_parent: dict[int, list[ProcessInfo]] = {}
-    for z in persistent_zombies(earlier, later, grace_s):
+    for z in persistent_zombies(earlier, later, grace_s, slow_reapers):
         by_parent.setdefault(z.ppid, []).append(z)
     elapsed = later.taken_at - earlier.taken_at
     for ppid, zombies in sorted(by_parent.items()):

@@ -176,8 +176,82 @@ class TargetReport:
 
 
 @dataclass(frozen=True)
+class ZombieParent:
+    """A process that holds zombie children, as the census saw it."""
+
+    pid: int
+    name: str | None
+    uid: int | None
+    sigchld: str | None
+    zombies: int                 # zombie children in the latest sample
+    persistent: int              # of those, how many persisted (all of them with one sample)
+    is_reaper: bool              # PID 1 or a (presumed) subreaper: orphans wait on it
+    verdict: str | None          # "RD101" | "RD102" | "RD103" | None (nothing persisted)
+
+
+@dataclass(frozen=True)
+class NofileUsage:
+    """One process's open descriptors against its RLIMIT_NOFILE."""
+
+    pid: int
+    name: str | None
+    uid: int | None
+    used: int
+    soft: int
+    hard: int | None
+
+    @property
+    def ratio(self) -> float:
+        return self.used / self.soft
+
+
+@dataclass(frozen=True)
+class UidTasks:
+    """Tasks of a real UID (threads and zombies count) against RLIMIT_NPROC.
+
+    RLIMIT_NPROC is per process: `soft` is the most common soft limit among
+    the UID's processes; `soft_min` (held by `soft_min_pid`) is the lowest,
+    the first to make fork() fail."""
+
+    uid: int
+    tasks: int
+    processes: int
+    soft: int | None             # most common soft limit; None: unlimited
+    hard: int | None
+    soft_min: int | None
+    soft_min_pid: int | None
+    enforced: bool               # never for UID 0
+
+    @property
+    def ratio(self) -> float | None:
+        return self.tasks / self.soft if self.soft else None
+
+
+@dataclass(frozen=True)
+class MachineCensus:
+    """What `scan` with no PID saw on the whole machine."""
+
+    processes: int
+    tasks: int                                  # each takes a PID
+    pid_max: int | None
+    files_open: int | None                      # fs.file-nr: allocated - unused
+    file_max: int | None
+    zombie_parents: tuple[ZombieParent, ...]    # most zombies first
+    nofile_top: tuple[NofileUsage, ...]         # nearest their soft limit first
+    nofile_counted: int                         # processes whose descriptors were counted
+    nofile_unreadable: int                      # could not be counted (permission)
+    uids: tuple[UidTasks, ...]                  # nearest their limit first
+    pids_cgroups: tuple[PidsCgroup, ...]        # nearest pids.max first
+    samples: int
+    grace_s: float
+    elapsed_s: float                            # between the two samples (0 with one)
+
+
+@dataclass(frozen=True)
 class Report:
     targets: tuple[TargetReport, ...]
+    machine: MachineCensus | None = None   # `scan` with no PID
+    duration_s: float | None = None        # wall time of the scan, when measured
 
     @property
     def exit_code(self) -> int:

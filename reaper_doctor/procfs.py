@@ -58,6 +58,17 @@ def parse_stat(raw: bytes) -> StatLine:
     )
 
 
+def parse_stat_session(raw: bytes) -> int:
+    """The session ID (field 6) of /proc/<pid>/stat; split after the last ')'."""
+    return int(raw[raw.rindex(b")") + 2:].split()[3])
+
+
+def parse_file_nr(text: str) -> tuple[int, int, int]:
+    """/proc/sys/fs/file-nr: (allocated, allocated but unused, fs.file-max)."""
+    allocated, unused, maximum = (int(x) for x in text.split()[:3])
+    return allocated, unused, maximum
+
+
 @dataclass(frozen=True)
 class ExitStatus:
     """A zombie's wait status, decoded. `hidden` when the kernel showed us 0
@@ -128,7 +139,7 @@ def parse_status(text: str) -> StatusFields:
             continue
         value = value.strip()
         if key == "Name":
-            fields["name"] = _unescape_status_name(value)
+            fields["name"] = unescape_status_name(value)
         elif key == "State":
             fields["state"] = value[:1]
         elif key == "PPid":
@@ -146,9 +157,12 @@ _MASK_KEYS = {"SigBlk": "sig_blk", "SigIgn": "sig_ign", "SigCgt": "sig_cgt",
               "ShdPnd": "shd_pnd", "CapEff": "cap_eff"}
 
 
-def _unescape_status_name(value: str) -> str:
+def unescape_status_name(value: str) -> str:
     # The kernel escapes '\n' and '\\' in the Name line (proc(5)).
     return value.replace("\\n", "\n").replace("\\\\", "\\")
+
+
+_unescape_status_name = unescape_status_name  # the old private name
 
 
 def sigchld_disposition(process: StatusFields, *, any_thread_blocks: bool = False) -> str:
@@ -331,3 +345,81 @@ def fd_link_kind(link: str) -> tuple[str, int | None]:
     if link.startswith("pidfd:"):
         return "pidfd", None
     return "other", None
+
+
+# NETLINK_SOCK_DIAG (inet_diag): what `ss` reads. /proc/net/tcp makes the
+# kernel walk the whole socket hash again for every read() chunk and print
+# 150 bytes per socket; a sock_diag dump is binary and resumes where it
+# stopped (20k sockets: ~0.2-0.4 s from /proc/net/tcp on the test machine).
+AF_INET, AF_INET6, IPPROTO_TCP = 2, 10, 6
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+_NLMSG_HEADER = 16
+_DIAG_MSG = 72      # struct inet_diag_msg
+_ALL_STATES = 0xFFFFFFFF
+
+
+def inet_diag_request(family: int, protocol: int = IPPROTO_TCP, seq: int = 1) -> bytes:
+    """A dump request for every socket of `family`/`protocol` in every state
+    (struct inet_diag_req_v2, no extensions)."""
+    import struct
+
+    req = struct.pack("=BBBBI", family, protocol, 0, 0, _ALL_STATES) + b"\0" * 48
+    return struct.pack("=IHHII", _NLMSG_HEADER + len(req), SOCK_DIAG_BY_FAMILY,
+                       NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + req
+
+
+def split_inet_diag(data: bytes, into: dict[int, int], offsets_base: int = 0) -> bool:
+    """Index the inet_diag_msgs of one recv(): `into[inode]` = offset of the
+    message body in `data` plus `offsets_base` (inode 0, TIME_WAIT and
+    request socks, is skipped); True at NLMSG_DONE. Raises OSError for
+    NLMSG_ERROR. Only the inode is decoded here: a dump can hold tens of
+    thousands of sockets and a process needs a few."""
+    import struct
+
+    header = struct.Struct("=IH").unpack_from
+    u32 = struct.Struct("=I").unpack_from
+    off, end = 0, len(data)
+    while off + _NLMSG_HEADER <= end:
+        length, kind = header(data, off)
+        if kind == NLMSG_DONE:
+            return True
+        if kind == NLMSG_ERROR:
+            errno = -struct.unpack_from("=i", data, off + 16)[0]
+            raise OSError(errno, "sock_diag dump failed")
+        if length < _NLMSG_HEADER:
+            return True
+        inode = u32(data, off + _NLMSG_HEADER + 68)[0]
+        if inode:
+            into[inode] = offsets_base + off + _NLMSG_HEADER
+        off += (length + 3) & ~3
+    return False
+
+
+_DIAG_STRUCT = None
+
+
+def inet_diag_row(msg: bytes, proto: str) -> SocketRow:
+    """A SocketRow from one inet_diag_msg, the same values /proc/net/tcp
+    shows (for LISTEN the kernel's wqueue is the max backlog; /proc shows a
+    tx_queue of 0 there, and so does this)."""
+    global _DIAG_STRUCT
+    if _DIAG_STRUCT is None:
+        import struct
+
+        # family, state, timer, retrans; sport, dport (big-endian); src, dst;
+        # interface, cookie; expires, rqueue, wqueue, uid, inode.
+        _DIAG_STRUCT = struct.Struct("=BBxx2s2s16s16s4x8x4xIIII")
+    family, state, sport, dport, src, dst, rqueue, wqueue, uid, inode = \
+        _DIAG_STRUCT.unpack_from(msg)
+    if family == AF_INET:
+        local, remote = "%d.%d.%d.%d" % tuple(src[:4]), "%d.%d.%d.%d" % tuple(dst[:4])
+    else:
+        import ipaddress
+
+        local, remote = str(ipaddress.IPv6Address(src)), str(ipaddress.IPv6Address(dst))
+    state_name = TCP_STATES.get(state, hex(state))
+    return SocketRow(proto, (local, int.from_bytes(sport, "big")),
+                     (remote, int.from_bytes(dport, "big")), state_name,
+                     0 if state == 0x0A else wqueue, rqueue, uid, inode)

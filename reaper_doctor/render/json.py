@@ -6,18 +6,66 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from ..model import Finding, FdTable, ProcessInfo, Report, Snapshot, TargetReport
+from ..model import (
+    Finding, FdTable, MachineCensus, ProcessInfo, Report, Snapshot, TargetReport,
+)
 from .common import children_map, state_word, zombie_groups
 
 SCHEMA = "reaper-doctor/scan/1"
 
 
+# Indented output goes through json's pure-Python encoder (about 25 us per
+# tree node); big documents are written compact by the C encoder instead.
+INDENT_MAX_PROCESSES = 1000
+
+
 def render_json(report: Report) -> str:
-    return json.dumps(report_document(report), indent=2) + "\n"
+    doc = report_document(report)
+    size = sum(len(t.snapshot.processes) for t in report.targets)
+    if size > INDENT_MAX_PROCESSES:
+        return json.dumps(doc, separators=(",", ":")) + "\n"
+    return json.dumps(doc, indent=2) + "\n"
 
 
 def report_document(report: Report) -> dict[str, Any]:
-    return {"schema": SCHEMA, "targets": [target_document(t) for t in report.targets]}
+    doc: dict[str, Any] = {"schema": SCHEMA,
+                           "targets": [target_document(t) for t in report.targets]}
+    if report.machine is not None:
+        doc["machine"] = machine_document(report.machine)
+    if report.duration_s is not None:
+        doc["duration_s"] = round(report.duration_s, 4)
+    return doc
+
+
+def machine_document(m: MachineCensus) -> dict[str, Any]:
+    """The `machine` section of `scan` with no PID."""
+    return {
+        "processes": m.processes,
+        "tasks": {"used": m.tasks, "pid_max": m.pid_max},
+        "files": {"open": m.files_open, "file_max": m.file_max},
+        "zombie_parents": [
+            {"pid": p.pid, "name": p.name, "uid": p.uid, "sigchld": p.sigchld,
+             "zombies": p.zombies, "persistent": p.persistent, "is_reaper": p.is_reaper,
+             "verdict": p.verdict}
+            for p in m.zombie_parents if not p.is_reaper],
+        "orphaned_zombies": [
+            {"reaper_pid": p.pid, "name": p.name, "zombies": p.zombies,
+             "persistent": p.persistent, "verdict": p.verdict}
+            for p in m.zombie_parents if p.is_reaper],
+        "nofile_top": [{"pid": r.pid, "name": r.name, "uid": r.uid, "used": r.used,
+                        "soft": r.soft, "hard": r.hard, "ratio": round(r.ratio, 4)}
+                       for r in m.nofile_top],
+        "nofile_counted": m.nofile_counted, "nofile_unreadable": m.nofile_unreadable,
+        "nproc_by_uid": [
+            {"uid": u.uid, "tasks": u.tasks, "processes": u.processes, "soft": u.soft,
+             "hard": u.hard, "soft_basis": "most common soft limit among the UID's processes",
+             "soft_min": u.soft_min, "soft_min_pid": u.soft_min_pid, "enforced": u.enforced,
+             "ratio": None if u.ratio is None else round(u.ratio, 4)}
+            for u in m.uids],
+        "pids_cgroups": [{"path": c.path, "current": c.current, "max": c.max,
+                          "refusals": c.refusals} for c in m.pids_cgroups],
+        "samples": m.samples, "grace_s": m.grace_s, "elapsed_s": m.elapsed_s,
+    }
 
 
 def finding_document(f: Finding) -> dict[str, Any]:

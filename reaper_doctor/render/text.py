@@ -22,7 +22,104 @@ MAX_LIVE_LINES = 30   # live siblings shown one per line before they are summari
 
 def render_text(report: Report, *, color: bool = False) -> str:
     style = _styler(color)
+    if report.machine is not None:
+        return render_census(report, style)
     return "\n\n".join(render_target(t, style) for t in report.targets) + "\n"
+
+
+MAX_CENSUS_ROWS = 8
+MAX_CENSUS_FINDINGS = 8
+
+
+def render_census(report: Report, style: Callable[..., str]) -> str:
+    """`scan` with no PID, on one screen: tables capped, findings one line each."""
+    m = report.machine
+    assert m is not None
+    sampling = (f"2 samples {m.elapsed_s:.1f} s apart" if m.samples > 1
+                else "1 sample (no persistence check)")
+    head = [style("Machine census", bold=True) + f": {m.processes} processes, {m.tasks} tasks · "
+            + sampling]
+    pids = LimitUsage(m.tasks, m.pid_max, m.pid_max) if m.pid_max else None
+    files = LimitUsage(m.files_open, m.file_max, m.file_max) if m.file_max else None
+    head.append(f"PIDs {m.tasks} of {_num(m.pid_max)} (kernel.pid_max{', ' + _pct(pids) if pids else ''})"
+                f" · open files {_num(m.files_open)} of {_num(m.file_max)} "
+                f"(fs.file-max{', ' + _pct(files) if files else ''})")
+    parts = ["\n".join(head)]
+
+    leaking = [p for p in m.zombie_parents if not p.is_reaper]
+    if leaking:
+        rows = [[f"{p.pid} {safe(p.name or '?')}", p.zombies, p.persistent, p.sigchld or "unknown",
+                 p.verdict or "-"] for p in leaking[:MAX_CENSUS_ROWS]]
+        more = _more(len(leaking), "parents")
+        parts.append(f"Zombies: {sum(p.zombies for p in leaking)} under {len(leaking)} "
+                     f"parent{'s' if len(leaking) != 1 else ''}\n" + tabulate(
+                         rows, headers=["parent", "zombies", "persisted", "SIGCHLD", "verdict"],
+                         tablefmt="simple", disable_numparse=True) + more)
+    else:
+        parts.append("Zombies: none held by a live parent")
+    orphans = [p for p in m.zombie_parents if p.is_reaper]
+    if orphans:
+        parts.append("Orphaned zombies (waiting on PID 1 or a subreaper): " + ", ".join(
+            f"{p.zombies} on {p.pid} {safe(p.name or '?')}" + (f" ({p.verdict})" if p.verdict else "")
+            for p in orphans[:MAX_CENSUS_ROWS]))
+    else:
+        parts.append("Orphaned zombies (waiting on PID 1 or a subreaper): none")
+
+    if m.nofile_top:
+        rows = [[f"{r.pid} {safe(r.name or '?')}", r.used, r.soft, f"{r.ratio:.0%}"]
+                for r in m.nofile_top]
+        note = f" ({m.nofile_unreadable} not readable)" if m.nofile_unreadable else ""
+        parts.append(f"Nearest ulimit -n (top {len(m.nofile_top)}){note}\n" + tabulate(
+            rows, headers=["process", "open fds", "soft limit", "use"], tablefmt="simple",
+            disable_numparse=True))
+
+    if m.uids:
+        rows = []
+        for u in m.uids[:MAX_CENSUS_ROWS]:
+            note = _pct(LimitUsage(u.tasks, u.soft, u.hard)) if u.enforced else "not enforced (UID 0)"
+            if u.soft_min is not None and u.soft_min != u.soft:
+                note += f"; lowest {u.soft_min} (PID {u.soft_min_pid})"
+            rows.append([u.uid, u.tasks, u.processes, _num(u.soft), note])
+        parts.append("Tasks per UID vs ulimit -u (the most common soft limit of its processes)\n"
+                     + tabulate(rows, headers=["uid", "tasks", "processes", "soft", "use"],
+                                tablefmt="simple", disable_numparse=True)
+                     + _more(len(m.uids), "UIDs"))
+
+    if m.pids_cgroups:
+        rows = [[safe(c.path or "?"), _num(c.current), _num(c.max),
+                 _pct(LimitUsage(c.current, c.max, c.max))
+                 + (f" ({c.refusals} forks refused)" if c.refusals else "")]
+                for c in m.pids_cgroups]
+        parts.append("pids cgroups nearest pids.max\n" + tabulate(
+            rows, headers=["cgroup", "tasks", "pids.max", "use"], tablefmt="simple",
+            disable_numparse=True))
+    else:
+        parts.append("pids cgroups: none has a pids.max")
+
+    findings = [f for t in report.targets for f in t.findings]
+    if not findings:
+        parts.append(style("Findings: none", fg="green"))
+    else:
+        ranked = sorted(findings, key=lambda f: (-f.severity.rank, f.code, f.pid))
+        lines = [f"Findings: {len(findings)} (reaper-doctor scan PID for the whole tree)"]
+        for f in ranked[:MAX_CENSUS_FINDINGS]:
+            sev = style(f.severity.value.upper().ljust(7), fg=SEVERITY_COLORS[f.severity],
+                        bold=True)
+            lines.append(f"  {sev} {f.code} {f.slug} (PID {f.pid}) {_short(f)}")
+        if len(ranked) > MAX_CENSUS_FINDINGS:
+            lines.append(f"  … {len(ranked) - MAX_CENSUS_FINDINGS} more (--json lists them all)")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _more(total: int, what: str) -> str:
+    return f"\n… {total - MAX_CENSUS_ROWS} more {what}" if total > MAX_CENSUS_ROWS else ""
+
+
+def _short(f: Finding) -> str:
+    """The first clause of a finding's message: the numbers, not the lesson."""
+    text = safe(f.message).split(";")[0].split(": ")[0]
+    return text if len(text) <= 90 else text[:89] + "…"
 
 
 def _styler(color: bool) -> Callable[..., str]:

@@ -1,0 +1,67 @@
+"""What the speed work must not break: sock_diag agrees with /proc/net/tcp,
+and the cheap commands stay cheap to start."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+from reaper_doctor import collect, procfs
+
+
+def test_sock_diag_rows_match_proc_net_tcp():
+    srv = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(srv.getsockname())
+    accepted, _ = srv.accept()
+    client.close()                      # `accepted` goes to CLOSE_WAIT
+    try:
+        rows = collect._tcp_by_sock_diag()
+        assert rows is not None, "sock_diag unavailable"
+        table = collect._SocketRows()
+        table.diag = rows
+        wanted = {s.getsockname(): s for s in (srv, accepted)}
+        proc = {r.inode: r for r in procfs.parse_inet_table(collect.read_text("/proc/net/tcp"), "tcp")}
+        checked = 0
+        for inode, ref in proc.items():
+            if ref.local in wanted and inode in table:
+                assert table[inode] == ref
+                checked += 1
+        assert checked >= 2
+        states = {table[i].state for i in proc if proc[i].local in wanted and i in table}
+        assert {"LISTEN", "CLOSE_WAIT"} <= states
+    finally:
+        for s in (srv, accepted):
+            s.close()
+
+
+def test_inet_diag_error_message_raises():
+    import struct
+
+    msg = struct.pack("=IHHII", 36, procfs.NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", -13) + b"\0" * 16
+    try:
+        procfs.split_inet_diag(msg, {})
+    except OSError as e:
+        assert e.errno == 13
+    else:
+        raise AssertionError("no OSError")
+
+
+CHECK = """
+import sys
+from reaper_doctor.cli import main
+try:
+    main([{arg!r}])
+except SystemExit:
+    pass
+heavy = sorted(m for m in ("psutil", "tabulate", "json", "socket") if m in sys.modules)
+print("HEAVY", heavy, file=sys.stderr)
+"""
+
+
+def test_version_and_help_import_neither_psutil_nor_tabulate():
+    for arg in ("--version", "--help"):
+        result = subprocess.run([sys.executable, "-c", CHECK.format(arg=arg)],
+                                capture_output=True, text=True, timeout=60)
+        line = [x for x in result.stderr.splitlines() if x.startswith("HEAVY")]
+        assert line == ["HEAVY []"], result.stderr
