@@ -295,3 +295,145 @@ def explain(code: str | None, as_json: bool) -> None:
                                "summary": found.summary, "text": text}, indent=2))
         return
     click.echo(text, nl=not text.endswith("\n"))
+
+
+class SecondsType(click.ParamType):
+    """A positive number of seconds, at most `maximum`."""
+
+    name = "seconds"
+
+    def __init__(self, option: str, maximum: float) -> None:
+        self.option = option
+        self.maximum = maximum
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise OneLineBadParameter(
+                f"{self.option} must be a number of seconds, not {value!r}") from None
+        if not 0 < seconds <= self.maximum:
+            raise OneLineBadParameter(
+                f"{self.option} must be above 0 and at most {self.maximum:g} seconds, "
+                f"not {value!r}")
+        return seconds
+
+
+def load_options(func: Any) -> Any:
+    """The load shared by `scenario run` and `scenario compare`."""
+    for option in reversed((
+        click.option("--requests", "-n", type=BoundedInt(1, 5000), default=60,
+                     show_default=True, help="Requests to send (to 127.0.0.1 only)."),
+        click.option("--concurrency", "-c", type=BoundedInt(1, 64), default=8,
+                     show_default=True, help="Requests in flight at once."),
+        click.option("--timeout", "timeout_s", type=SecondsType("--timeout", 60), default=2.0,
+                     show_default=True,
+                     help="Seconds a request may take; no end of reply by then = hung."),
+        click.option("--grace", "grace_s", type=GraceType(), default=1.0, show_default=True,
+                     help="Seconds between the scan's two samples."),
+    )):
+        func = option(func)
+    return func
+
+
+def _progress(label: str, total: int, enabled: bool) -> Any:
+    """A click progress bar on stderr, or a stand-in that does nothing."""
+    if enabled:
+        return click.progressbar(length=total, label=label, file=sys.stderr, width=30)
+
+    class _Silent:
+        def __enter__(self) -> _Silent:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def update(self, n: int) -> None:
+            pass
+
+    return _Silent()
+
+
+@scenario.command("run")
+@click.argument("name")
+@load_options
+@click.option("--lifetime", "lifetime_s", type=SecondsType("--lifetime", 3600), default=None,
+              help="Bound on the server's life in seconds  [default: long enough for the "
+                   "load and the scan]")
+@click.option("--fd-limit", type=BoundedInt(1, 1 << 20), default=None,
+              help="Lower the server's soft RLIMIT_NOFILE (ulimit -n) to this, e.g. 64 to "
+                   "make fd-leak reach [Errno 24].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@no_color_option
+def scenario_run(name: str, requests: int, concurrency: int, timeout_s: float, grace_s: float,
+                 lifetime_s: float | None, fd_limit: int | None, as_json: bool,
+                 no_color: bool) -> int:
+    """Start scenario NAME on 127.0.0.1, load it, sample it, scan it, kill and
+    reap everything it started, and say whether it behaved as expected.
+
+    Exit 0: the expected findings and no other warning, nothing left over;
+    1: otherwise; 2: bad input (unknown scenario).
+    """
+    from . import runner
+    from .render.scenario import render_run_json, render_run_text
+
+    settings = runner.RunSettings(requests=requests, concurrency=concurrency,
+                                  timeout_s=timeout_s, grace_s=grace_s,
+                                  lifetime_s=lifetime_s, fd_limit=fd_limit)
+    try:
+        runner.resolve(name)
+        runner.check_settings(settings)
+    except KeyError as e:
+        die(e.args[0])
+    except ValueError as e:
+        die(str(e))
+    show = not as_json and sys.stderr.isatty()
+    with runner.sigterm_raises_systemexit(), \
+            _progress(f"{name}: requests", requests, show) as bar:
+        try:
+            run = runner.run_scenario(name, settings, on_result=lambda o: bar.update(1))
+        except runner.ScenarioError as e:
+            die(str(e), 1)
+    if show:
+        click.echo("", err=True)
+    if as_json:
+        click.echo(render_run_json(run), nl=False)
+    else:
+        click.echo(render_run_text(run, color=use_color(no_color)), nl=False)
+    return run.exit_code
+
+
+@scenario.command("compare")
+@load_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@no_color_option
+def scenario_compare(requests: int, concurrency: int, timeout_s: float, grace_s: float,
+                     as_json: bool, no_color: bool) -> int:
+    """Run all six scenarios under the same load, one after the other, and
+    compare them in one table: ok / failed / hung requests, median latency,
+    requests per second, peak zombies and descriptors, findings.
+
+    Exit 0 when every scenario behaved as expected and nothing was left over.
+    """
+    from . import runner
+    from .render.scenario import render_compare_json, render_compare_text
+
+    settings = runner.RunSettings(requests=requests, concurrency=concurrency,
+                                  timeout_s=timeout_s, grace_s=grace_s)
+    show = not as_json and sys.stderr.isatty()
+    runs = []
+    with runner.sigterm_raises_systemexit():
+        for name in runner.SCENARIOS:
+            with _progress(f"{name:>12}", requests, show) as bar:
+                try:
+                    runs.append(runner.run_scenario(name, settings,
+                                                    on_result=lambda o: bar.update(1)))
+                except runner.ScenarioError as e:
+                    die(str(e), 1)
+            if show:
+                click.echo("", err=True)
+    if as_json:
+        click.echo(render_compare_json(runs), nl=False)
+    else:
+        click.echo(render_compare_text(runs, color=use_color(no_color)), nl=False)
+    return 0 if all(r.as_expected for r in runs) else 1
