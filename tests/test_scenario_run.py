@@ -230,8 +230,8 @@ def test_bad_run_options_are_one_line_exit_2(args: tuple[str, ...]) -> None:
 # -- compare -----------------------------------------------------------------------
 
 def test_compare_shows_the_collapse_the_leaks_and_the_clean_designs() -> None:
-    result = run_cli("scenario", "compare", "--requests", "16", "--concurrency", "8",
-                     "--timeout", "2", "--grace", "0.5", "--json", timeout_s=240)
+    result = run_cli("scenario", "compare", "--requests", "8", "--concurrency", "4",
+                     "--timeout", "1.5", "--grace", "0.3", "--json", timeout_s=240)
     assert "Traceback" not in result.stderr
     doc = json.loads(result.stdout)
     assert doc["schema"] == "reaper-doctor/scenario-compare/1"
@@ -245,11 +245,11 @@ def test_compare_shows_the_collapse_the_leaks_and_the_clean_designs() -> None:
     assert blocking["requests_per_s"] <= 5.5
     assert blocking["requests"]["hung"] > 0 or blocking["latency_ms"]["p50"] >= 400
     assert blocking["requests_per_s"] < fixed["requests_per_s"]
-    assert runs["fd-leak"]["requests"]["hung"] == 16
-    assert "RD101" in codes(runs["zombie-leak"]) and runs["zombie-leak"]["peak"]["zombies"] == 16
+    assert runs["fd-leak"]["requests"]["hung"] == 8
+    assert "RD101" in codes(runs["zombie-leak"]) and runs["zombie-leak"]["peak"]["zombies"] == 8
     assert "RD102" in codes(runs["lost-sigchld"])
     for name in ("fixed-fork", "event-loop"):
-        assert runs[name]["findings"] == [] and runs[name]["requests"]["ok"] == 16
+        assert runs[name]["findings"] == [] and runs[name]["requests"]["ok"] == 8
     assert doc["leftover_processes"] == 0
     assert result.returncode == (0 if emits("RD201") and emits("RD401") else 1)
 
