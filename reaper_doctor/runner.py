@@ -3,7 +3,13 @@ sample it, scan it, tear it down, and prove nothing was left behind.
 
 This is the I/O half of the scenario commands: diagnosis stays in
 diagnose.py (through `scan.scan`), text and JSON in render/scenario.py,
-parsing in cli.py.
+parsing in cli.py. While the load runs, a thread samples the server's
+session every 0.25 s (processes, zombies, open fds, CLOSE_WAIT, accept
+queue) for the timeline; the scan comes after the load (lost-sigchld's
+zombies only hold still once it stops), or during it for scenarios whose
+finding only exists under load (`Scenario.scan_during_load`: blocking).
+
+Side effect: the calling process stays a child subreaper afterwards.
 
 Clean-up is the contract (DESIGN.md "Scenario servers"): the runner makes
 itself a child subreaper, so whatever the server forks and orphans comes
