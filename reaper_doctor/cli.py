@@ -144,6 +144,28 @@ class GraceType(click.ParamType):
         return seconds
 
 
+class SecondsType(click.ParamType):
+    """A positive number of seconds, at most `maximum`."""
+
+    name = "seconds"
+
+    def __init__(self, option: str, maximum: float) -> None:
+        self.option = option
+        self.maximum = maximum
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise OneLineBadParameter(
+                f"{self.option} must be a number of seconds, not {value!r}") from None
+        if not 0 < seconds <= self.maximum:
+            raise OneLineBadParameter(
+                f"{self.option} must be above 0 and at most {self.maximum:g} seconds, "
+                f"not {value!r}")
+        return seconds
+
+
 FORMATS = ("text", "json", "prometheus")
 
 
@@ -159,7 +181,7 @@ FORMATS = ("text", "json", "prometheus")
               help="Also write the Prometheus text to this file, atomically (for "
                    "node_exporter's textfile collector). Alone, nothing goes to stdout.")
 @click.option("--list-fds", is_flag=True, help="JSON: include every descriptor (fd, link).")
-@click.option("--trace", "trace_s", type=float, default=None, metavar="S",
+@click.option("--trace", "trace_s", type=SecondsType("--trace", 3600), default=None, metavar="S",
               help="(root, tracefs) Trace SIGCHLD for S seconds between the samples (the "
                    "grace becomes at least S): each parent with zombies that catches SIGCHLD "
                    "gets the kernel's counts (generated, merged, delivered) in its RD102.")
@@ -236,8 +258,6 @@ def _traced_scan(pids: list[int], grace_s: float, list_fds: bool, trace_s: float
     from .trace import SigchldTracer
     from .tracefs import TracefsError, preflight
 
-    if not 0 < trace_s <= 3600:
-        die(f"--trace must be between 0 and 3600 seconds, not {trace_s:g}")
 
     def attached(pid: int, instance: str) -> None:
         click.echo(f"{PROG}: tracing SIGCHLD of PID {pid} for {trace_s:g} s in {instance}",
@@ -445,13 +465,14 @@ class SignalType(click.ParamType):
 
 @main.command()
 @click.argument("pid", type=PidType())
-@click.option("--duration", type=float, default=None, metavar="S",
+@click.option("--duration", type=SecondsType("--duration", 86400), default=None, metavar="S",
               help="Stop after S seconds (default: at Ctrl-C or when PID exits).")
-@click.option("--interval", type=float, default=1.0, show_default=True, metavar="S",
+@click.option("--interval", type=SecondsType("--interval", 3600), default=1.0,
+              show_default=True, metavar="S",
               help="Seconds between the per-interval lines.")
 @click.option("--signal", "signum", type=SignalType(), default="CHLD", show_default=True,
               help="The signal to count: a name (CHLD, SIGCHLD) or a number.")
-@click.option("--grace", type=float, default=1.0, show_default=True, metavar="S",
+@click.option("--grace", type=GraceType(), default=1.0, show_default=True, metavar="S",
               help="A zombie counts as left only after S seconds as a zombie.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document at the end.")
 @no_color_option
@@ -461,13 +482,6 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
     kernel's signal tracepoints, in a private tracing instance."""
     from . import trace as tracing
     from .tracefs import TracefsError, signal_name
-
-    if duration is not None and not duration > 0:
-        die(f"--duration must be a positive number of seconds, not {duration:g}")
-    if not interval > 0:
-        die(f"--interval must be a positive number of seconds, not {interval:g}")
-    if not grace >= 0:
-        die(f"--grace must be zero or more seconds, not {grace:g}")
 
     def started(tr: Any) -> None:
         until = f"for {duration:g} s" if duration is not None else "until Ctrl-C"
@@ -491,3 +505,123 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
         die(str(e))
     click.echo(tracing.render_json(result) if as_json else tracing.render_text(result))
     sys.exit(tracing.exit_code(tracing.trace_findings(result)))
+
+
+def load_options(func: Any) -> Any:
+    """The load shared by `scenario run` and `scenario compare`."""
+    for option in reversed((
+        click.option("--requests", "-n", type=BoundedInt(1, 5000), default=60,
+                     show_default=True, help="Requests to send (to 127.0.0.1 only)."),
+        click.option("--concurrency", "-c", type=BoundedInt(1, 64), default=8,
+                     show_default=True, help="Requests in flight at once."),
+        click.option("--timeout", "timeout_s", type=SecondsType("--timeout", 60), default=2.0,
+                     show_default=True,
+                     help="Seconds a request may take; no end of reply by then = hung."),
+        click.option("--grace", "grace_s", type=GraceType(), default=1.0, show_default=True,
+                     help="Seconds between the scan's two samples."),
+    )):
+        func = option(func)
+    return func
+
+
+def _progress(label: str, total: int, enabled: bool) -> Any:
+    """A click progress bar on stderr, or a stand-in that does nothing."""
+    if enabled:
+        return click.progressbar(length=total, label=label, file=sys.stderr, width=30)
+
+    class _Silent:
+        def __enter__(self) -> _Silent:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def update(self, n: int) -> None:
+            pass
+
+    return _Silent()
+
+
+@scenario.command("run")
+@click.argument("name")
+@load_options
+@click.option("--lifetime", "lifetime_s", type=SecondsType("--lifetime", 3600), default=None,
+              help="Bound on the server's life in seconds  [default: long enough for the "
+                   "load and the scan]")
+@click.option("--fd-limit", type=BoundedInt(1, 1 << 20), default=None,
+              help="Lower the server's soft RLIMIT_NOFILE (ulimit -n) to this, e.g. 64 to "
+                   "make fd-leak reach [Errno 24].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@no_color_option
+def scenario_run(name: str, requests: int, concurrency: int, timeout_s: float, grace_s: float,
+                 lifetime_s: float | None, fd_limit: int | None, as_json: bool,
+                 no_color: bool) -> int:
+    """Start scenario NAME on 127.0.0.1, load it, sample it, scan it, kill and
+    reap everything it started, and say whether it behaved as expected.
+
+    Exit 0: the expected findings and no other warning, nothing left over;
+    1: otherwise; 2: bad input (unknown scenario).
+    """
+    from . import runner
+    from .render.scenario import render_run_json, render_run_text
+
+    settings = runner.RunSettings(requests=requests, concurrency=concurrency,
+                                  timeout_s=timeout_s, grace_s=grace_s,
+                                  lifetime_s=lifetime_s, fd_limit=fd_limit)
+    try:
+        runner.resolve(name)
+        runner.check_settings(settings)
+    except KeyError as e:
+        die(e.args[0])
+    except ValueError as e:
+        die(str(e))
+    show = not as_json and sys.stderr.isatty()
+    with runner.sigterm_raises_systemexit(), \
+            _progress(f"{name}: requests", requests, show) as bar:
+        try:
+            run = runner.run_scenario(name, settings, on_result=lambda o: bar.update(1))
+        except runner.ScenarioError as e:
+            die(str(e), 1)
+    if show:
+        click.echo("", err=True)
+    if as_json:
+        click.echo(render_run_json(run), nl=False)
+    else:
+        click.echo(render_run_text(run, color=use_color(no_color)), nl=False)
+    return run.exit_code
+
+
+@scenario.command("compare")
+@load_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@no_color_option
+def scenario_compare(requests: int, concurrency: int, timeout_s: float, grace_s: float,
+                     as_json: bool, no_color: bool) -> int:
+    """Run all six scenarios under the same load, one after the other, and
+    compare them in one table: ok / failed / hung requests, median latency,
+    requests per second, peak zombies and descriptors, findings.
+
+    Exit 0 when every scenario behaved as expected and nothing was left over.
+    """
+    from . import runner
+    from .render.scenario import render_compare_json, render_compare_text
+
+    settings = runner.RunSettings(requests=requests, concurrency=concurrency,
+                                  timeout_s=timeout_s, grace_s=grace_s)
+    show = not as_json and sys.stderr.isatty()
+    runs = []
+    with runner.sigterm_raises_systemexit():
+        for name in runner.SCENARIOS:
+            with _progress(f"{name:>12}", requests, show) as bar:
+                try:
+                    runs.append(runner.run_scenario(name, settings,
+                                                    on_result=lambda o: bar.update(1)))
+                except runner.ScenarioError as e:
+                    die(str(e), 1)
+            if show:
+                click.echo("", err=True)
+    if as_json:
+        click.echo(render_compare_json(runs), nl=False)
+    else:
+        click.echo(render_compare_text(runs, color=use_color(no_color)), nl=False)
+    return 0 if all(r.as_expected for r in runs) else 1

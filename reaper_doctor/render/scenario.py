@@ -1,0 +1,254 @@
+"""`scenario run` and `scenario compare`: ScenarioRun -> text or JSON (str).
+
+JSON schema `reaper-doctor/scenario/1` (DESIGN.md) for one run,
+`reaper-doctor/scenario-compare/1` for compare (a list of the same runs).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+from tabulate import tabulate
+
+from ..runner import Sample, ScenarioRun
+from .json import finding_document, target_document
+from .text import SEVERITY_COLORS, _finding_line
+
+SCHEMA = "reaper-doctor/scenario/1"
+COMPARE_SCHEMA = "reaper-doctor/scenario-compare/1"
+BARS = "▁▂▃▄▅▆▇█"
+SPARK_WIDTH = 32
+
+
+# ----------------------------------------------------------------------------
+# JSON
+
+
+def run_document(run: ScenarioRun) -> dict[str, Any]:
+    s = run.scenario
+    load = run.load.as_dict() if run.load else {
+        "requests": {"sent": 0, "ok": 0, "failed": 0, "hung": 0},
+        "latency_ms": {"p50": None, "p99": None}}
+    cleanup = run.cleanup
+    return {
+        "schema": SCHEMA,
+        "scenario": s.name,
+        "reproduces": s.reproduces,
+        "server": {"pid": run.server_pid, "port": run.port, "script": run.script,
+                   "fd_limit": run.settings.fd_limit,
+                   "lifetime_s": run.settings.server_lifetime_s(),
+                   "exit_status": run.server_exit},
+        "load": {"requests": run.settings.requests, "concurrency": run.settings.concurrency,
+                 "timeout_s": run.settings.timeout_s},
+        **load,
+        "expected": list(s.expected),
+        "also_allowed": list(s.also_allowed),
+        "findings": [finding_document(f) for f in run.findings],
+        "missing": run.missing,
+        "unexpected": [f.code for f in run.unexpected],
+        "as_expected": run.as_expected,
+        "fix": s.fix,
+        "scanned": run.scanned,
+        "scan_error": run.scan_error,
+        "scan": target_document(run.scan) if run.scan else None,
+        "peak": {name: run.peak(name) for name in ("zombies", "fds", "close_wait",
+                                                   "processes", "accept_queue")},
+        "timeline": [sample.as_dict() for sample in run.timeline],
+        "server_errors": list(run.server_errors),
+        "cleanup": ({"killed": cleanup.killed, "reaped": cleanup.reaped,
+                     "leftover_pids": cleanup.leftover_pids} if cleanup else None),
+        "leftover_processes": run.leftover_processes,
+        "interrupted": run.interrupted,
+    }
+
+
+def render_run_json(run: ScenarioRun) -> str:
+    return json.dumps(run_document(run), indent=2) + "\n"
+
+
+def compare_document(runs: Sequence[ScenarioRun]) -> dict[str, Any]:
+    first = runs[0].settings if runs else None
+    return {
+        "schema": COMPARE_SCHEMA,
+        "load": ({"requests": first.requests, "concurrency": first.concurrency,
+                  "timeout_s": first.timeout_s} if first else None),
+        "runs": [run_document(r) for r in runs],
+        "leftover_processes": sum(r.leftover_processes for r in runs),
+        "as_expected": all(r.as_expected for r in runs),
+    }
+
+
+def render_compare_json(runs: Sequence[ScenarioRun]) -> str:
+    return json.dumps(compare_document(runs), indent=2) + "\n"
+
+
+# ----------------------------------------------------------------------------
+# Text
+
+
+def _styler(color: bool) -> Callable[..., str]:
+    if color:
+        return click.style
+    return lambda text, **_: text
+
+
+def sparkline(values: Sequence[int | None], width: int = SPARK_WIDTH) -> str:
+    """Values as bars, at most `width` wide (each bar the max of its bucket)."""
+    clean = [v for v in values if v is not None]
+    if not clean:
+        return ""
+    n = len(clean)
+    w = min(width, n)
+    buckets = [max(clean[i * n // w:max(i * n // w + 1, (i + 1) * n // w)]) for i in range(w)]
+    low, high = min(buckets), max(buckets)
+    if high == low:
+        return BARS[0] * len(buckets)
+    return "".join(BARS[(v - low) * (len(BARS) - 1) // (high - low)] for v in buckets)
+
+
+def _timeline(samples: Sequence[Sample]) -> str:
+    if not samples:
+        return "Timeline: no sample"
+    head = (f"Timeline ({len(samples)} samples over {samples[-1].t_s - samples[0].t_s:.1f} s, "
+            f"every {_interval(samples)})")
+    rows = []
+    for label, name in (("zombies", "zombies"), ("processes", "processes"),
+                        ("open fds", "fds"), ("CLOSE_WAIT", "close_wait"),
+                        ("accept queue", "accept_queue")):
+        values = [getattr(s, name) for s in samples]
+        known = [v for v in values if v is not None]
+        if not known:
+            continue
+        rows.append([label, sparkline(values),
+                     f"{known[0]} → {known[-1]}  (peak {max(known)})"])
+    return head + "\n" + tabulate(rows, tablefmt="plain", disable_numparse=True)
+
+
+def _interval(samples: Sequence[Sample]) -> str:
+    if len(samples) < 2:
+        return "-"
+    return f"{(samples[-1].t_s - samples[0].t_s) / (len(samples) - 1):.2f} s"
+
+
+def _load_line(run: ScenarioRun) -> str:
+    st = run.settings
+    if run.load is None:
+        return f"Load: not sent ({st.requests} requests planned)"
+    r = run.load
+    lat = ("latency p50 "
+           f"{r.p50_ms:g} ms, p99 {r.p99_ms:g} ms" if r.p50_ms is not None else "no latency "
+           "(no request completed)")
+    return (f"Load: {r.sent} requests, {st.concurrency} at a time, timeout "
+            f"{st.timeout_s:g} s: ok {r.ok} · failed {r.failed} · hung {r.hung} "
+            f"in {r.duration_s:.1f} s ({r.requests_per_s:.1f} req/s); {lat}")
+
+
+def render_run_text(run: ScenarioRun, *, color: bool = False) -> str:
+    style = _styler(color)
+    s = run.scenario
+    parts = [style(f"Scenario {s.name}", bold=True) + f" — {s.reproduces}"]
+    limit = f", ulimit -n {run.settings.fd_limit}" if run.settings.fd_limit else ""
+    parts[0] += (f"\nserver PID {run.server_pid} on 127.0.0.1:{run.port}{limit}"
+                 f" ({run.script})")
+    parts.append(_load_line(run))
+    if run.load and run.load.errors:
+        top = sorted(run.load.errors.items(), key=lambda kv: -kv[1])[:3]
+        parts[-1] += "\n" + "\n".join(f"  {n} × {err}" for err, n in top)
+    parts.append(_timeline(run.timeline))
+    parts.append(_findings(run, style))
+    parts.append(_verdict(run, style))
+    if run.server_errors:
+        shown = run.server_errors[:10]
+        more = len(run.server_errors) - len(shown)
+        parts.append("Server stderr\n" + "\n".join(f"  {line}" for line in shown)
+                     + (f"\n  … {more} more distinct lines" if more > 0 else ""))
+    parts.append(_cleanup(run, style))
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _findings(run: ScenarioRun, style: Callable[..., str]) -> str:
+    when = "during the load" if run.scanned == "during-load" else "after the load"
+    if run.scan is None:
+        return style(f"Scan: {run.scan_error or 'not run'}", fg="red")
+    head = f"Scan of PID {run.scan.pid} {when}, {run.scan.samples} samples " \
+           f"{run.scan.grace_s:g} s apart"
+    if not run.findings:
+        return head + "\n" + style("Findings: none", fg="green")
+    lines = [head, f"Findings: {len(run.findings)}"]
+    lines += [_finding_line(f, style) for f in run.findings]
+    return "\n".join(lines)
+
+
+def _verdict(run: ScenarioRun, style: Callable[..., str]) -> str:
+    s = run.scenario
+    expected = " ".join(s.expected) or "none"
+    found = " ".join(run.found_codes) or "none"
+    lines = [f"Expected {expected} · found {found}"
+             + (f" (by-products allowed: {' '.join(s.also_allowed)})" if s.also_allowed else "")]
+    if run.missing:
+        lines.append(style(f"Missing: {' '.join(run.missing)}", fg="red"))
+    if run.unexpected:
+        lines.append(style("Unexpected: " + " ".join(sorted({f.code for f in run.unexpected})),
+                           fg="red"))
+    lines.append(f"Fix: {s.fix}")
+    codes = [c for c in run.found_codes]
+    if codes:
+        lines.append("Explained: " + ", ".join(f"reaper-doctor explain {c}" for c in codes))
+    return "\n".join(lines)
+
+
+def _cleanup(run: ScenarioRun, style: Callable[..., str]) -> str:
+    c = run.cleanup
+    if c is None:
+        return ""
+    left = c.leftover_processes
+    text = (f"Clean-up: killed {c.killed}, reaped {c.reaped}; "
+            + style(f"{left} process{'es' if left != 1 else ''} left over",
+                    fg="green" if left == 0 else "red")
+            + (f" (PIDs {' '.join(map(str, c.leftover_pids[:20]))})" if left else ""))
+    verdict = (style("behaved as expected", fg="green", bold=True) if run.as_expected
+               else style("did NOT behave as expected", fg="red", bold=True))
+    return text + f"\nVerdict: {run.scenario.name} {verdict}"
+
+
+def render_compare_text(runs: Sequence[ScenarioRun], *, color: bool = False) -> str:
+    style = _styler(color)
+    if not runs:
+        return "No scenario run.\n"
+    st = runs[0].settings
+    rows = []
+    for run in runs:
+        r = run.load
+        findings = " ".join(run.found_codes) or "none"
+        if run.scan is None:
+            findings = "scan failed"
+        worst = max((f.severity for f in run.findings), key=lambda v: v.rank, default=None)
+        if worst is not None:
+            findings = style(findings, fg=SEVERITY_COLORS[worst])
+        rows.append([
+            run.scenario.name,
+            r.ok if r else "-", r.failed if r else "-", r.hung if r else "-",
+            _ms(r.p50_ms) if r else "-",
+            f"{r.requests_per_s:.1f}" if r else "-",
+            _num(run.peak("zombies")), _num(run.peak("fds")), findings,
+            "yes" if run.as_expected else style("NO", fg="red", bold=True),
+        ])
+    table = tabulate(rows, headers=["scenario", "ok", "failed", "hung", "p50 ms", "req/s",
+                                    "peak zombies", "peak fds", "findings", "as expected"],
+                     tablefmt="simple", disable_numparse=True)
+    head = (f"{st.requests} requests per scenario, {st.concurrency} at a time, "
+            f"timeout {st.timeout_s:g} s each; hung = no end of reply within the timeout")
+    left = sum(r.leftover_processes for r in runs)
+    tail = f"Left over after all runs: {left} processes"
+    return f"{head}\n\n{table}\n\n{tail}\n"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _num(value: int | None) -> str:
+    return "-" if value is None else str(value)
