@@ -31,6 +31,7 @@ from __future__ import annotations
 import gc
 import os
 import shlex
+import textwrap
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generator, Iterable
@@ -203,6 +204,7 @@ class LeakChecker:
         self.current: TestState | None = None
         self.checked = 0
         self.leaked: list[str] = []
+        self.notes: list[str] = []   # leaks of tests that failed anyway
 
     # -- sampling ------------------------------------------------------------
 
@@ -268,32 +270,41 @@ class LeakChecker:
 
     # -- hooks ---------------------------------------------------------------
 
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
         checks = self.settings.checks
+        bad_marker = None
         marker = item.get_closest_marker(MARKER)
         if marker is not None:
-            allowed = (_parse_checks(marker.args, f"@pytest.mark.{MARKER}")
-                       if marker.args else frozenset(CHECKS))
+            try:
+                allowed = (_parse_checks(marker.args, f"@pytest.mark.{MARKER}")
+                           if marker.args else frozenset(CHECKS))
+            except pytest.UsageError as e:
+                bad_marker, allowed = str(e), frozenset()
             checks = checks - allowed
         self.current = None
         if checks and os.getpid() == self.pid:
             self.current = TestState(checks=checks, before=self.sample())
             item.stash[_STATE] = self.current
-        yield
+        result = yield
+        # Failing before the yield would skip the other plugins' setup
+        # wrappers (capture, logging) and break their teardown.
+        if bad_marker:
+            pytest.fail(bad_marker, pytrace=False)
+        return result
 
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Generator[None, None, None]:
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
         # A fixture broader than the test keeps its resources past this
         # test's teardown on purpose: note what its setup made.
         if self.current is None or fixturedef.scope == "function":
-            yield
-            return
+            return (yield)
         before = self._keys(self.sample())
-        yield
+        result = yield
         made = self._keys(self.sample()) - before
         name, keys = self.owned.get(id(fixturedef), (fixturedef.argname, set()))
         self.owned[id(fixturedef)] = (name, keys | made)
+        return result
 
     @pytest.hookimpl
     def pytest_fixture_post_finalizer(self, fixturedef: Any, request: Any) -> None:
@@ -301,43 +312,65 @@ class LeakChecker:
         if owned is not None and self.current is not None:
             self.current.released |= owned[1]  # they must be gone by the end of this test
 
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item,
-                                  call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
-        outcome = yield
-        report = outcome.get_result()
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]
+                                  ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
         state = item.stash.get(_STATE, None)
-        if state is None:
-            return
-        if call.when != "teardown":
+        if state is not None:
+            self._amend(report, state, item, call.when)
+        return report
+
+    def _amend(self, report: pytest.TestReport, state: TestState, item: pytest.Item,
+               when: str) -> None:
+        if when != "teardown":
             state.failed = state.failed or report.failed
             return
         block = item.stash.get(_RESULT, "")
-        report.reaper_doctor = {"checks": sorted(state.checks), "leaked": bool(block)}
+        info: dict[str, Any] = {"checks": sorted(state.checks), "leaked": bool(block)}
+        report.reaper_doctor = info  # travels with the report to an xdist controller
         if not block or self.settings.mode != "fail":
             return
         if report.passed and not state.failed:
             report.outcome = "failed"   # an error in teardown, with the block as its text
             report.longrepr = block
         else:
-            report.sections.append(("reaper-doctor", block))
+            # The test has already failed: no second error for it. Its
+            # traceback (kept in sys.last_traceback for post-mortem) may be
+            # what holds these open; the summary shows them, as a note.
+            info["note"] = block
 
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_teardown(self, item: pytest.Item,
-                                nextitem: pytest.Item | None) -> Generator[None, None, None]:
-        yield
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None
+                                ) -> Generator[None, None, None]:
+        # tryfirst: the outermost wrapper, so this runs after every fixture
+        # finalizer and every other plugin's teardown.
+        try:
+            result = yield
+        except BaseException:
+            self._after(item, may_raise=False)
+            raise
+        self._after(item, may_raise=True)
+        return result
+
+    def _after(self, item: pytest.Item, *, may_raise: bool) -> None:
         state = item.stash.get(_STATE, None)
         self.current = None
         if state is None or os.getpid() != self.pid:
-            return
+            return  # a forked child running pytest code: not the process we watch
         found = self._leaks_after_grace(state)
         if not found:
             return
         block = self.render(found, item)
         item.stash[_RESULT] = block
         if self.settings.mode == "warn":
-            # Inside the teardown call: with -W error it becomes a teardown error.
-            item.warn(ReaperDoctorWarning(block))
+            # Inside the teardown call: with -W error it becomes a teardown
+            # error, unless the teardown has already raised its own.
+            try:
+                item.warn(ReaperDoctorWarning(block))
+            except Exception:
+                if may_raise:
+                    raise
 
     def _leaks_after_grace(self, state: TestState) -> Leaks:
         found = self.leaks(state)
@@ -365,6 +398,8 @@ class LeakChecker:
         self.checked += 1
         if info.get("leaked"):
             self.leaked.append(report.nodeid)
+        if info.get("note"):
+            self.notes.append(info["note"])
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -379,6 +414,10 @@ class LeakChecker:
             terminalreporter.write_line(f"  leaked: {nodeid}")
         if len(self.leaked) > 20:
             terminalreporter.write_line(f"  ... and {len(self.leaked) - 20} more")
+        for note in self.notes:
+            terminalreporter.write_line("left open by a test that failed (its traceback may "
+                                        "hold them):")
+            terminalreporter.write_line(textwrap.indent(note, "  "))
 
     # -- the report ----------------------------------------------------------
 
