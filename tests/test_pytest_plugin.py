@@ -382,3 +382,60 @@ def test_each_xdist_worker_checks_its_own_tests(run, pytester):
     result.stdout.fnmatch_lines(["*reaper-doctor: 4 tests checked, 2 leaked*"])
     # Each report names only its own test's pipe: no cross-talk between workers.
     assert result.stdout.str().count("leaked 2 descriptors") == 2
+
+
+# ----------------------------------------------------------------------------
+# The light readers, in this process
+
+
+def test_describe_fds_names_each_kind(tmp_path):
+    import socket
+
+    from reaper_doctor import collect
+
+    opened: list = []
+    try:
+        r, w = os.pipe()
+        opened += [r, w]
+        listener = socket.create_server(("127.0.0.1", 0))
+        unbound = socket.socket()
+        left, right = socket.socketpair()
+        log = open(tmp_path / "log.txt", "a")
+        opened += [listener, unbound, left, right, log]
+        fds = [r, w, listener.fileno(), unbound.fileno(), left.fileno(), log.fileno()]
+        by_fd = {d.fd: d for d in collect.describe_fds(os.getpid(), fds)}
+        assert (by_fd[r].kind, by_fd[r].peer_fds, by_fd[r].mode) == ("pipe", (w,), "r, cloexec")
+        tcp = by_fd[listener.fileno()]
+        assert tcp.kind == "tcp" and tcp.inet.state == "LISTEN"
+        assert tcp.inet.local == listener.getsockname()
+        assert by_fd[unbound.fileno()].socket_family == "AF_INET SOCK_STREAM"
+        assert by_fd[left.fileno()].unix.type == "stream"
+        assert by_fd[log.fileno()].mode == "w, append, cloexec"
+        assert by_fd[log.fileno()].link == str(tmp_path / "log.txt")
+        # asking the unbound socket itself left its descriptor open
+        assert unbound.fileno() in collect.fd_links(os.getpid())
+    finally:
+        for thing in opened:
+            os.close(thing) if isinstance(thing, int) else thing.close()
+
+
+def test_children_found_without_the_children_file(spawner):
+    """The fallback for kernels without CONFIG_PROC_CHILDREN: only PIDs
+    allocated since the last sample (and known children) are read."""
+    from reaper_doctor.pytest_plugin import CHECKS, LeakChecker, Settings, TestState
+
+    checker = LeakChecker(Settings("fail", frozenset(CHECKS), 0.0))
+    checker.children_file = False
+    state = TestState(checks=frozenset(CHECKS), before=checker.sample())
+    assert not checker.leaks(state)
+    live = spawner.python("print('ready', flush=True); import time; time.sleep(60)")
+    dead = spawner.python("raise SystemExit(7)", wait_for_line=None)
+    from helpers import wait_until, zombie_children
+
+    wait_until(lambda: dead.pid in zombie_children(os.getpid()), what="a zombie")
+    found = checker.leaks(state)
+    assert [st.pid for st in found.children] == [live.pid]
+    assert [st.pid for st in found.zombies] == [dead.pid]
+    assert checker.last.last_pid is not None
+    # Only the Popen pipe of `live` is a new descriptor.
+    assert set(found.fds) == {live.stdout.fileno(), dead.stdout.fileno()}
