@@ -21,7 +21,8 @@ from typing import Iterable
 
 from . import procfs
 from .model import (
-    FdDetail, FdTable, LimitUsage, NprocUsage, PidsCgroup, ProcessInfo, Snapshot, SocketFd, Unreadable,
+    FdDetail, FdTable, LimitUsage, NprocUsage, PidsCgroup, ProcessInfo, Snapshot, SocketFd,
+    Unreadable,
 )
 
 PROC = "/proc"
@@ -651,7 +652,8 @@ def describe_fds(pid: int, fds: Iterable[int]) -> list[FdDetail]:
         table = read_fds(pid, ctx)
         inet = {s.fd: s for s in table.sockets} if table else {}
         try:
-            unix = {r.inode: r for r in procfs.parse_unix_table(read_text(f"{PROC}/{pid}/net/unix"))}
+            text = read_text(f"{PROC}/{pid}/net/unix")
+            unix = {row.inode: row for row in procfs.parse_unix_table(text)}
         except OSError:
             unix = {}
     by_pipe: dict[int, list[int]] = {}

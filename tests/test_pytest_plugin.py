@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -206,7 +205,8 @@ def test_allow_marker_lets_a_known_leak_pass(run, pytester):
     result.stdout.fnmatch_lines([
         "*ERROR at teardown of test_other_kinds_allowed_only*",
         "*ERROR at setup of test_typo*",
-        "@pytest.mark.reaper_doctor_allow: unknown check 'fd' (choose among children, zombies, fds)",
+        "@pytest.mark.reaper_doctor_allow: unknown check 'fd' "
+        "(choose among children, zombies, fds)",
         # test_allowed_everything is not checked at all
         "*reaper-doctor: 3 tests checked, 1 leaked*",
         "*leaked: *::test_other_kinds_allowed_only",
