@@ -18,11 +18,12 @@ import stat as stat_mod
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from . import procfs
 from .model import (
-    FdTable, LimitUsage, NprocUsage, PidsCgroup, ProcessInfo, Snapshot, SocketFd, Unreadable,
+    FdDetail, FdTable, LimitUsage, NprocUsage, PidsCgroup, ProcessInfo, Snapshot, SocketFd,
+    Unreadable,
 )
 
 PROC = "/proc"
@@ -874,3 +875,167 @@ def has_cap_exemption(pid: int) -> bool:
     except OSError:
         return False
     return bool(cap_eff & ((1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_RESOURCE)))
+
+
+# Light reads of one process, for the pytest plugin's before/after check.
+# Each runs around every test: no process table, no socket tables.
+
+
+def fd_links(pid: int) -> dict[int, str]:
+    """{fd: link text} of every descriptor of `pid`: one listdir and one
+    readlink per fd (about 5 us each). Raises ProcessGone."""
+    fd_dir = f"{PROC}/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessGone(pid) from None
+    links: dict[int, str] = {}
+    for name in names:
+        try:
+            links[int(name)] = os.readlink(f"{fd_dir}/{name}")
+        except OSError:
+            continue  # closed since listdir (the listdir's own fd is one)
+    return links
+
+
+_WALL = 0x40000000  # __WALL (linux/wait.h): clone children too
+
+
+def has_children() -> bool:
+    """Whether this process has any child, live or zombie, in one syscall:
+    waitid(P_ALL, WNOHANG | WNOWAIT) fails with ECHILD only when there is
+    none, and WNOWAIT reaps nothing."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT | _WALL)
+    except ChildProcessError:
+        return False
+    except OSError:
+        return True  # cannot tell (EINVAL on an odd kernel): assume some, look
+    return True
+
+
+def last_pid() -> int | None:
+    """The PID most recently allocated in our PID namespace (/proc/loadavg):
+    every process created after a reading of it has a PID above it, until
+    the PID counter wraps at pid_max."""
+    try:
+        return procfs.parse_loadavg_last_pid(read_text(f"{PROC}/loadavg"))
+    except OSError:
+        return None
+
+
+def task_children(pid: int) -> list[int] | None:
+    """Children of every thread of `pid` from /proc/<pid>/task/*/children;
+    None when the kernel lacks it (CONFIG_PROC_CHILDREN is off)."""
+    try:
+        tids = os.listdir(f"{PROC}/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessGone(pid) from None
+    found: list[int] = []
+    for tid in tids:
+        try:
+            found.extend(procfs.parse_children(read_text(f"{PROC}/{pid}/task/{tid}/children")))
+        except FileNotFoundError:
+            if not os.path.exists(f"{PROC}/{pid}/task/{tid}"):
+                continue  # the thread ended since listdir
+            return None
+        except OSError:
+            continue
+    return found
+
+
+def child_stats(pid: int, candidates: Iterable[int] | None = None) -> dict[int, procfs.StatLine]:
+    """The stat lines of `pid`'s children (live and zombie), read among
+    `candidates`, or among every process when None (a /proc walk: about
+    20 us per process on the machine, so callers narrow it when they can)."""
+    if candidates is None:
+        candidates = (int(e) for e in os.listdir(PROC) if e.isdigit())
+    found: dict[int, procfs.StatLine] = {}
+    for child in candidates:
+        try:
+            st = procfs.parse_stat(read_bytes(f"{PROC}/{child}/stat"))
+        except (OSError, ValueError):
+            continue  # no such PID, or gone since
+        if st.ppid == pid:
+            found[child] = st
+    return found
+
+
+def describe_process(pid: int) -> ProcessInfo | None:
+    """One process with its command line and age (zombies: exit status);
+    None if it is gone."""
+    try:
+        return _read_process(pid, _new_context(), None, wants_sigchld=False)
+    except ProcessGone:
+        return None
+
+
+def describe_fds(pid: int, fds: Iterable[int]) -> list[FdDetail]:
+    """Describe some descriptors of `pid`: kind, open mode and offset
+    (fdinfo), socket addresses and state (the netns socket tables, read
+    once), the other ends of pipes. Fds closed meanwhile are left out."""
+    wanted = sorted(set(fds))
+    links = fd_links(pid)
+    ctx = _new_context()
+    inet: dict[int, SocketFd] = {}
+    unix: dict[int, procfs.UnixSocketRow] | None = None
+    if any(links.get(fd, "").startswith("socket:") for fd in wanted):
+        table = read_fds(pid, ctx)
+        inet = {s.fd: s for s in table.sockets} if table else {}
+        try:
+            text = read_text(f"{PROC}/{pid}/net/unix")
+            unix = {row.inode: row for row in procfs.parse_unix_table(text)}
+        except OSError:
+            unix = {}
+    by_pipe: dict[int, list[int]] = {}
+    for fd, link in links.items():
+        kind, inode = procfs.fd_link_kind(link)
+        if kind == "pipe" and inode is not None:
+            by_pipe.setdefault(inode, []).append(fd)
+    details = []
+    for fd in wanted:
+        link = links.get(fd)
+        if link is None:
+            continue
+        kind, inode = procfs.fd_link_kind(link)
+        mode = offset = None
+        try:
+            info = procfs.parse_fdinfo(read_text(f"{PROC}/{pid}/fdinfo/{fd}"))
+            mode = procfs.describe_open_flags(info.flags) if info.flags is not None else None
+            offset = info.pos
+        except OSError:
+            pass
+        extra: dict[str, object] = {}
+        if kind == "path":
+            kind = _path_kind(f"{PROC}/{pid}/fd/{fd}")
+        elif kind == "pipe" and inode is not None:
+            extra["peer_fds"] = tuple(f for f in sorted(by_pipe.get(inode, ())) if f != fd)
+        elif kind == "socket" and inode is not None:
+            if fd in inet:
+                extra["inet"] = inet[fd]
+                kind = inet[fd].proto.rstrip("6")
+            elif unix and inode in unix:
+                extra["unix"] = unix[inode]
+                kind = "unix"
+            elif pid == os.getpid():
+                extra["socket_family"] = _own_socket_family(fd)
+        details.append(FdDetail(fd=fd, link=link, kind=kind, mode=mode, offset=offset,
+                                **extra))  # type: ignore[arg-type]
+    return details
+
+
+def _own_socket_family(fd: int) -> str | None:
+    """Family and type of one of our own sockets that no /proc table lists
+    (an unbound TCP socket, netlink, packet): asked of the socket itself."""
+    import socket
+
+    try:
+        sock = socket.socket(fileno=fd)  # detects family and type (SO_DOMAIN, SO_TYPE)
+    except OSError:
+        return None
+    try:
+        family = getattr(sock.family, "name", str(sock.family))
+        kind = getattr(sock.type, "name", str(sock.type))
+        return f"{family} {kind}"
+    finally:
+        sock.detach()  # the descriptor stays open: it belongs to the test

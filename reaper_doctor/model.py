@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Mapping
 
-from .procfs import ExitStatus
+from .procfs import ExitStatus, UnixSocketRow
 
 
 class Severity(str, Enum):
@@ -80,6 +80,22 @@ class FdTable:
     @property
     def close_wait(self) -> int:
         return sum(1 for s in self.sockets if s.state == "CLOSE_WAIT")
+
+
+@dataclass(frozen=True)
+class FdDetail:
+    """One descriptor described for a person: what it is, how it was opened."""
+
+    fd: int
+    link: str                           # the /proc/<pid>/fd/<fd> link text
+    kind: str                           # "file", "directory", "device", "fifo", "pipe",
+                                        # "tcp", "udp", "unix", "socket", "eventfd", ...
+    mode: str | None = None             # "r", "w, append, cloexec"; None: fdinfo unreadable
+    offset: int | None = None           # file position (fdinfo "pos")
+    inet: SocketFd | None = None        # TCP/UDP: addresses and state
+    unix: UnixSocketRow | None = None   # unix socket: type, state, path
+    socket_family: str | None = None    # a socket in no table: "AF_NETLINK", ... when known
+    peer_fds: tuple[int, ...] = ()      # pipe: other fds of the process on the same pipe
 
 
 @dataclass(frozen=True)

@@ -423,3 +423,86 @@ def inet_diag_row(msg: bytes, proto: str) -> SocketRow:
     return SocketRow(proto, (local, int.from_bytes(sport, "big")),
                      (remote, int.from_bytes(dport, "big")), state_name,
                      0 if state == 0x0A else wqueue, rqueue, uid, inode)
+
+
+# ----------------------------------------------------------------------------
+# One descriptor in detail (the pytest plugin describes each leaked fd)
+
+
+class FdInfo(NamedTuple):
+    """/proc/<pid>/fdinfo/<fd>: file offset and open flags (proc(5))."""
+
+    pos: int | None
+    flags: int | None      # octal in the file: O_ACCMODE, O_APPEND, O_NONBLOCK, ...
+    mnt_id: int | None
+
+
+def parse_fdinfo(text: str) -> FdInfo:
+    """Parse the first lines of an fdinfo file; the kind-specific lines
+    (eventfd-count, tfd, inotify ...) are ignored."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep or key not in ("pos", "flags", "mnt_id"):
+            continue
+        try:
+            values[key] = int(value.strip(), 8 if key == "flags" else 10)
+        except ValueError:
+            continue
+    return FdInfo(values.get("pos"), values.get("flags"), values.get("mnt_id"))
+
+
+# The f_flags bits fdinfo keeps (O_CREAT, O_EXCL, O_TRUNC and O_NOCTTY are
+# cleared at open time, fs/open.c: do_dentry_open). Octal, as in fcntl.h.
+_OPEN_FLAG_WORDS = ((0o2000, "append"), (0o4000, "nonblock"), (0o4010000, "sync"),
+                    (0o40000, "direct"), (0o10000000, "path"), (0o2000000, "cloexec"))
+
+
+def describe_open_flags(flags: int) -> str:
+    """"r", "w" or "rw", then the flags worth knowing: "w, append, cloexec"."""
+    access = {0: "r", 1: "w", 2: "rw"}.get(flags & 0o3, "?")
+    words = [word for bit, word in _OPEN_FLAG_WORDS if flags & bit == bit]
+    if "path" in words:
+        access = "path-only"
+        words.remove("path")
+    return ", ".join([access, *words])
+
+
+# /proc/net/unix Type and St columns (include/linux/net.h, include/uapi/linux/net.h).
+UNIX_TYPES = {1: "stream", 2: "dgram", 5: "seqpacket"}
+UNIX_STATES = {1: "UNCONNECTED", 2: "CONNECTING", 3: "CONNECTED", 4: "DISCONNECTING"}
+_SO_ACCEPTCON = 0x10000  # the Flags column of a listening socket
+
+
+class UnixSocketRow(NamedTuple):
+    """One row of /proc/net/unix."""
+
+    inode: int
+    type: str          # "stream", "dgram", "seqpacket"
+    state: str         # "LISTEN", "CONNECTED", "UNCONNECTED", ...
+    path: str | None   # None: unnamed (socketpair, or not bound); "@name": abstract
+
+
+def parse_unix_table(text: str) -> Iterator[UnixSocketRow]:
+    """Rows of /proc/net/unix: "Num RefCount Protocol Flags Type St Inode Path"."""
+    for line in text.splitlines()[1:]:
+        parts = line.split(None, 7)
+        if len(parts) < 7 or not parts[6].isdigit():
+            continue
+        flags, kind, state = int(parts[3], 16), int(parts[4], 16), int(parts[5], 16)
+        state_name = "LISTEN" if flags & _SO_ACCEPTCON else UNIX_STATES.get(state, hex(state))
+        path = parts[7].rstrip("\n") if len(parts) > 7 else None
+        yield UnixSocketRow(int(parts[6]), UNIX_TYPES.get(kind, f"type {kind}"), state_name,
+                            path or None)
+
+
+def parse_children(text: str) -> list[int]:
+    """/proc/<pid>/task/<tid>/children: space-separated PIDs (CONFIG_PROC_CHILDREN)."""
+    return [int(p) for p in text.split()]
+
+
+def parse_loadavg_last_pid(text: str) -> int | None:
+    """The last field of /proc/loadavg: the PID most recently allocated in
+    the reader's PID namespace ("0.20 0.18 0.12 1/80 11206")."""
+    parts = text.split()
+    return int(parts[4]) if len(parts) >= 5 and parts[4].isdigit() else None

@@ -102,6 +102,17 @@ def _own_group(proc: subprocess.Popen) -> bool:
         return False
 
 
+def _group_exists(pgid: int) -> bool:
+    """Whether a process group still has members (zombies count until reaped)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -158,10 +169,22 @@ class Spawner:
         return proc
 
     def reap_all(self) -> None:
+        groups = [proc.pid for proc in self.started if _own_group(proc)]
         for proc in reversed(self.started):
             reap(proc)
         self.started.clear()
-        reap_adopted()
+        # Waiting for a group's leader does not wait for the rest of the
+        # group: its members die, and come to us (the subreaper) as zombies,
+        # a moment later. reaper-doctor's pytest plugin caught the RD302
+        # tests leaving one behind. So end the stragglers and reap until
+        # every group is empty (a PGID is not reused while it has members).
+        for pgid in groups:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_until(lambda: reap_adopted() >= 0 and not any(map(_group_exists, groups)),
+                   what=f"process groups {groups} to end")
 
 
 def cli_argv() -> list[str]:

@@ -109,3 +109,38 @@ def test_fd_link_kind():
     assert procfs.fd_link_kind("anon_inode:inotify") == ("inotify", None)
     assert procfs.fd_link_kind("anon_inode:[pidfd]") == ("pidfd", None)
     assert procfs.fd_link_kind("/etc/passwd") == ("path", None)
+
+
+def test_fdinfo_flags_are_octal_and_described():
+    info = procfs.parse_fdinfo("pos:\t42\nflags:\t02102001\nmnt_id:\t24\nino:\t3\n")
+    assert info == procfs.FdInfo(pos=42, flags=0o2102001, mnt_id=24)
+    # O_WRONLY | O_APPEND | O_CLOEXEC, with O_LARGEFILE (0100000) left unsaid
+    assert procfs.describe_open_flags(info.flags) == "w, append, cloexec"
+    assert procfs.describe_open_flags(0o100000) == "r"
+    assert procfs.describe_open_flags(0o4002) == "rw, nonblock"
+    assert procfs.describe_open_flags(0o12000000) == "path-only, cloexec"
+    assert procfs.parse_fdinfo("garbage") == procfs.FdInfo(None, None, None)
+
+
+UNIX = """Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 1001 /run/app.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 1002
+0000000000000000: 00000002 00000000 00000000 0002 01 1003 @abstract name
+"""
+
+
+def test_unix_table_rows():
+    rows = list(procfs.parse_unix_table(UNIX))
+    assert rows == [
+        procfs.UnixSocketRow(1001, "stream", "LISTEN", "/run/app.sock"),
+        procfs.UnixSocketRow(1002, "stream", "CONNECTED", None),
+        procfs.UnixSocketRow(1003, "dgram", "UNCONNECTED", "@abstract name"),
+    ]
+    assert procfs.parse_unix_inodes(UNIX) == {1001, 1002, 1003}
+
+
+def test_children_and_last_pid():
+    assert procfs.parse_children("12 345 \n") == [12, 345]
+    assert procfs.parse_children("") == []
+    assert procfs.parse_loadavg_last_pid("0.20 0.18 0.12 1/80 11206\n") == 11206
+    assert procfs.parse_loadavg_last_pid("") is None
