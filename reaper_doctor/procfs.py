@@ -275,6 +275,25 @@ def parse_inet_table(text: str, proto: str) -> Iterator[SocketRow]:
                         int(tx, 16), int(rx, 16), int(parts[7]), inode)
 
 
+# Connections in a listener's accept queue are established but own no
+# file yet: inode 0. ESTABLISHED, or CLOSE_WAIT once the client gave up.
+_QUEUED_STATES = {"01", "08"}
+
+
+def parse_unaccepted(text: str) -> dict[int, set[tuple[str, int]]]:
+    """Connections not yet accept()ed, from /proc/net/tcp (or tcp6): local
+    port -> peers (host, port). Rows with inode 0 in ESTABLISHED or
+    CLOSE_WAIT; TIME_WAIT and orphaned client sides are other states."""
+    out: dict[int, set[tuple[str, int]]] = {}
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 10 or parts[9] != "0" or parts[3] not in _QUEUED_STATES:
+            continue
+        port = int(parts[1].rpartition(":")[2], 16)
+        out.setdefault(port, set()).add(_address(parts[2]))
+    return out
+
+
 def _address(field: str) -> tuple[str, int]:
     host_hex, _, port_hex = field.partition(":")
     raw = bytes.fromhex(host_hex)

@@ -9,15 +9,21 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
-from .collect import ProcessGone, collect_snapshot
+from .collect import ProcessGone, collect_snapshot, fd_counts
 from .diagnose import PID1_GRACE_S, diagnose
-from .model import Report, Snapshot, TargetReport
+from .model import FdCounts, Report, Snapshot, TargetReport
+
+# Light samples (descriptor counts only) between the two full samples:
+# RD203 needs a count that rises in every interval over >= 3 samples.
+LIGHT_SAMPLES = 2
 
 
 def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = False,
          sleep: Callable[[float], None] = time.sleep) -> Report:
     """Scan each target: one sample, then (grace_s > 0) another `grace_s`
-    later, and diagnose each from its samples.
+    later, and diagnose each from its samples. Between them, LIGHT_SAMPLES
+    descriptor counts of every live process of each tree, evenly spaced,
+    for RD203.
 
     Raises ProcessGone if a target does not exist at the first sample; a
     target that exits before the second sample is reported from the first,
@@ -26,10 +32,17 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
     first = {pid: collect_snapshot(pid, with_fd_list=with_fd_list) for pid in pids}
     samples: dict[int, list[Snapshot]] = {pid: [snap] for pid, snap in first.items()}
     gone: set[int] = set()
+    light: dict[int, list[FdCounts]] = {pid: [_counts_of(snap)] for pid, snap in first.items()}
     if grace_s > 0:
         wait_s = grace_s
         if any(z.ppid == 1 for snap in first.values() for z in snap.zombies):
             wait_s = max(wait_s, PID1_GRACE_S)  # PID 1 reaps lazily (linux-facts 8)
+        live = {pid: [p.pid for p in snap.processes.values() if not p.is_zombie]
+                for pid, snap in first.items()}
+        for k in range(1, LIGHT_SAMPLES + 1):
+            _sleep_until(first, wait_s * k / (LIGHT_SAMPLES + 1), sleep)
+            for pid in pids:
+                light[pid].append(fd_counts(live[pid]))
         _sleep_until(first, wait_s, sleep)
         for pid in pids:
             try:
@@ -38,16 +51,23 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
                 gone.add(pid)
                 continue
             samples[pid].append(later)
+            light[pid].append(_counts_of(later))
             if later.processes[pid].is_zombie and not first[pid].processes[pid].is_zombie:
                 gone.add(pid)  # it exited between the samples; its zombie is still reported
     targets = []
     for pid in pids:
         snaps = samples[pid]
         # A target that vanished has one sample: too few to judge persistence.
-        findings = diagnose(snaps, grace_s=grace_s) if len(snaps) > 1 or grace_s == 0 else []
+        findings = (diagnose(snaps, grace_s=grace_s, fd_series=light[pid])
+                    if len(snaps) > 1 or grace_s == 0 else [])
         targets.append(TargetReport(pid=pid, snapshot=snaps[-1], findings=tuple(findings),
                                     samples=len(snaps), grace_s=grace_s, gone=pid in gone))
     return Report(targets=tuple(targets))
+
+
+def _counts_of(snap: Snapshot) -> FdCounts:
+    return FdCounts(taken_at=snap.taken_at,
+                    counts={pid: fds.open for pid, fds in snap.fds.items()})
 
 
 def _sleep_until(first: dict[int, Snapshot], wait_s: float,
