@@ -167,3 +167,38 @@ def run_json(*args: str, **kw: Any) -> tuple[int, dict]:
     result = run_cli(*args, "--json", **kw)
     assert "Traceback" not in result.stderr, result.stderr
     return result.returncode, json.loads(result.stdout)
+
+
+def http_request(port: int, timeout_s: float = 5.0, close: bool = True) -> "socket.socket | bytes":
+    """One request to 127.0.0.1:`port`, reading a Content-Length framed
+    response (never to EOF: EOF readers hang on a leaked socket, linux-facts
+    4). Returns the body, or the open socket when `close` is False."""
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+    try:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"connection closed early: {data!r}")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == b"content-length":
+                length = int(value)
+        while len(body) < length:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            body += chunk
+    except BaseException:
+        s.close()
+        raise
+    if not close:
+        return s
+    s.close()
+    return body
