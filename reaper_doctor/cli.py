@@ -185,6 +185,91 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str, as_json: bool, list_fd
     return report.exit_code
 
 
+class IntervalType(click.ParamType):
+    """A positive number of seconds, at most an hour."""
+
+    name = "seconds"
+
+    def __init__(self, option: str, minimum_s: float) -> None:
+        self.option, self.minimum_s = option, minimum_s
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise OneLineBadParameter(
+                f"{self.option} must be a number of seconds, not {value!r}") from None
+        if not self.minimum_s <= seconds <= 86400 or seconds != seconds:
+            raise OneLineBadParameter(
+                f"{self.option} must be between {self.minimum_s:g} and 86400 seconds, "
+                f"not {value!r}")
+        return seconds
+
+
+@main.command()
+@click.argument("pid", type=PidType())
+@click.option("--interval", "interval_s", type=IntervalType("--interval", 0.05), default=1.0,
+              show_default=True, help="Seconds between samples.")
+@click.option("--duration", "duration_s", type=IntervalType("--duration", 0.0), default=None,
+              help="Seconds to watch. Default: until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON document at the end (reaper-doctor/watch/1), no sample lines.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also write every sample to this CSV file as it is taken.")
+@no_color_option
+def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
+          csv_path: str | None, no_color: bool) -> int:
+    """Sample PID over time: zombies in its tree, its open descriptors,
+    CLOSE_WAIT sockets on its listening ports, tasks of its user, its pids
+    cgroup. Ends (Ctrl-C, --duration, or the process exiting) with the
+    growth rate of each series, the time left until each limit, a
+    sparkline, and RD203 when descriptors grow steadily. Only reads: the
+    process is never signalled. Exit 0, or 1 with a finding of severity
+    warning or worse; 2: bad input.
+    """
+    import csv
+
+    from .collect import ProcessGone
+    from .render import watch as render
+    from .watch import watch as run_watch
+
+    csv_file = None
+    if csv_path:
+        try:
+            csv_file = open(csv_path, "w", newline="", encoding="utf-8")
+        except OSError as e:
+            die(f"cannot write {csv_path}: {e.strerror or e}")
+    writer = csv.writer(csv_file) if csv_file else None
+    if writer:
+        writer.writerow(render.CSV_COLUMNS)
+    color = use_color(no_color)
+
+    def on_start(name: str, limits: Any) -> None:
+        if not as_json:
+            click.echo(render.header_line(pid, name, interval_s, duration_s))
+
+    def on_sample(sample: Any) -> None:
+        if writer and csv_file:
+            writer.writerow(render.csv_row(sample))
+            csv_file.flush()
+        if not as_json:
+            click.echo(render.sample_line(sample))
+
+    try:
+        report = run_watch(pid, interval_s=interval_s, duration_s=duration_s,
+                           on_start=on_start, on_sample=on_sample)
+    except ProcessGone as gone:
+        die(str(gone))
+    finally:
+        if csv_file:
+            csv_file.close()
+    if as_json:
+        click.echo(render.render_watch_json(report), nl=False)
+    else:
+        click.echo(render.summary_text(report, color=color), nl=False)
+    return report.exit_code
+
+
 # Names only: importing lesson.py here would be paid by every command.
 # tests/test_lesson.py checks they match lesson.STRATEGIES.
 LESSON_STRATEGIES = ("wait-once", "waitpid-loop", "sig-ign", "pidfd")

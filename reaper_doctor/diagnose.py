@@ -13,7 +13,8 @@ from typing import Iterable, Mapping, Sequence
 
 from .catalog import CODES
 from .model import (
-    FdCounts, FdTable, Finding, LimitUsage, ProcessInfo, Severity, Snapshot, SocketFd, WatchSample,
+    WATCH_SERIES, FdCounts, FdTable, Finding, LimitUsage, ProcessInfo, Severity, Snapshot, SocketFd,
+    WatchLimits, WatchSample,
 )
 
 # PID 1 on some machines reaps orphans only every ~1-2 s (linux-facts 8):
@@ -472,3 +473,36 @@ def watch_fd_growth(pid: int, samples: Sequence[WatchSample],
         first=points[0][1], last=now,
         rule=f"least-squares slope > 0, R^2 >= {WATCH_MIN_R2}, fitted growth >= "
              f"{FD_GROWTH_TOTAL} fds over >= {WATCH_MIN_SAMPLES} samples")
+
+
+def watch_rates(samples: Sequence[WatchSample]) -> dict[str, float | None]:
+    """Growth per minute of each series: the least-squares slope over the
+    samples that have a value; None with fewer than two."""
+    rates: dict[str, float | None] = {}
+    for name in WATCH_SERIES:
+        points = [(s.t_s, getattr(s, name)) for s in samples if getattr(s, name) is not None]
+        if len(points) < 2:
+            rates[name] = None
+            continue
+        slope, _ = linear_fit([t for t, _ in points], [float(v) for _, v in points])
+        rates[name] = round(slope * 60, 3)
+    return rates
+
+
+def watch_etas(samples: Sequence[WatchSample], rates: Mapping[str, float | None],
+               limits: WatchLimits) -> dict[str, float | None]:
+    """Seconds until each soft limit at the fitted rate, from the last
+    value: None when the series does not grow (slope <= 0), the limit is
+    unlimited or unknown, or (nproc) not enforced."""
+    def last(name: str) -> int | None:
+        values = [getattr(s, name) for s in samples if getattr(s, name) is not None]
+        return values[-1] if values else None
+
+    def eta(name: str, limit: int | None) -> float | None:
+        rate = rates.get(name)
+        value = eta_s(last(name), limit, (rate or 0.0) / 60)
+        return None if value is None else round(value, 1)
+
+    return {"nofile": eta("fds", limits.nofile),
+            "nproc": eta("tasks", limits.nproc) if limits.nproc_enforced else None,
+            "pids_cgroup": eta("pids_cgroup", limits.pids_cgroup)}

@@ -217,3 +217,36 @@ class Report:
         """0: no finding of severity warning or worse; 1: at least one (DESIGN.md)."""
         worst = [t.worst for t in self.targets if t.worst is not None]
         return 1 if any(s.rank >= Severity.WARNING.rank for s in worst) else 0
+
+
+WATCH_SERIES = ("zombies", "fds", "close_wait", "tasks", "pids_cgroup")
+
+
+@dataclass(frozen=True)
+class WatchLimits:
+    """The limits `watch` counts down to, read once at the start."""
+
+    nofile: int | None = None          # soft RLIMIT_NOFILE of the target
+    nproc: int | None = None           # soft RLIMIT_NPROC of its real UID
+    nproc_enforced: bool = True        # False for UID 0 / CAP_SYS_RESOURCE
+    pids_cgroup: int | None = None     # pids.max; None: no limit
+
+
+@dataclass(frozen=True)
+class WatchReport:
+    """What `watch` saw over its run and what it makes of it."""
+
+    pid: int
+    name: str
+    interval_s: float
+    samples: tuple[WatchSample, ...]
+    limits: WatchLimits
+    rates_per_min: Mapping[str, float | None]   # least-squares slope of each series
+    eta_s: Mapping[str, float | None]           # "nofile" "nproc" "pids_cgroup"
+    findings: tuple[Finding, ...]
+    ended: str                                  # "duration" | "interrupted" | "target exited"
+    listen_ports: tuple[int, ...] = ()
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(f.severity.rank >= Severity.WARNING.rank for f in self.findings) else 0
