@@ -145,13 +145,14 @@ class GraceType(click.ParamType):
 
 
 class SecondsType(click.ParamType):
-    """A positive number of seconds, at most `maximum`."""
+    """A number of seconds above 0 (or at least `minimum`), at most `maximum`."""
 
     name = "seconds"
 
-    def __init__(self, option: str, maximum: float) -> None:
+    def __init__(self, option: str, maximum: float, minimum: float | None = None) -> None:
         self.option = option
         self.maximum = maximum
+        self.minimum = minimum
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
         try:
@@ -159,9 +160,11 @@ class SecondsType(click.ParamType):
         except (TypeError, ValueError):
             raise OneLineBadParameter(
                 f"{self.option} must be a number of seconds, not {value!r}") from None
-        if not 0 < seconds <= self.maximum:
+        low_ok = seconds > 0 if self.minimum is None else seconds >= self.minimum
+        if not (low_ok and seconds <= self.maximum):
+            low = "above 0" if self.minimum is None else f"at least {self.minimum:g}"
             raise OneLineBadParameter(
-                f"{self.option} must be above 0 and at most {self.maximum:g} seconds, "
+                f"{self.option} must be {low} and at most {self.maximum:g} seconds, "
                 f"not {value!r}")
         return seconds
 
@@ -317,6 +320,70 @@ def _write_atomically(path: str, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+@main.command()
+@click.argument("pid", type=PidType())
+@click.option("--interval", "interval_s", type=SecondsType("--interval", 86400, minimum=0.05), default=1.0,
+              show_default=True, help="Seconds between samples.")
+@click.option("--duration", "duration_s", type=SecondsType("--duration", 86400), default=None,
+              help="Seconds to watch. Default: until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON document at the end (reaper-doctor/watch/1), no sample lines.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also write every sample to this CSV file as it is taken.")
+@no_color_option
+def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
+          csv_path: str | None, no_color: bool) -> int:
+    """Sample PID over time: zombies in its tree, its open descriptors,
+    CLOSE_WAIT sockets on its listening ports, tasks of its user, its pids
+    cgroup. Ends (Ctrl-C, --duration, or the process exiting) with the
+    growth rate of each series, the time left until each limit, a
+    sparkline, and RD203 when descriptors grow steadily. Only reads: the
+    process is never signalled. Exit 0, or 1 with a finding of severity
+    warning or worse; 2: bad input.
+    """
+    import csv
+
+    from .collect import ProcessGone
+    from .render import watch as render
+    from .watch import watch as run_watch
+
+    csv_file = None
+    if csv_path:
+        try:
+            csv_file = open(csv_path, "w", newline="", encoding="utf-8")
+        except OSError as e:
+            die(f"cannot write {csv_path}: {e.strerror or e}")
+    writer = csv.writer(csv_file) if csv_file else None
+    if writer:
+        writer.writerow(render.CSV_COLUMNS)
+    color = use_color(no_color)
+
+    def on_start(name: str, limits: Any) -> None:
+        if not as_json:
+            click.echo(render.header_line(pid, name, interval_s, duration_s))
+
+    def on_sample(sample: Any) -> None:
+        if writer and csv_file:
+            writer.writerow(render.csv_row(sample))
+            csv_file.flush()
+        if not as_json:
+            click.echo(render.sample_line(sample))
+
+    try:
+        report = run_watch(pid, interval_s=interval_s, duration_s=duration_s,
+                           on_start=on_start, on_sample=on_sample)
+    except ProcessGone as gone:
+        die(str(gone))
+    finally:
+        if csv_file:
+            csv_file.close()
+    if as_json:
+        click.echo(render.render_watch_json(report), nl=False)
+    else:
+        click.echo(render.summary_text(report, color=color), nl=False)
+    return report.exit_code
 
 
 # Names only: importing lesson.py here would be paid by every command.

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import heapq
 import os
+import socket
 import stat as stat_mod
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
-from . import procfs
+from . import netlink, procfs
 from .model import (
-    FdDetail, FdTable, LimitUsage, NprocUsage, PidsCgroup, ProcessInfo, Snapshot, SocketFd,
-    Unreadable,
+    FdCounts, FdDetail, FdTable, LimitUsage, NprocUsage, PidsCgroup, ProcessInfo, Snapshot,
+    SocketFd, Unreadable, WatchSample,
 )
 
 PROC = "/proc"
@@ -202,6 +203,10 @@ class _Context:
     unreadable: list[Unreadable] = field(default_factory=list)
     socket_tables: dict[str, dict[int, procfs.SocketRow] | None] = field(default_factory=dict)
     unix_inodes: dict[str, set[int]] = field(default_factory=dict)
+    # netns -> local port -> peers of connections not yet accepted
+    unaccepted: dict[str, dict[int, set[tuple[str, int]]]] = field(default_factory=dict)
+    backlogs: dict[int, int] | None = None      # LISTEN inode -> backlog; read lazily
+    queue_peers: dict[int, frozenset[tuple[str, int]]] = field(default_factory=dict)
 
     def note(self, pid: int, what: str, err: BaseException | str) -> None:
         reason = err if isinstance(err, str) else _reason(err)
@@ -310,9 +315,10 @@ def _socket_table(pid: int, ctx: _Context) -> tuple[dict[int, procfs.SocketRow],
     key = _netns_key(pid)
     if key not in ctx.socket_tables:
         rows = _SocketRows()
+        unaccepted: dict[int, set[tuple[str, int]]] = {}
         # TCP over sock_diag when the target shares our network namespace;
         # /proc/<pid>/net/tcp* otherwise, or if netlink is refused.
-        tcp = _tcp_by_sock_diag() if key == _netns_key(os.getpid()) else None
+        tcp = _tcp_by_sock_diag(unaccepted) if key == _netns_key(os.getpid()) else None
         if tcp is not None:
             rows.diag = tcp
         for proto in (("udp", "udp6") if tcp is not None else ("tcp", "tcp6", "udp", "udp6")):
@@ -322,6 +328,10 @@ def _socket_table(pid: int, ctx: _Context) -> tuple[dict[int, procfs.SocketRow],
                 continue
             for row in procfs.parse_inet_table(text, proto):
                 rows.parsed[row.inode] = row
+            if proto.startswith("tcp"):
+                for port, peers in procfs.parse_unaccepted(text).items():
+                    unaccepted.setdefault(port, set()).update(peers)
+        ctx.unaccepted[key] = unaccepted
         try:
             unix = procfs.parse_unix_inodes(read_text(f"{PROC}/{pid}/net/unix"))
         except OSError:
@@ -344,7 +354,7 @@ class _SocketRows(Mapping[int, procfs.SocketRow]):
         row = self.parsed.get(inode)
         if row is None:
             data, offset, proto = self.diag[inode]   # KeyError: in no table
-            row = self.parsed[inode] = procfs.inet_diag_row(
+            row = self.parsed[inode] = netlink.socket_row(
                 memoryview(data)[offset:offset + 72], proto)
         return row
 
@@ -356,22 +366,24 @@ class _SocketRows(Mapping[int, procfs.SocketRow]):
         return len(self.parsed) + sum(1 for inode in self.diag if inode not in self.parsed)
 
 
-def _tcp_by_sock_diag() -> dict[int, tuple[bytes, int, str]] | None:
+def _tcp_by_sock_diag(unaccepted: dict[int, set[tuple[str, int]]]
+                      ) -> dict[int, tuple[bytes, int, str]] | None:
     """Every TCP socket of our network namespace from one sock_diag dump per
-    family; None if netlink is not available (the caller reads /proc)."""
+    family (and into `unaccepted`, the connections waiting in accept
+    queues); None if netlink is not available (the caller reads /proc)."""
     import socket
 
     found: dict[int, tuple[bytes, int, str]] = {}
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 4) as nl:  # NETLINK_SOCK_DIAG
             nl.settimeout(5.0)
-            for family, proto in ((procfs.AF_INET, "tcp"), (procfs.AF_INET6, "tcp6")):
-                nl.send(procfs.inet_diag_request(family))
+            for family, proto in ((socket.AF_INET, "tcp"), (socket.AF_INET6, "tcp6")):
+                nl.send(netlink.dump_request(family, netlink.ALL_STATES))
                 done = False
                 while not done:
                     data = nl.recv(1 << 20)
                     offsets: dict[int, int] = {}
-                    done = procfs.split_inet_diag(data, offsets)
+                    done = netlink.index_replies(data, offsets, unaccepted)
                     for inode, offset in offsets.items():
                         found[inode] = (data, offset, proto)
     except OSError:
@@ -398,6 +410,49 @@ def _path_kind(fd_path: str) -> str:
 TOP_PATHS = 5
 
 
+def _socket_protocol(fd_path: str) -> str | None:
+    """The protocol sockfs names for a socket fd ("TCP", "TCPv6", "NETLINK",
+    ...) from the xattr system.sockprotoname; None where it cannot be read.
+    Only asked for the few sockets that are in no table."""
+    try:
+        return os.getxattr(fd_path, "system.sockprotoname").rstrip(b"\0").decode()
+    except (OSError, AttributeError):
+        return None
+
+
+def _backlogs(ctx: _Context) -> dict[int, int]:
+    """LISTEN inode -> configured backlog, from one inet_diag dump per
+    sample, only when some listener has a queue. Optional: any failure
+    (no netlink, seccomp, other netns) leaves it empty, silently."""
+    if ctx.backlogs is None:
+        ctx.backlogs = {}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                for row in inet_diag_dump(family, 1 << netlink.TCP_LISTEN):
+                    ctx.backlogs[row.inode] = row.wqueue
+            except OSError:
+                continue
+    return ctx.backlogs
+
+
+def inet_diag_dump(family: int, states: int) -> list[netlink.DiagRow]:
+    """TCP sockets of this process's network namespace in `states` (a bit
+    mask of 1 << state), from NETLINK_SOCK_DIAG. Raises OSError."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         netlink.NETLINK_SOCK_DIAG)
+    try:
+        sock.settimeout(2.0)
+        sock.send(netlink.dump_request(family, states))
+        rows: list[netlink.DiagRow] = []
+        while True:
+            batch, done = netlink.parse_replies(sock.recv(1 << 16))
+            rows.extend(batch)
+            if done:
+                return rows
+    finally:
+        sock.close()
+
+
 def read_fds(pid: int, ctx: _Context) -> FdTable | None:
     """Every descriptor of `pid` by kind: one readlink per fd (about 5 us each)."""
     fd_dir = f"{PROC}/{pid}/fd"
@@ -412,6 +467,7 @@ def read_fds(pid: int, ctx: _Context) -> FdTable | None:
     paths: Counter[str] = Counter()
     sockets: list[SocketFd] = []
     unlisted: list[tuple[int, int]] = []
+    closed_tcp: list[tuple[int, int]] = []
     listed: list[tuple[int, str]] = []
     unreadable = 0
     table: dict[int, procfs.SocketRow] | None = None
@@ -437,8 +493,13 @@ def read_fds(pid: int, ctx: _Context) -> FdTable | None:
             row = table.get(inode)
             if row is not None:
                 kind = row.proto.rstrip("6")
+                backlog = None
+                if row.state == "LISTEN" and row.rx_queue:
+                    backlog = _backlogs(ctx).get(inode)
+                    peers = ctx.unaccepted.get(_netns_key(pid), {}).get(row.local[1], ())
+                    ctx.queue_peers[inode] = frozenset(peers)
                 sockets.append(SocketFd(int(name), inode, row.proto, row.local, row.remote,
-                                        row.state, row.rx_queue, row.tx_queue))
+                                        row.state, row.rx_queue, row.tx_queue, backlog))
             elif inode in unix:
                 kind = "unix"
             else:
@@ -446,6 +507,8 @@ def read_fds(pid: int, ctx: _Context) -> FdTable | None:
                 # protocol we do not list (netlink, packet). Invisible to ss.
                 kind = "socket"
                 unlisted.append((int(name), inode))
+                if _socket_protocol(f"{fd_dir}/{name}") in (None, "TCP", "TCPv6"):
+                    closed_tcp.append((int(name), inode))
         kinds[kind] += 1
     if unreadable:
         ctx.note(pid, "fd links", f"{unreadable} descriptor links unreadable (counted, kind unknown)")
@@ -454,7 +517,40 @@ def read_fds(pid: int, ctx: _Context) -> FdTable | None:
                    top_paths=tuple(paths.most_common(TOP_PATHS)),
                    sockets=tuple(sorted(sockets, key=lambda s: s.fd)),
                    unlisted_socket_fds=tuple(sorted(unlisted)),
+                   closed_tcp=tuple(sorted(closed_tcp)),
                    listed=tuple(sorted(listed)), unreadable_links=unreadable)
+
+
+def count_fds(pid: int) -> int | None:
+    """Open descriptors of `pid`, without reading a single link.
+
+    Since Linux 6.2 stat(/proc/PID/fd).st_size is the count (a bitmap
+    weight: O(1) in practice); older kernels say 0, so a 0 is checked with
+    listdir (about 0.8 us per fd, linux-facts 10). Raises ProcessGone;
+    None when the directory may not be read (another user's process).
+    """
+    path = f"{PROC}/{pid}/fd"
+    try:
+        size = os.stat(path).st_size
+        return size if size > 0 else len(os.listdir(path))
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessGone(pid) from None
+    except OSError:
+        return None
+
+
+def fd_counts(pids: "list[int] | tuple[int, ...] | set[int]") -> FdCounts:
+    """A light sample: the open-descriptor count of each of `pids` still
+    alive and readable (the vanished and the unreadable are left out)."""
+    counts: dict[int, int] = {}
+    for pid in pids:
+        try:
+            n = count_fds(pid)
+        except ProcessGone:
+            continue
+        if n is not None:
+            counts[pid] = n
+    return FdCounts(taken_at=time.monotonic(), counts=counts)
 
 
 # ----------------------------------------------------------------------------
@@ -641,7 +737,8 @@ def collect_snapshot(target: int, *, with_fds: bool = True,
         pids_cgroup=pids_cgroup(target, ctx),
         pid_max=_int_file(f"{PROC}/sys/kernel/pid_max"),
         pids_in_use=sum(b.threads for b in table.values()),
-        unreadable=tuple(_dedupe(ctx.unreadable)), target_parent=target_parent)
+        unreadable=tuple(_dedupe(ctx.unreadable)), target_parent=target_parent,
+        accept_queue_peers=dict(ctx.queue_peers))
 
 
 def _replace(info: ProcessInfo, **changes: object) -> ProcessInfo:
@@ -920,7 +1017,7 @@ def last_pid() -> int | None:
     the PID counter wraps at pid_max."""
     try:
         return procfs.parse_loadavg_last_pid(read_text(f"{PROC}/loadavg"))
-    except OSError:
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -1039,3 +1136,185 @@ def _own_socket_family(fd: int) -> str | None:
         return f"{family} {kind}"
     finally:
         sock.detach()  # the descriptor stays open: it belongs to the test
+
+
+# watch: a light sample per interval
+
+
+@dataclass(frozen=True)
+class WatchPlan:
+    """What one full sample at the start of `watch` tells the light ones."""
+
+    target: int
+    start_ticks: int                # with target: the same process, not a reused PID
+    uid: int | None                 # real UID, for the task count
+    listen_ports: frozenset[int]    # TCP ports the tree listened on at the start
+    listen_families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)
+    same_netns: bool = False               # inet_diag (our netns) sees the target's sockets
+    pids_cgroup_dir: str | None = None
+
+
+def plan_watch(snap: Snapshot) -> WatchPlan:
+    me = snap.processes[snap.target]
+    ports = frozenset(s.local[1] for fds in snap.fds.values() for s in fds.listeners
+                      if s.proto.startswith("tcp"))
+    try:
+        same = os.readlink(f"{PROC}/self/ns/net") == os.readlink(f"{PROC}/{snap.target}/ns/net")
+    except OSError:
+        same = False
+    families = tuple(sorted({socket.AF_INET6 if s.proto == "tcp6" else socket.AF_INET
+                             for fds in snap.fds.values() for s in fds.listeners}))
+    cg = snap.pids_cgroup
+    return WatchPlan(target=snap.target, start_ticks=me.start_ticks, uid=me.uid,
+                     listen_ports=ports, listen_families=families, same_netns=same,
+                     pids_cgroup_dir=cg.path if cg and cg.current is not None else None)
+
+
+def read_brief(pid: int) -> TaskBrief | None:
+    """The TaskBrief of one process; None if it is gone or `pid` names a
+    thread (/proc/TID exists, hidden, for every thread)."""
+    try:
+        raw = read_bytes(f"{PROC}/{pid}/status")
+    except OSError:
+        return None
+    tgid = _brief_field(raw, b"\nTgid:")
+    ppid = _brief_field(raw, b"\nPPid:")
+    if ppid is None or tgid is None or int(tgid) != pid:
+        return None
+    uid = _brief_field(raw, b"\nUid:")
+    threads = _brief_field(raw, b"\nThreads:")
+    state = _brief_field(raw, b"\nState:")
+    return TaskBrief(ppid=int(ppid), uid=int(uid.split()[0]) if uid else None,
+                     threads=int(threads) if threads else 1,
+                     state=state[:1].decode() if state else "?")
+
+
+class TreeTracker:
+    """The target's tree and its user's task count, kept up to date at a
+    cost that follows the tree and the fork rate, not the machine.
+
+    A full process_table() pass costs ~30 us per process on the machine
+    (0.4 s with 12,000 processes). Between full passes the tree is
+    refreshed from its members' status files plus the PIDs allocated since
+    the last sample (the last PID in /proc/loadavg): a new process is in
+    the tree when its parent is. Full passes are spaced so that they take
+    at most FULL_SCAN_SHARE of the time; the task count of the user, a
+    machine-wide figure, is refreshed by them and carried in between.
+    """
+
+    FULL_SCAN_SHARE = 0.02
+    MAX_PROBE = 4096          # more new PIDs than this: a full pass is cheaper
+
+    def __init__(self, target: int, uid: int | None) -> None:
+        self.target, self.uid = target, uid
+        self.members: dict[int, TaskBrief] = {}
+        self.tasks: int | None = None
+        self.pid_max = _int_file(f"{PROC}/sys/kernel/pid_max") or 4194304
+        self.next_full = 0.0
+        self.last = None
+        self.full()
+
+    def full(self) -> None:
+        started = time.monotonic()
+        self.last = last_pid()
+        table = process_table()
+        self.members = {p: table[p] for p in descendants(table, self.target) if p in table}
+        if self.uid is not None:
+            self.tasks = sum(b.threads for b in table.values() if b.uid == self.uid)
+        cost = time.monotonic() - started
+        self.next_full = time.monotonic() + cost / self.FULL_SCAN_SHARE
+
+    def refresh(self) -> None:
+        if time.monotonic() >= self.next_full:
+            self.full()
+            return
+        now_last = last_pid()
+        if now_last is None or self.last is None:
+            self.full()
+            return
+        if now_last >= self.last:
+            new = range(self.last + 1, now_last + 1)
+            wrapped: range = range(0)
+        else:  # the PID counter wrapped around pid_max
+            new, wrapped = range(self.last + 1, self.pid_max), range(1, now_last + 1)
+        if len(new) + len(wrapped) > self.MAX_PROBE:
+            self.full()
+            return
+        self.last = now_last
+        members: dict[int, TaskBrief] = {}
+        for pid in self.members:           # parents before children (descendants order)
+            brief = read_brief(pid)
+            if brief is not None and (pid == self.target or brief.ppid in members):
+                members[pid] = brief
+        for pid in (*new, *wrapped):       # allocation order: parents first
+            if pid in members:
+                continue
+            brief = read_brief(pid)
+            if brief is not None and brief.ppid in members:
+                members[pid] = brief
+        self.members = members
+
+    @property
+    def zombies(self) -> int:
+        return sum(1 for pid, b in self.members.items() if b.state == "Z" and pid != self.target)
+
+
+def watch_sample(plan: WatchPlan, tracker: TreeTracker, t0: float) -> WatchSample:
+    """One light sample for `watch`. Its cost does not grow with the
+    target's descriptors: the fd count is one stat() (count_fds),
+    CLOSE_WAIT an inet_diag dump filtered by state in the kernel, the tree
+    a TreeTracker refresh. No descriptor link is read.
+
+    CLOSE_WAIT counts the sockets in that state on a port the tree
+    listened on at the start (its accepted connections); None where the
+    tables cannot be read. Raises ProcessGone when the target has exited
+    (gone, a zombie, or its PID reused).
+    """
+    pid = plan.target
+    try:
+        st = procfs.parse_stat(read_bytes(f"{PROC}/{pid}/stat"))
+    except OSError:
+        raise ProcessGone(pid) from None
+    if st.state in ("Z", "X") or st.start_ticks != plan.start_ticks:
+        raise ProcessGone(pid)
+    t_s = time.monotonic() - t0
+    fds = count_fds(pid)
+    tracker.refresh()
+    current = (_cgroup_file_int(f"{plan.pids_cgroup_dir}/pids.current")
+               if plan.pids_cgroup_dir else None)
+    return WatchSample(t_s=t_s, zombies=tracker.zombies, fds=fds,
+                       close_wait=close_wait_on_ports(pid, plan.listen_ports, plan.same_netns,
+                                                      plan.listen_families),
+                       tasks=tracker.tasks, pids_cgroup=current)
+
+
+def close_wait_on_ports(pid: int, ports: frozenset[int], same_netns: bool,
+                        families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)
+                        ) -> int | None:
+    """TCP sockets in CLOSE_WAIT whose local port is one of `ports`: from
+    inet_diag when `pid` shares our network namespace (the kernel filters
+    by state, so the cost follows the CLOSE_WAIT count), else from
+    /proc/PID/net/tcp{,6}. None when neither can be read."""
+    if not ports:
+        return 0
+    if same_netns:
+        try:
+            # Each dump walks the whole established hash in the kernel
+            # (~7 us per 10 sockets): only the families the tree listens on.
+            return sum(1 for family in families
+                       for row in inet_diag_dump(family, 1 << netlink.TCP_CLOSE_WAIT)
+                       if row.local_port in ports)
+        except OSError:
+            pass
+    total, read_any = 0, False
+    for proto in ("tcp", "tcp6"):
+        if (socket.AF_INET6 if proto == "tcp6" else socket.AF_INET) not in families:
+            continue
+        try:
+            text = read_text(f"{PROC}/{pid}/net/{proto}")
+        except OSError:
+            continue
+        read_any = True
+        total += sum(1 for row in procfs.parse_inet_table(text, proto)
+                     if row.state == "CLOSE_WAIT" and row.local[1] in ports)
+    return total if read_any else None

@@ -63,6 +63,7 @@ class SocketFd:
     state: str                 # "LISTEN", "CLOSE_WAIT", ...
     rx_queue: int              # LISTEN: accept-queue length
     tx_queue: int
+    backlog: int | None = None  # LISTEN: configured backlog (inet_diag); None: not read
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,20 @@ class FdTable:
     top_paths: tuple[tuple[str, int], ...] = ()  # most-opened regular files: (path, count)
     sockets: tuple[SocketFd, ...] = ()           # TCP/UDP sockets with state and addresses
     unlisted_socket_fds: tuple[tuple[int, int], ...] = ()  # (fd, inode) in no socket table
+    # The unlisted sockets that are (or may be) TCP: sockfs names the
+    # protocol (xattr system.sockprotoname); netlink, packet... are left out.
+    # A TCP socket in no table is CLOSE: shut down, but its fd still open.
+    closed_tcp: tuple[tuple[int, int], ...] = ()           # (fd, inode)
     listed: tuple[tuple[int, str], ...] = ()     # every (fd, link text), when asked for
     unreadable_links: int = 0                    # fds whose link we could not read
 
     @property
     def close_wait(self) -> int:
         return sum(1 for s in self.sockets if s.state == "CLOSE_WAIT")
+
+    @property
+    def listeners(self) -> tuple[SocketFd, ...]:
+        return tuple(s for s in self.sockets if s.state == "LISTEN")
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,10 @@ class Snapshot:
     pids_in_use: int | None = None        # tasks on the machine (each takes a PID)
     unreadable: tuple[Unreadable, ...] = ()
     target_parent: ProcessInfo | None = None  # filled when the target is a zombie
+    # Peers (host, port) of connections waiting in the accept queue of each
+    # LISTEN socket (by inode) of the tree that had a non-empty queue:
+    # established but not yet accept()ed, so inode 0 in /proc/net/tcp.
+    accept_queue_peers: Mapping[int, frozenset[tuple[str, int]]] = field(default_factory=dict)
 
     @property
     def zombies(self) -> list[ProcessInfo]:
@@ -163,6 +176,26 @@ class Snapshot:
 
     def children_of(self, pid: int) -> list[ProcessInfo]:
         return [p for p in self.processes.values() if p.ppid == pid and p.pid != self.target]
+
+
+@dataclass(frozen=True)
+class FdCounts:
+    """A light sample: open descriptors per live process, no links read."""
+
+    taken_at: float                       # time.monotonic() seconds
+    counts: Mapping[int, int]             # pid -> open fds
+
+
+@dataclass(frozen=True)
+class WatchSample:
+    """One `watch` sample. None: not readable (or no such limit)."""
+
+    t_s: float                 # seconds since the first sample
+    zombies: int               # zombies in the target's tree
+    fds: int | None            # open descriptors of the target
+    close_wait: int | None     # CLOSE_WAIT sockets on the tree's listening ports
+    tasks: int | None          # tasks of the target's real UID
+    pids_cgroup: int | None    # pids.current of the target's pids cgroup
 
 
 @dataclass(frozen=True)
@@ -274,3 +307,36 @@ class Report:
         """0: no finding of severity warning or worse; 1: at least one (DESIGN.md)."""
         worst = [t.worst for t in self.targets if t.worst is not None]
         return 1 if any(s.rank >= Severity.WARNING.rank for s in worst) else 0
+
+
+WATCH_SERIES = ("zombies", "fds", "close_wait", "tasks", "pids_cgroup")
+
+
+@dataclass(frozen=True)
+class WatchLimits:
+    """The limits `watch` counts down to, read once at the start."""
+
+    nofile: int | None = None          # soft RLIMIT_NOFILE of the target
+    nproc: int | None = None           # soft RLIMIT_NPROC of its real UID
+    nproc_enforced: bool = True        # False for UID 0 / CAP_SYS_RESOURCE
+    pids_cgroup: int | None = None     # pids.max; None: no limit
+
+
+@dataclass(frozen=True)
+class WatchReport:
+    """What `watch` saw over its run and what it makes of it."""
+
+    pid: int
+    name: str
+    interval_s: float
+    samples: tuple[WatchSample, ...]
+    limits: WatchLimits
+    rates_per_min: Mapping[str, float | None]   # least-squares slope of each series
+    eta_s: Mapping[str, float | None]           # "nofile" "nproc" "pids_cgroup"
+    findings: tuple[Finding, ...]
+    ended: str                                  # "duration" | "interrupted" | "target exited"
+    listen_ports: tuple[int, ...] = ()
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(f.severity.rank >= Severity.WARNING.rank for f in self.findings) else 0

@@ -293,6 +293,25 @@ def parse_inet_table(text: str, proto: str) -> Iterator[SocketRow]:
                         int(tx, 16), int(rx, 16), int(parts[7]), inode)
 
 
+# Connections in a listener's accept queue are established but own no
+# file yet: inode 0. ESTABLISHED, or CLOSE_WAIT once the client gave up.
+_QUEUED_STATES = {"01", "08"}
+
+
+def parse_unaccepted(text: str) -> dict[int, set[tuple[str, int]]]:
+    """Connections not yet accept()ed, from /proc/net/tcp (or tcp6): local
+    port -> peers (host, port). Rows with inode 0 in ESTABLISHED or
+    CLOSE_WAIT; TIME_WAIT and orphaned client sides are other states."""
+    out: dict[int, set[tuple[str, int]]] = {}
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 10 or parts[9] != "0" or parts[3] not in _QUEUED_STATES:
+            continue
+        port = int(parts[1].rpartition(":")[2], 16)
+        out.setdefault(port, set()).add(_address(parts[2]))
+    return out
+
+
 def _address(field: str) -> tuple[str, int]:
     host_hex, _, port_hex = field.partition(":")
     raw = bytes.fromhex(host_hex)
@@ -345,84 +364,6 @@ def fd_link_kind(link: str) -> tuple[str, int | None]:
     if link.startswith("pidfd:"):
         return "pidfd", None
     return "other", None
-
-
-# NETLINK_SOCK_DIAG (inet_diag): what `ss` reads. /proc/net/tcp makes the
-# kernel walk the whole socket hash again for every read() chunk and print
-# 150 bytes per socket; a sock_diag dump is binary and resumes where it
-# stopped (20k sockets: ~0.2-0.4 s from /proc/net/tcp on the test machine).
-AF_INET, AF_INET6, IPPROTO_TCP = 2, 10, 6
-SOCK_DIAG_BY_FAMILY = 20
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-_NLMSG_HEADER = 16
-_DIAG_MSG = 72      # struct inet_diag_msg
-_ALL_STATES = 0xFFFFFFFF
-
-
-def inet_diag_request(family: int, protocol: int = IPPROTO_TCP, seq: int = 1) -> bytes:
-    """A dump request for every socket of `family`/`protocol` in every state
-    (struct inet_diag_req_v2, no extensions)."""
-    import struct
-
-    req = struct.pack("=BBBBI", family, protocol, 0, 0, _ALL_STATES) + b"\0" * 48
-    return struct.pack("=IHHII", _NLMSG_HEADER + len(req), SOCK_DIAG_BY_FAMILY,
-                       NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + req
-
-
-def split_inet_diag(data: bytes, into: dict[int, int], offsets_base: int = 0) -> bool:
-    """Index the inet_diag_msgs of one recv(): `into[inode]` = offset of the
-    message body in `data` plus `offsets_base` (inode 0, TIME_WAIT and
-    request socks, is skipped); True at NLMSG_DONE. Raises OSError for
-    NLMSG_ERROR. Only the inode is decoded here: a dump can hold tens of
-    thousands of sockets and a process needs a few."""
-    import struct
-
-    header = struct.Struct("=IH").unpack_from
-    u32 = struct.Struct("=I").unpack_from
-    off, end = 0, len(data)
-    while off + _NLMSG_HEADER <= end:
-        length, kind = header(data, off)
-        if kind == NLMSG_DONE:
-            return True
-        if kind == NLMSG_ERROR:
-            errno = -struct.unpack_from("=i", data, off + 16)[0]
-            raise OSError(errno, "sock_diag dump failed")
-        if length < _NLMSG_HEADER:
-            return True
-        inode = u32(data, off + _NLMSG_HEADER + 68)[0]
-        if inode:
-            into[inode] = offsets_base + off + _NLMSG_HEADER
-        off += (length + 3) & ~3
-    return False
-
-
-_DIAG_STRUCT = None
-
-
-def inet_diag_row(msg: bytes, proto: str) -> SocketRow:
-    """A SocketRow from one inet_diag_msg, the same values /proc/net/tcp
-    shows (for LISTEN the kernel's wqueue is the max backlog; /proc shows a
-    tx_queue of 0 there, and so does this)."""
-    global _DIAG_STRUCT
-    if _DIAG_STRUCT is None:
-        import struct
-
-        # family, state, timer, retrans; sport, dport (big-endian); src, dst;
-        # interface, cookie; expires, rqueue, wqueue, uid, inode.
-        _DIAG_STRUCT = struct.Struct("=BBxx2s2s16s16s4x8x4xIIII")
-    family, state, sport, dport, src, dst, rqueue, wqueue, uid, inode = \
-        _DIAG_STRUCT.unpack_from(msg)
-    if family == AF_INET:
-        local, remote = "%d.%d.%d.%d" % tuple(src[:4]), "%d.%d.%d.%d" % tuple(dst[:4])
-    else:
-        import ipaddress
-
-        local, remote = str(ipaddress.IPv6Address(src)), str(ipaddress.IPv6Address(dst))
-    state_name = TCP_STATES.get(state, hex(state))
-    return SocketRow(proto, (local, int.from_bytes(sport, "big")),
-                     (remote, int.from_bytes(dport, "big")), state_name,
-                     0 if state == 0x0A else wqueue, rqueue, uid, inode)
 
 
 # ----------------------------------------------------------------------------

@@ -9,9 +9,13 @@ from __future__ import annotations
 import time
 from typing import Callable, Mapping, Protocol, Sequence
 
-from .collect import ProcessGone, collect_snapshot
+from .collect import ProcessGone, collect_snapshot, fd_counts
 from .diagnose import PID1_GRACE_S, diagnose, with_measured_sigchld
-from .model import Report, Snapshot, TargetReport
+from .model import FdCounts, Report, Snapshot, TargetReport
+
+# Light samples (descriptor counts only) between the two full samples:
+# RD203 needs a count that rises in every interval over >= 3 samples.
+LIGHT_SAMPLES = 2
 
 
 class SignalTracer(Protocol):
@@ -25,7 +29,9 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
          sleep: Callable[[float], None] = time.sleep,
          tracer: SignalTracer | None = None, trace_s: float = 0.0) -> Report:
     """Scan each target: one sample, then (grace_s > 0) another `grace_s`
-    later, and diagnose each from its samples.
+    later, and diagnose each from its samples. Between them, LIGHT_SAMPLES
+    descriptor counts of every live process of each tree, evenly spaced,
+    for RD203.
 
     With a `tracer` (`scan --trace S`), the window lasts at least `trace_s`
     and each parent that has zombies at the first sample and catches SIGCHLD
@@ -41,11 +47,18 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
     first = {pid: collect_snapshot(pid, with_fd_list=with_fd_list) for pid in pids}
     samples: dict[int, list[Snapshot]] = {pid: [snap] for pid, snap in first.items()}
     gone: set[int] = set()
+    light: dict[int, list[FdCounts]] = {pid: [_counts_of(snap)] for pid, snap in first.items()}
     if grace_s > 0:
         wait_s = grace_s
         if any(z.ppid == 1 for snap in first.values() for z in snap.zombies):
             wait_s = max(wait_s, PID1_GRACE_S)  # PID 1 reaps lazily (linux-facts 8)
         traced_at = _attach_tracer(tracer, first)
+        live = {pid: [p.pid for p in snap.processes.values() if not p.is_zombie]
+                for pid, snap in first.items()}
+        for k in range(1, LIGHT_SAMPLES + 1):
+            _sleep_until(first, wait_s * k / (LIGHT_SAMPLES + 1), sleep)
+            for pid in pids:
+                light[pid].append(fd_counts(live[pid]))
         _sleep_until(first, wait_s, sleep)
         if tracer is not None:
             remaining = traced_at + trace_s - time.monotonic() if traced_at else 0.0
@@ -59,13 +72,15 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
                 gone.add(pid)
                 continue
             samples[pid].append(later)
+            light[pid].append(_counts_of(later))
             if later.processes[pid].is_zombie and not first[pid].processes[pid].is_zombie:
                 gone.add(pid)  # it exited between the samples; its zombie is still reported
     targets = []
     for pid in pids:
         snaps = samples[pid]
         # A target that vanished has one sample: too few to judge persistence.
-        findings = diagnose(snaps, grace_s=grace_s) if len(snaps) > 1 or grace_s == 0 else []
+        findings = (diagnose(snaps, grace_s=grace_s, fd_series=light[pid])
+                    if len(snaps) > 1 or grace_s == 0 else [])
         findings = with_measured_sigchld(findings, measured)
         targets.append(TargetReport(pid=pid, snapshot=snaps[-1], findings=tuple(findings),
                                     samples=len(snaps), grace_s=grace_s, gone=pid in gone))
@@ -86,6 +101,11 @@ def _attach_tracer(tracer: SignalTracer | None, first: dict[int, Snapshot]) -> f
                 parents[parent.pid] = parent
     attached = [pid for pid in sorted(parents) if tracer.attach(pid)]
     return time.monotonic() if attached else None
+
+
+def _counts_of(snap: Snapshot) -> FdCounts:
+    return FdCounts(taken_at=snap.taken_at,
+                    counts={pid: fds.open for pid, fds in snap.fds.items()})
 
 
 def _sleep_until(first: dict[int, Snapshot], wait_s: float,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,20 +45,25 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 10.0,
         time.sleep(interval_s)
 
 
+def stat_fields(pid: int) -> list[bytes] | None:
+    """Fields of /proc/<pid>/stat from field 3 on: [state, ppid, pgrp,
+    session, ...] (split after the last ")"); None if the process is gone.
+    The tests' own /proc reader, independent of the tool's, so that a bug in
+    the tool's parser cannot hide from them."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return raw[raw.rfind(b")") + 2:].split()
+
+
 def proc_stats() -> dict[int, list[bytes]]:
-    """{pid: stat fields from field 3 on} for every process: [state, ppid,
-    pgrp, session, ...]. The tests' own /proc reader, independent of the
-    tool's, so that a bug in the tool's parser cannot hide from them."""
+    """{pid: stat_fields(pid)} for every process."""
     found = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        found[int(entry)] = raw[raw.rfind(b")") + 2:].split()  # after the last ")"
+        if entry.isdigit() and (fields := stat_fields(int(entry))) is not None:
+            found[int(entry)] = fields
     return found
 
 
@@ -217,3 +223,38 @@ def trace_instance_ready(instance: Path) -> bool:
                    for e in ("signal_generate", "signal_deliver"))
     except OSError:
         return False
+
+
+def http_request(port: int, timeout_s: float = 5.0, close: bool = True) -> socket.socket | bytes:
+    """One request to 127.0.0.1:`port`, reading a Content-Length framed
+    response (never to EOF: EOF readers hang on a leaked socket, linux-facts
+    4). Returns the body, or the open socket when `close` is False."""
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+    try:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"connection closed early: {data!r}")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == b"content-length":
+                length = int(value)
+        while len(body) < length:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            body += chunk
+    except BaseException:
+        s.close()
+        raise
+    if not close:
+        return s
+    s.close()
+    return body

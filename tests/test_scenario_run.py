@@ -8,15 +8,13 @@ import json
 import os
 import signal
 import subprocess
-from pathlib import Path
 
 import pytest
-from helpers import Spawner, cli_argv, run_cli, run_json, wait_until, zombie_children
+from helpers import (Spawner, cli_argv, proc_stats, run_cli, run_json, stat_fields, wait_until,
+                     zombie_children)
 
-import reaper_doctor
 from reaper_doctor.scenarios import SCENARIOS, script_path
 
-PACKAGE = Path(reaper_doctor.__file__).resolve().parent
 # A fd-leak request never ends (no EOF): a short timeout keeps the run short.
 # Other requests take about 50 ms; a generous timeout keeps a busy machine
 # from turning them into "hung".
@@ -24,42 +22,9 @@ TIMEOUTS = {"fd-leak": "1", "blocking": "2"}
 SMALL = ("--requests", "16", "--concurrency", "8", "--grace", "0.5")
 
 
-def emits(code: str) -> bool:
-    """Whether any module of the package (other than the catalog and the
-    registry, which only name codes) produces finding `code`. RD201 and
-    RD401 come with the descriptor findings of another branch."""
-    for path in PACKAGE.rglob("*.py"):
-        if path.name in {"catalog.py", "scenarios.py"}:
-            continue
-        text = path.read_text()
-        if f'"{code}"' in text or f"'{code}'" in text:
-            return True
-    return False
-
-
-def needs(code: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(not emits(code), strict=False,
-                             reason=f"{code} is not produced yet (descriptor findings branch)")
-
-
-def stat_fields(pid: int) -> list[bytes] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    return raw[raw.rfind(b")") + 2:].split()
-
-
 def in_session(sid: int) -> list[int]:
     """Every process (zombies too) whose session is `sid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            rest = stat_fields(int(entry))
-            if rest is not None and int(rest[3]) == sid:
-                found.append(int(entry))
-    return found
+    return [pid for pid, rest in proc_stats().items() if int(rest[3]) == sid]
 
 
 def assert_nothing_left(doc: dict) -> None:
@@ -131,7 +96,6 @@ def test_healthy_designs_run_clean(name: str) -> None:
     assert doc["as_expected"] and code == 0
 
 
-@needs("RD201")
 def test_fd_leak_run_finds_rd201() -> None:
     code, doc = run_scenario("fd-leak")
     # No EOF ever comes: every request hangs, each leaving a CLOSE_WAIT socket.
@@ -141,7 +105,6 @@ def test_fd_leak_run_finds_rd201() -> None:
     assert doc["as_expected"] and code == 0
 
 
-@needs("RD401")
 def test_blocking_run_finds_rd401() -> None:
     code, doc = run_scenario("blocking")
     assert doc["scanned"] == "during-load"
@@ -161,7 +124,7 @@ def test_fd_leak_with_a_low_fd_limit_reaches_errno_24() -> None:
     assert doc["peak"]["fds"] == 64
     assert "RD301" in codes(doc) and doc["unexpected"] == []   # a by-product, allowed
     assert_nothing_left(doc)
-    assert code == (0 if emits("RD201") else 1)
+    assert code == 0
 
 
 # -- interrupted runs clean up -------------------------------------------------------
@@ -255,7 +218,7 @@ def test_compare_shows_the_collapse_the_leaks_and_the_clean_designs() -> None:
     for name in ("fixed-fork", "event-loop"):
         assert runs[name]["findings"] == [] and runs[name]["requests"]["ok"] == 8
     assert doc["leftover_processes"] == 0
-    assert result.returncode == (0 if emits("RD201") and emits("RD401") else 1)
+    assert result.returncode == 0
 
 
 def test_run_text_output_tells_the_story() -> None:

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from reaper_doctor import collect, procfs
+from reaper_doctor import collect, netlink, procfs
 
 
 def test_sock_diag_rows_match_proc_net_tcp():
@@ -15,8 +15,10 @@ def test_sock_diag_rows_match_proc_net_tcp():
     client = socket.create_connection(srv.getsockname())
     accepted, _ = srv.accept()
     client.close()                      # `accepted` goes to CLOSE_WAIT
+    waiting = socket.create_connection(srv.getsockname())  # stays in the accept queue
     try:
-        rows = collect._tcp_by_sock_diag()
+        unaccepted: dict = {}
+        rows = collect._tcp_by_sock_diag(unaccepted)
         assert rows is not None, "sock_diag unavailable"
         table = collect._SocketRows()
         table.diag = rows
@@ -30,17 +32,22 @@ def test_sock_diag_rows_match_proc_net_tcp():
         assert checked >= 2
         states = {table[i].state for i in proc if proc[i].local in wanted and i in table}
         assert {"LISTEN", "CLOSE_WAIT"} <= states
+        # The queued connection owns no file (inode 0): both sources list its peer.
+        port = srv.getsockname()[1]
+        from_proc = procfs.parse_unaccepted(collect.read_text("/proc/net/tcp"))
+        assert waiting.getsockname() in unaccepted[port]
+        assert unaccepted[port] == from_proc[port]
     finally:
-        for s in (srv, accepted):
+        for s in (srv, accepted, waiting):
             s.close()
 
 
 def test_inet_diag_error_message_raises():
     import struct
 
-    msg = struct.pack("=IHHII", 36, procfs.NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", -13) + b"\0" * 16
+    msg = struct.pack("=IHHII", 36, netlink.NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", -13) + b"\0" * 16
     try:
-        procfs.split_inet_diag(msg, {})
+        netlink.index_replies(msg, {})
     except OSError as e:
         assert e.errno == 13
     else:

@@ -116,7 +116,7 @@ def test_old_kernel_format_with_res_field():
                            {"signal_generate": fmt})
     assert isinstance(rec, TraceRecord) and rec.fields == {
         "sig": "17", "comm": "x y", "pid": "4", "res": "2"}
-    assert count_lines([f"  a-1 [000] d... 2.0: signal_generate: sig=17 comm=x pid=4 res=2"],
+    assert count_lines(["  a-1 [000] d... 2.0: signal_generate: sig=17 comm=x pid=4 res=2"],
                        {"signal_generate": fmt}, 17, result_field="res").merged == 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
@@ -110,12 +111,29 @@ def fds_document(fds: FdTable | None) -> dict[str, Any] | None:
     doc: dict[str, Any] = {
         "open": fds.open, "by_kind": dict(sorted(fds.by_kind.items(), key=lambda kv: -kv[1])),
         "close_wait": fds.close_wait,
+        # Sockets in no socket table (invisible to ss); `closed_tcp` of
+        # them are TCP (shut down but never closed) or of unknown protocol.
         "unlisted_sockets": len(fds.unlisted_socket_fds),
+        "closed_tcp": len(fds.closed_tcp),
+        "tcp_states": dict(Counter(s.state for s in fds.sockets
+                                   if s.proto.startswith("tcp")).most_common()),
+        "listening": [{"fd": s.fd, "address": _addr(s.local), "proto": s.proto,
+                       "accept_queue": s.rx_queue, "backlog": s.backlog}
+                      for s in fds.listeners],
         "top_paths": [{"path": p, "count": n} for p, n in fds.top_paths],
     }
     if fds.listed:
         doc["list"] = [{"fd": fd, "target": link} for fd, link in fds.listed]
+        doc["sockets"] = [{"fd": s.fd, "inode": s.inode, "proto": s.proto,
+                           "local": _addr(s.local), "remote": _addr(s.remote),
+                           "state": s.state, "rx_queue": s.rx_queue, "tx_queue": s.tx_queue}
+                          for s in fds.sockets]
     return doc
+
+
+def _addr(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def tree_document(snap: Snapshot) -> dict[str, Any]:

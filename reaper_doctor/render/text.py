@@ -18,6 +18,8 @@ from .common import children_map, command_line, safe, state_word, zombie_groups
 
 SEVERITY_COLORS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 MAX_LIVE_LINES = 30   # live siblings shown one per line before they are summarised
+MAX_LISTENERS = 5     # listening sockets shown
+MAX_SOCKET_LINES = 5  # TCP connections of the target shown one per line
 
 
 def render_text(report: Report, *, color: bool = False) -> str:
@@ -248,7 +250,26 @@ def _descriptors(snap: Snapshot) -> str:
     if target_fds and target_fds.top_paths:
         top = ", ".join(f"{safe(p)}" + (f" ×{n}" if n > 1 else "") for p, n in target_fds.top_paths)
         lines.append(f"  top files ({snap.target}): {top}")
+    listeners = {s.inode: (pid, s) for pid, fds in reversed(ordered) for s in fds.listeners}
+    for pid, s in list(listeners.values())[:MAX_LISTENERS]:
+        backlog = f" of backlog {s.backlog}" if s.backlog is not None else ""
+        holders = sum(1 for fds in snap.fds.values() if any(x.inode == s.inode for x in fds.listeners))
+        shared = f", held by {holders} processes" if holders > 1 else ""
+        lines.append(f"  listening {_address(s.local)} ({s.proto}, PID {pid}): "
+                     f"accept queue {s.rx_queue}{backlog}{shared}")
+    if target_fds:
+        conns = [s for s in target_fds.sockets if s.proto.startswith("tcp") and s.state != "LISTEN"]
+        for s in conns[:MAX_SOCKET_LINES]:
+            lines.append(f"  fd {s.fd} {s.proto} {_address(s.local)} → {_address(s.remote)} {s.state}")
+        if len(conns) > MAX_SOCKET_LINES:
+            lines.append(f"  … {len(conns) - MAX_SOCKET_LINES} more TCP connections "
+                         "(all of them: scan --json --list-fds)")
     return "\n".join(lines)
+
+
+def _address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _fd_summary(fds: FdTable) -> str:
@@ -260,6 +281,8 @@ def _fd_summary(fds: FdTable) -> str:
         text += "; TCP " + ", ".join(f"{st} {n}" for st, n in states.most_common())
     if fds.unlisted_socket_fds:
         text += f"; {len(fds.unlisted_socket_fds)} sockets in no socket table"
+        if fds.closed_tcp:
+            text += f" ({len(fds.closed_tcp)} TCP shut down but open: invisible to ss)"
     return text
 
 

@@ -1,0 +1,130 @@
+"""The pure descriptor findings on hand-built snapshots (the e2e tests in
+test_fds.py and test_watch.py prove them on real processes)."""
+
+from __future__ import annotations
+
+from reaper_doctor.diagnose import (
+    accept_backlog_findings, close_wait_findings, fd_growth_findings,
+    inherited_listener_findings, linear_fit, watch_etas, watch_fd_growth, watch_rates,
+)
+from reaper_doctor.model import (
+    FdCounts, FdTable, LimitUsage, ProcessInfo, Snapshot, SocketFd, WatchLimits, WatchSample,
+)
+from reaper_doctor.render.watch import sparkline
+
+PORT = 8080
+
+
+def proc(pid: int, ppid: int, state: str = "S") -> ProcessInfo:
+    return ProcessInfo(pid=pid, ppid=ppid, name="srv", state=state, start_ticks=pid * 10,
+                       age_s=1.0, threads=1, uid=1000, cmdline=("srv",), num_fds=None)
+
+
+def listener(fd: int = 3, inode: int = 100, queue: int = 0, backlog: int | None = None) -> SocketFd:
+    return SocketFd(fd, inode, "tcp", ("127.0.0.1", PORT), ("0.0.0.0", 0), "LISTEN", queue, 0,
+                    backlog)
+
+
+def conn(fd: int, inode: int, state: str = "ESTABLISHED") -> SocketFd:
+    return SocketFd(fd, inode, "tcp", ("127.0.0.1", PORT), ("127.0.0.1", 40000 + fd), state, 0, 0)
+
+
+def snap(t: float, tables: dict[int, FdTable], procs: list[ProcessInfo],
+         peers: dict | None = None) -> Snapshot:
+    return Snapshot(target=procs[0].pid, taken_at=t, processes={p.pid: p for p in procs},
+                    fds=tables, accept_queue_peers=peers or {})
+
+
+def table(*sockets: SocketFd, closed: tuple[tuple[int, int], ...] = ()) -> FdTable:
+    return FdTable(open=3 + len(sockets) + len(closed), by_kind={}, sockets=sockets,
+                   closed_tcp=closed)
+
+
+def test_rd201_needs_the_same_sockets_in_both_samples():
+    parent = [proc(10, 1)]
+    leaked = [conn(4 + i, 200 + i, "CLOSE_WAIT") for i in range(5)]
+    earlier = snap(0.0, {10: table(listener(), *leaked)}, parent)
+    later = snap(1.0, {10: table(listener(), *leaked)}, parent)
+    (f,) = close_wait_findings(earlier, later)
+    assert f.code == "RD201" and f.evidence["close_wait"] == 5 and f.evidence["oldest_fd"] == 4
+    # Different sockets each time: connections closing normally, not a leak.
+    other = [conn(4 + i, 300 + i, "CLOSE_WAIT") for i in range(5)]
+    later2 = snap(1.0, {10: table(listener(), *other)}, parent)
+    assert list(close_wait_findings(earlier, later2)) == []
+
+
+def test_rd201_one_close_wait_in_a_worker_is_not_a_leak():
+    parent, child = proc(10, 1), proc(11, 10)
+    tables = {10: table(listener()), 11: table(conn(4, 201, "CLOSE_WAIT"))}
+    s = snap(0.0, tables, [parent, child])
+    later = snap(1.0, tables, [parent, child])
+    assert list(close_wait_findings(s, later)) == []
+
+
+def test_rd201_shut_down_sockets_from_ten():
+    parent = [proc(10, 1)]
+    nine = tuple((4 + i, 500 + i) for i in range(9))
+    ten = tuple((4 + i, 500 + i) for i in range(10))
+    assert list(close_wait_findings(snap(0, {10: table(listener(), closed=nine)}, parent),
+                                    snap(1, {10: table(listener(), closed=nine)}, parent))) == []
+    (f,) = close_wait_findings(snap(0, {10: table(listener(), closed=ten)}, parent),
+                               snap(1, {10: table(listener(), closed=ten)}, parent))
+    assert f.evidence["shut_down"] == 10 and f.evidence["close_wait"] == 0
+
+
+def test_rd202_per_connection_children_but_not_a_pre_fork_pool():
+    parent, a, b = proc(10, 1), proc(11, 10), proc(12, 10)
+    per_conn = {10: table(listener()), 11: table(listener(), conn(4, 201)),
+                12: table(listener(), conn(4, 202))}
+    s0, s1 = snap(0, per_conn, [parent, a, b]), snap(1, per_conn, [parent, a, b])
+    (f,) = inherited_listener_findings(s0, s1)
+    assert f.pid == 10 and f.evidence["children"] == 2
+    idle_worker = {**per_conn, 12: table(listener())}
+    assert list(inherited_listener_findings(s0, snap(1, idle_worker, [parent, a, b]))) == []
+    # A worker that holds a new connection since the first sample accepted it itself.
+    accepted_again = {**per_conn, 11: table(listener(), conn(4, 299))}
+    assert list(inherited_listener_findings(s0, snap(1, accepted_again, [parent, a, b]))) == []
+
+
+def test_rd401_queue_must_hold_the_same_connection():
+    parent = [proc(10, 1)]
+    peers0 = {100: frozenset({("127.0.0.1", 1), ("127.0.0.1", 2)})}
+    s0 = snap(0, {10: table(listener(queue=2, backlog=5))}, parent, peers0)
+    stuck = snap(1, {10: table(listener(queue=2, backlog=5))}, parent, peers0)
+    (f,) = accept_backlog_findings(s0, stuck)
+    assert f.evidence["queue"] == 2 and f.evidence["backlog"] == 5 and not f.evidence["full"]
+    turned_over = snap(1, {10: table(listener(queue=2))}, parent,
+                       {100: frozenset({("127.0.0.1", 3)})})
+    assert list(accept_backlog_findings(s0, turned_over)) == []
+    emptied = snap(1, {10: table(listener(queue=0))}, parent)
+    assert list(accept_backlog_findings(s0, emptied)) == []
+
+
+def test_rd203_scan_needs_a_rise_in_every_interval():
+    nofile = {10: LimitUsage(used=50, soft=1024, hard=4096)}
+    rising = [FdCounts(t, {10: n}) for t, n in ((0, 10), (0.33, 20), (0.66, 30), (1.0, 40))]
+    (f,) = fd_growth_findings(rising, nofile)
+    assert f.evidence["rate_per_s"] == 30.0 and f.evidence["eta_s"] == round((1024 - 40) / 30, 1)
+    bumpy = [FdCounts(t, {10: n}) for t, n in ((0, 10), (0.33, 40), (0.66, 39), (1.0, 60))]
+    assert list(fd_growth_findings(bumpy, nofile)) == []
+    small = [FdCounts(t, {10: n}) for t, n in ((0, 10), (0.33, 13), (0.66, 16), (1.0, 19))]
+    assert list(fd_growth_findings(small, nofile)) == []
+
+
+def test_linear_fit_and_watch_summary():
+    slope, r2 = linear_fit([0, 1, 2, 3], [10, 12, 14, 16])
+    assert slope == 2.0 and r2 == 1.0
+    samples = [WatchSample(t, 0, 10 + 2 * int(t), 0, 300, None) for t in range(10)]
+    rates = watch_rates(samples)
+    assert rates["fds"] == 120.0 and rates["tasks"] == 0.0 and rates["pids_cgroup"] is None
+    etas = watch_etas(samples, rates, WatchLimits(nofile=1024, nproc=4096, pids_cgroup=None))
+    assert etas == {"nofile": round((1024 - 28) / 2, 1), "nproc": None, "pids_cgroup": None}
+    assert watch_fd_growth(1, samples, 1024) is not None
+    noisy = [WatchSample(t, 0, 100 + (7 if t % 2 else -7), 0, 1, None) for t in range(20)]
+    assert watch_fd_growth(1, noisy, 1024) is None
+
+
+def test_sparkline():
+    assert sparkline([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█"
+    assert sparkline([5, 5, 5]) == "▁▁▁"
+    assert len(sparkline(list(range(1000)))) == 40

@@ -1,0 +1,324 @@
+"""Descriptor findings end to end: real servers on 127.0.0.1, real clients,
+`scan` as a subprocess. RD201 RD202 RD203 RD401, and none on healthy designs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+from helpers import http_request, run_cli, run_json, wait_until
+from test_scan import FIXED_FORK_SERVER, codes_of, findings_of
+
+RESPONSE = 'b"HTTP/1.0 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n"'
+
+# Fork per connection; the parent keeps every accepted socket (the bug) and
+# reaps its children. argv[1] "shutdown": the child calls shutdown() first,
+# so the leaked sockets end in TCP CLOSE, in no table (invisible to ss).
+FD_LEAK_SERVER = r"""
+import os, socket, sys
+variant = sys.argv[1]
+ls = socket.create_server(("127.0.0.1", 0), backlog=64)
+print("ready", flush=True)
+print(ls.getsockname()[1], flush=True)
+leaked = []
+while True:
+    conn, _ = ls.accept()
+    if os.fork() == 0:
+        try:
+            ls.close()
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            conn.sendall(RESPONSE)
+            if variant == "shutdown":
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        finally:
+            os._exit(0)
+    leaked.append(conn)                    # BUG: never conn.close()
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+""".replace("RESPONSE", RESPONSE)
+
+# Fork per connection. argv[1] "inherit": the child keeps the listening
+# socket (RD202); "fixed": the child closes it. Either way the parent closes
+# conn and reaps in a WNOHANG loop; each child serves one request, then
+# holds its connection until the client closes it.
+PER_CONNECTION_SERVER = r"""
+import os, signal, socket, sys
+variant = sys.argv[1]
+def reap(*_):
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+signal.signal(signal.SIGCHLD, reap)
+ls = socket.create_server(("127.0.0.1", 0), backlog=64)
+print("ready", flush=True)
+print(ls.getsockname()[1], flush=True)
+while True:
+    try:
+        conn, _ = ls.accept()
+    except InterruptedError:
+        continue
+    if os.fork() == 0:
+        try:
+            if variant == "fixed":
+                ls.close()
+            conn.recv(4096)
+            conn.sendall(RESPONSE)
+            conn.recv(4096)                # until the client closes
+            conn.close()
+        finally:
+            os._exit(0)
+    conn.close()
+""".replace("RESPONSE", RESPONSE)
+
+# Pre-fork: three workers accept on the shared listener by design.
+PRE_FORK_POOL = r"""
+import os, socket, time
+ls = socket.create_server(("127.0.0.1", 0), backlog=64)
+workers = []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            while True:
+                conn, _ = ls.accept()
+                conn.recv(4096)
+                conn.sendall(RESPONSE)
+                conn.recv(4096)
+                conn.close()
+        finally:
+            os._exit(0)
+    workers.append(pid)
+print("ready", flush=True)
+print(ls.getsockname()[1], flush=True)
+for pid in workers:
+    os.waitpid(pid, 0)
+""".replace("RESPONSE", RESPONSE)
+
+# Iterative server: the handler sleeps, so nobody accepts meanwhile.
+ITERATIVE_SERVER = r"""
+import socket, time
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0))
+ls.listen(5)
+print("ready", flush=True)
+print(ls.getsockname()[1], flush=True)
+while True:
+    conn, _ = ls.accept()
+    print("accepted", flush=True)
+    time.sleep(60)
+    conn.close()
+"""
+
+# Opens a descriptor every 10 ms (up to a bound), throughout the scan.
+FD_OPENER = r"""
+import os, sys, time
+every_s, bound = float(sys.argv[1]), int(sys.argv[2])
+held = []
+print("ready", flush=True)
+next_t = time.monotonic()
+while len(held) < bound:
+    held.append(os.open("/dev/null", os.O_RDONLY))
+    next_t += every_s
+    time.sleep(max(0.0, next_t - time.monotonic()))
+time.sleep(120)
+"""
+
+
+def start_server(spawner, code: str, *args: str):
+    proc = spawner.python(code, *args)
+    return proc, int(proc.stdout.readline())
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def only(findings: list[dict], code: str) -> dict:
+    matching = [f for f in findings if f["code"] == code]
+    assert len(matching) == 1, findings
+    return matching[0]
+
+
+def test_rd201_parent_never_closes_accepted_sockets(spawner):
+    proc, port = start_server(spawner, FD_LEAK_SERVER, "close")
+    base = open_fds(proc.pid)
+    for _ in range(30):
+        assert http_request(port) == b"ok\n"
+    wait_until(lambda: open_fds(proc.pid) >= base + 30, what="30 leaked sockets")
+    code, doc = run_json("scan", str(proc.pid), "--grace", "0.3")
+    assert code == 1
+    rd201 = only(findings_of(doc), "RD201")
+    ev = rd201["evidence"]
+    assert rd201["pid"] == proc.pid and rd201["severity"] == "error"
+    assert ev["close_wait"] >= 30 and ev["listening_ports"] == [port]
+    assert ev["close_wait_by_port"] == {str(port): ev["close_wait"]}
+    assert ev["oldest_fd"] == min(ev["fds"]) and ev["oldest_by"] == "lowest fd"
+    assert "close it in the parent right after fork" in rd201["message"]
+    fds = doc["targets"][0]["fds"]
+    assert fds["close_wait"] >= 30 and fds["by_kind"]["tcp"] >= 31
+    assert fds["tcp_states"]["CLOSE_WAIT"] == fds["close_wait"]
+    assert fds["listening"][0]["address"] == f"127.0.0.1:{port}"
+
+
+def test_rd201_after_shutdown_although_ss_and_psutil_see_nothing(spawner):
+    import psutil
+
+    proc, port = start_server(spawner, FD_LEAK_SERVER, "shutdown")
+    base = open_fds(proc.pid)
+    for _ in range(30):
+        assert http_request(port) == b"ok\n"
+    wait_until(lambda: open_fds(proc.pid) >= base + 30, what="30 leaked sockets")
+    # What ss and psutil show once each child's shutdown() has run: the listener only.
+    wait_until(lambda: {c.status for c in psutil.Process(proc.pid).net_connections("tcp")}
+               == {"LISTEN"}, what="psutil to see only the listener")
+    code, doc = run_json("scan", str(proc.pid), "--grace", "0.3")
+    assert code == 1
+    ev = only(findings_of(doc), "RD201")["evidence"]
+    assert ev["shut_down"] >= 30 and ev["close_wait"] == 0
+    assert ev["shut_down_min"] == 10
+    fds = doc["targets"][0]["fds"]
+    assert fds["closed_tcp"] >= 30 and fds["close_wait"] == 0
+    text = run_cli("scan", str(proc.pid), "--grace", "0.2", "--no-color").stdout
+    assert "invisible to ss" in text and "RD201" in text
+
+
+def _hold_connections(port: int, n: int) -> list[socket.socket]:
+    held = []
+    try:
+        for _ in range(n):
+            held.append(http_request(port, close=False))
+    except BaseException:
+        for s in held:
+            s.close()
+        raise
+    return held
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    return [c.pid for c in psutil.Process(pid).children() if c.status() != "zombie"]
+
+
+def test_rd202_children_keep_the_listener(spawner):
+    proc, port = start_server(spawner, PER_CONNECTION_SERVER, "inherit")
+    held = _hold_connections(port, 3)
+    try:
+        wait_until(lambda: len(_children(proc.pid)) == 3, what="3 live children")
+        code, doc = run_json("scan", str(proc.pid), "--grace", "0.3")
+    finally:
+        for s in held:
+            s.close()
+    rd202 = only(findings_of(doc), "RD202")
+    assert rd202["severity"] == "info" and rd202["pid"] == proc.pid
+    assert rd202["evidence"]["port"] == port and rd202["evidence"]["children"] == 3
+    assert "close listen_socket in the child" in rd202["message"]
+    assert "RD201" not in codes_of(doc)
+    assert code == 0  # info only
+
+
+@pytest.mark.parametrize("server,args", [(PER_CONNECTION_SERVER, ("fixed",)),
+                                         (PRE_FORK_POOL, ())], ids=["fixed-fork", "pre-fork"])
+def test_no_rd20x_on_correct_and_pre_fork_servers(spawner, server, args):
+    proc, port = start_server(spawner, server, *args)
+    for _ in range(10):
+        assert http_request(port) == b"ok\n"
+    held = _hold_connections(port, 2)      # busy children with their own connection
+    try:
+        wait_until(lambda: len(_children(proc.pid)) >= 2, what="live children")
+        code, doc = run_json("scan", str(proc.pid), "--grace", "0.5")
+    finally:
+        for s in held:
+            s.close()
+    assert not {"RD201", "RD202", "RD203", "RD401"} & codes_of(doc), findings_of(doc)
+    assert code == 0
+
+
+def _hammer(port: int, stop: threading.Event, counter: list[int]) -> None:
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                s.recv(100)
+            counter[0] += 1
+        except OSError:
+            stop.wait(0.01)
+
+
+def test_no_descriptor_findings_on_healthy_fork_server_under_load(spawner):
+    proc, port = start_server(spawner, FIXED_FORK_SERVER)
+    stop, counter = threading.Event(), [0]
+    threads = [threading.Thread(target=_hammer, args=(port, stop, counter)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: counter[0] >= 20, timeout_s=20, what="load to start")
+        code, doc = run_json("scan", str(proc.pid), "--grace", "1.0")
+        during = counter[0]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+    assert not {"RD201", "RD202", "RD203", "RD401"} & codes_of(doc), findings_of(doc)
+    assert during >= 20
+
+
+def test_rd203_descriptors_added_throughout_the_scan(spawner):
+    proc = spawner.python(FD_OPENER, "0.01", "2000")        # 100 per second
+    code, doc = run_json("scan", str(proc.pid), "--grace", "1.0")
+    assert code == 1
+    rd203 = only(findings_of(doc), "RD203")
+    ev = rd203["evidence"]
+    assert rd203["pid"] == proc.pid and rd203["severity"] == "warning"
+    assert ev["samples"] == 4 and len(ev["counts"]) == 4
+    assert all(b - a >= 3 for a, b in zip(ev["counts"], ev["counts"][1:]))
+    # The true rate is 100/s; a busy machine delays the opener, never speeds it.
+    assert 20 <= ev["rate_per_s"] <= 130, ev
+    assert ev["soft"] and ev["eta_s"] is not None and ev["eta_s"] > 0
+
+
+def test_no_rd203_when_descriptors_stay_put(spawner):
+    proc = spawner.python(FD_OPENER, "0.001", "50")          # 50 fds, then steady
+    wait_until(lambda: open_fds(proc.pid) >= 53, what="50 descriptors")
+    code, doc = run_json("scan", str(proc.pid), "--grace", "0.6")
+    assert "RD203" not in codes_of(doc) and code == 0
+
+
+def test_rd401_iterative_server_with_a_sleeping_handler(spawner):
+    proc, port = start_server(spawner, ITERATIVE_SERVER)
+    clients = []
+    try:
+        for _ in range(4):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        assert proc.stdout.readline().strip() == "accepted"
+        code, doc = run_json("scan", str(proc.pid), "--grace", "0.5")
+    finally:
+        for c in clients:
+            c.close()
+    assert code == 1
+    rd401 = only(findings_of(doc), "RD401")
+    ev = rd401["evidence"]
+    assert rd401["pid"] == proc.pid and ev["port"] == port
+    assert ev["queue"] == 3 and ev["queue_first"] == 3
+    assert ev["backlog"] in (5, None)     # inet_diag is optional
+    assert ev["waited_whole_window"] in (3, None)
+    (listening,) = doc["targets"][0]["fds"]["listening"]
+    assert listening["accept_queue"] == 3
