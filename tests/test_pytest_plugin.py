@@ -381,7 +381,11 @@ def test_each_xdist_worker_checks_its_own_tests(run, pytester):
     result.assert_outcomes(passed=4, errors=2)
     result.stdout.fnmatch_lines(["*reaper-doctor: 4 tests checked, 2 leaked*"])
     # Each report names only its own test's pipe: no cross-talk between workers.
-    assert result.stdout.str().count("leaked 2 descriptors") == 2
+    out = result.stdout.str()
+    assert out.count("ERROR at teardown of test_leak") == 2
+    # (pytest >= 9.1 repeats each message in the short summary: count the
+    # headers, and check that no report holds the other worker's pipe too.)
+    assert "leaked 2 descriptors" in out and "leaked 4 descriptors" not in out
 
 
 # ----------------------------------------------------------------------------
