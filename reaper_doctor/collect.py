@@ -358,6 +358,15 @@ class _SocketRows(Mapping[int, procfs.SocketRow]):
                 memoryview(data)[offset:offset + 72], proto)
         return row
 
+    def get(self, inode: int, default: procfs.SocketRow | None = None  # type: ignore[override]
+            ) -> procfs.SocketRow | None:
+        # Mapping.get goes through __getitem__ and a KeyError per miss: this
+        # runs once per socket fd, so look in the dicts directly.
+        row = self.parsed.get(inode)
+        if row is None and inode in self.diag:
+            return self[inode]
+        return row if row is not None else default
+
     def __iter__(self) -> Iterator[int]:
         yield from self.parsed
         yield from (inode for inode in self.diag if inode not in self.parsed)
@@ -470,21 +479,25 @@ def read_fds(pid: int, ctx: _Context) -> FdTable | None:
     closed_tcp: list[tuple[int, int]] = []
     listed: list[tuple[int, str]] = []
     unreadable = 0
-    table: dict[int, procfs.SocketRow] | None = None
+    table: Mapping[int, procfs.SocketRow] | None = None
     unix: set[int] = set()
+    path_kinds: dict[str, str] = {}   # one stat per distinct path, not per fd
+    with_list = ctx.with_fd_list
+    readlink = os.readlink
     for name in names:
         try:
-            link = os.readlink(f"{fd_dir}/{name}")
+            link = readlink(f"{fd_dir}/{name}")
         except FileNotFoundError:
             continue  # closed since listdir
         except OSError:
             unreadable += 1
             continue
         kind, inode = procfs.fd_link_kind(link)
-        if ctx.with_fd_list:
+        if with_list:
             listed.append((int(name), link))
         if kind == "path":
-            kind = _path_kind(f"{fd_dir}/{name}")
+            kind = path_kinds.get(link) or path_kinds.setdefault(
+                link, _path_kind(f"{fd_dir}/{name}"))
             if kind == "file":
                 paths[link] += 1
         elif kind == "socket" and inode is not None:

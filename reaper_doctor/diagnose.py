@@ -269,10 +269,6 @@ def _accepted(fds: FdTable, ports: set[int]) -> list[SocketFd]:
             and s.local[1] in ports]
 
 
-def _has_children(snap: Snapshot, pid: int) -> bool:
-    return any(p.ppid == pid for p in snap.processes.values() if p.pid != snap.target)
-
-
 def close_wait_findings(earlier: Snapshot, later: Snapshot) -> Iterable[Finding]:
     """RD201: accepted sockets a process keeps open after the peer closed.
 
@@ -297,7 +293,7 @@ def close_wait_findings(earlier: Snapshot, later: Snapshot) -> Iterable[Finding]
         old_closed = {inode for _, inode in before.closed_tcp}
         closed = [(fd, inode) for fd, inode in fds.closed_tcp if inode in old_closed]
         own_ports = sorted({s.local[1] for s in fds.listeners if s.proto.startswith("tcp")})
-        cw_min = 1 if _has_children(later, pid) else CLOSE_WAIT_MIN
+        cw_min = 1 if pid in later.parent_pids else CLOSE_WAIT_MIN
         report_cw = len(waiting) >= cw_min
         report_closed = bool(own_ports) and len(closed) >= CLOSED_TCP_MIN
         if not (report_cw or report_closed):

@@ -7,6 +7,7 @@ text. None of them does I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from enum import Enum
 from typing import Mapping
 
@@ -173,6 +174,11 @@ class Snapshot:
     @property
     def zombies(self) -> list[ProcessInfo]:
         return [p for p in self.processes.values() if p.is_zombie]
+
+    @cached_property
+    def parent_pids(self) -> frozenset[int]:
+        """PIDs of the tree's processes that have children in the tree."""
+        return frozenset(p.ppid for p in self.processes.values() if p.pid != self.target)
 
     def children_of(self, pid: int) -> list[ProcessInfo]:
         return [p for p in self.processes.values() if p.ppid == pid and p.pid != self.target]

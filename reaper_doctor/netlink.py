@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import TYPE_CHECKING, NamedTuple
+from ipaddress import IPv6Address
+from typing import NamedTuple
 
-if TYPE_CHECKING:
-    from .procfs import SocketRow
+from .procfs import TCP_STATES, SocketRow
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -126,23 +126,21 @@ def index_replies(data: bytes, into: dict[int, int],
     return False
 
 
-_ROW = struct.Struct("=BBxx2s2s16s16s4x8x4xIIII")  # family, state, timer, retrans; ports;
-# addresses; interface, cookie; expires, rqueue, wqueue, uid, inode
+_ROW = struct.Struct("=BBxx4s16s16s4x8x4xIIII")  # family, state, timer, retrans; ports
+# (big-endian, as 4 bytes); addresses; interface, cookie; expires, rqueue, wqueue, uid, inode
+_PORTS = struct.Struct(">HH")
 
 
-def socket_row(msg: bytes | memoryview, proto: str) -> "SocketRow":
+def socket_row(msg: bytes | memoryview, proto: str) -> SocketRow:
     """A SocketRow from one inet_diag_msg with the values /proc/net/tcp
     shows (for LISTEN the kernel's wqueue is the backlog; /proc shows a
-    tx_queue of 0 there, and so does this)."""
-    from .procfs import TCP_STATES, SocketRow
-
-    family, state, sport, dport, src, dst, rqueue, wqueue, uid, inode = _ROW.unpack_from(msg)
+    tx_queue of 0 there, and so does this). Runs once per socket a
+    scanned process holds: kept lean."""
+    family, state, ports, src, dst, rqueue, wqueue, uid, inode = _ROW.unpack_from(msg)
+    sport, dport = _PORTS.unpack(ports)
     if family == socket.AF_INET:
         local, remote = socket.inet_ntop(family, src[:4]), socket.inet_ntop(family, dst[:4])
     else:  # written as procfs writes /proc/net/tcp6 addresses
-        import ipaddress
-
-        local, remote = str(ipaddress.IPv6Address(bytes(src))), str(ipaddress.IPv6Address(bytes(dst)))
-    return SocketRow(proto, (local, int.from_bytes(sport, "big")),
-                     (remote, int.from_bytes(dport, "big")), TCP_STATES.get(state, hex(state)),
+        local, remote = str(IPv6Address(src)), str(IPv6Address(dst))
+    return SocketRow(proto, (local, sport), (remote, dport), TCP_STATES.get(state, hex(state)),
                      0 if state == TCP_LISTEN else wqueue, rqueue, uid, inode)
