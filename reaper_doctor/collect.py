@@ -103,9 +103,9 @@ def child_states(ppid: int) -> dict[int, str]:
     return {st.pid: st.state for st in stat_lines() if st.ppid == ppid}
 
 
-def session_members(sid: int) -> list[int]:
-    """PIDs (live or zombie) of the processes in session `sid`."""
-    return [st.pid for st in stat_lines() if st.session == sid]
+def session_members(sid: int) -> list[procfs.StatLine]:
+    """The processes (live or zombie) in session `sid`."""
+    return [st for st in stat_lines() if st.session == sid]
 
 
 def _brief_field(raw: bytes, key: bytes) -> bytes | None:

@@ -230,7 +230,7 @@ def session_processes(sid: int) -> list[int]:
     """PIDs of live or zombie processes in session `sid`."""
     from .collect import session_members
 
-    return session_members(sid)
+    return [st.pid for st in session_members(sid)]
 
 
 def _stop_trial(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:

@@ -28,6 +28,7 @@ import queue
 import re
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -36,13 +37,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .collect import ProcessGone, read_bytes
+from . import netlink
+from .collect import (ProcessGone, close_wait_on_ports, count_fds, inet_diag_dump, read_stat,
+                      session_members, stat_lines)
 from .load import LOOPBACK, LoadResult, Outcome, drive
 from .model import Finding, Report, Severity, TargetReport
 from .scenarios import SCENARIOS, Scenario, get, script_path
 
 PR_SET_CHILD_SUBREAPER = 36
-PROC = "/proc"
 ADDRESS = re.compile(r"^127\.0\.0\.1:(\d{1,5})$")
 
 DEFAULT_REQUESTS = 60
@@ -78,52 +80,6 @@ def become_subreaper() -> bool:
         return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    """The fields of /proc/<pid>/stat the teardown needs."""
-
-    pid: int
-    state: str
-    ppid: int
-    session: int
-    start_ticks: int
-
-    @property
-    def is_zombie(self) -> bool:
-        return self.state == "Z"
-
-
-def read_stat(pid: int) -> ProcStat | None:
-    """/proc/<pid>/stat of `pid`, or None if it is gone. Zombies keep theirs."""
-    try:
-        with open(f"{PROC}/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    rest = raw[raw.rfind(b")") + 2:].split()  # comm may hold ')' (linux-facts 1)
-    try:
-        return ProcStat(pid=pid, state=rest[0].decode(), ppid=int(rest[1]),
-                        session=int(rest[3]), start_ticks=int(rest[19]))
-    except (IndexError, ValueError):
-        return None
-
-
-def all_stats() -> list[ProcStat]:
-    """/proc/<pid>/stat of every process on the machine."""
-    found = []
-    for entry in os.listdir(PROC):
-        if entry.isdigit():
-            st = read_stat(int(entry))
-            if st is not None:
-                found.append(st)
-    return found
-
-
-def session_members(sid: int) -> list[ProcStat]:
-    """Every process (zombies too) whose session is `sid`."""
-    return [st for st in all_stats() if st.session == sid]
 
 
 def _kill(pid: int, sig: int, *, group: bool = False) -> None:
@@ -184,7 +140,7 @@ def teardown(proc: subprocess.Popen[bytes], seen: set[tuple[int, int]]) -> Teard
     while True:
         members = session_members(sid)
         for st in members:
-            if not st.is_zombie and st.pid not in killed:
+            if st.state != "Z" and st.pid not in killed:
                 _kill(st.pid, signal.SIGKILL)  # a child that outlived SIGTERM
                 killed.add(st.pid)
             if st.ppid == me and _reap_child(st.pid):
@@ -194,8 +150,8 @@ def teardown(proc: subprocess.Popen[bytes], seen: set[tuple[int, int]]) -> Teard
         time.sleep(0.02)
     result.killed += len(killed)
     left = {st.pid for st in session_members(sid)}
-    left |= {st.pid for st in all_stats()
-             if st.ppid == me and st.is_zombie and st.session == sid}
+    left |= {st.pid for st in stat_lines()
+             if st.ppid == me and st.state == "Z" and st.session == sid}
     for pid, start in seen:
         st = read_stat(pid)
         if st is not None and st.start_ticks == start:
@@ -318,52 +274,25 @@ class Sample:
                 "accept_queue": self.accept_queue}
 
 
-TCP_CLOSE_WAIT = b"08"
-TCP_LISTEN = b"0A"
-
-
 def socket_counts(pid: int, port: int) -> tuple[int, int]:
-    """(sockets of `pid` in CLOSE_WAIT, connections queued on its listener)
-    among the TCP sockets bound to 127.0.0.1:`port`.
-
-    Lighter than collect_snapshot on purpose: that parses every row of
-    /proc/net/tcp, and on a machine that has run load tests the table
-    holds 20,000+ TIME_WAIT rows (0.3-0.6 s a sample here). Only rows whose
-    local port is the server's matter (its listener and the connections
-    it accepted), and only those whose inode one of its fds holds.
-    """
-    inodes = set()
+    """(sockets in CLOSE_WAIT on 127.0.0.1:`port`, connections queued on the
+    listener there), from the kernel's sock_diag filtered by state: the cost
+    follows those sockets, not the machine's socket table (which, after a few
+    load tests, holds 20,000+ TIME_WAIT rows)."""
+    close_wait = close_wait_on_ports(pid, frozenset({port}), same_netns=True,
+                                     families=(socket.AF_INET,)) or 0
     try:
-        for name in os.listdir(f"{PROC}/{pid}/fd"):
-            try:
-                link = os.readlink(f"{PROC}/{pid}/fd/{name}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1].encode())
-        text = read_bytes(f"{PROC}/{pid}/net/tcp")
+        queued = sum(row.rqueue for row in inet_diag_dump(socket.AF_INET, 1 << netlink.TCP_LISTEN)
+                     if row.local_port == port)  # rqueue of a listener = its accept queue
     except OSError:
-        return 0, 0
-    needle = b":%04X " % port
-    close_wait = queued = 0
-    for line in text.split(b"\n")[1:]:
-        if needle not in line:
-            continue
-        fields = line.split()
-        # sl local remote st tx:rx tr:when retrnsmt uid timeout inode (proc(5))
-        if len(fields) < 10 or not fields[1].endswith(needle[:-1]) or fields[9] not in inodes:
-            continue
-        if fields[3] == TCP_CLOSE_WAIT:
-            close_wait += 1
-        elif fields[3] == TCP_LISTEN:
-            queued += int(fields[4].split(b":")[1], 16)  # rx_queue = accept queue (facts 5)
+        queued = 0
     return close_wait, queued
 
 
 def fd_count(pid: int) -> int | None:
     try:
-        return len(os.listdir(f"{PROC}/{pid}/fd"))
-    except OSError:
+        return count_fds(pid)
+    except ProcessGone:
         return None
 
 
@@ -395,12 +324,12 @@ class Sampler:
         """Take one sample in the calling thread (never raises)."""
         try:
             members = session_members(self.pid)
-            if not any(st.pid == self.pid and not st.is_zombie for st in members):
+            if not any(st.pid == self.pid and st.state != "Z" for st in members):
                 return  # the server has exited
             close_wait, queued = socket_counts(self.pid, self.port)
             sample = Sample(t_s=time.monotonic() - self.started_at,
-                            processes=sum(1 for st in members if not st.is_zombie),
-                            zombies=sum(1 for st in members if st.is_zombie),
+                            processes=sum(1 for st in members if st.state != "Z"),
+                            zombies=sum(1 for st in members if st.state == "Z"),
                             fds=fd_count(self.pid), close_wait=close_wait,
                             accept_queue=queued)
         except Exception:  # a race inside /proc: skip this point
@@ -666,7 +595,7 @@ def _settle(pid: int, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
     children have answered and exited, and their zombies, if any, are final."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not any(st.ppid == pid and not st.is_zombie for st in all_stats()):
+        if not any(st.ppid == pid and st.state != "Z" for st in stat_lines()):
             return
         time.sleep(0.05)
 
