@@ -298,6 +298,15 @@ def _sigchld(pid: int, ctx: _Context, threads: int) -> tuple[str | None, bool]:
     return procfs.sigchld_disposition(status, any_thread_blocks=blocked), pending
 
 
+def sigchld_of(pid: int) -> str | None:
+    """The SIGCHLD disposition of `pid` ("blocked" in any thread, "ignored",
+    "caught", "default"); None if it cannot be read."""
+    st = read_stat(pid)
+    if st is None:
+        return None
+    return _sigchld(pid, _new_context(), st.threads)[0]
+
+
 # ----------------------------------------------------------------------------
 # Descriptors
 

@@ -16,6 +16,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from .collect import child_states, read_stat, sigchld_of
 from .diagnose import trace_findings as diagnose_trace
 from .model import Finding, Severity
 from .render.json import finding_document
@@ -23,78 +24,16 @@ from .tracefs import SignalCounts, SignalTrace, TracefsError, TraceTargetGone, s
 
 SCHEMA = "reaper-doctor/trace/1"
 TICK_S = 0.1          # how often the pipe is drained and /proc looked at
-SIGCHLD_BIT = 1 << (signal.SIGCHLD - 1)
 
 
 # ---------------------------------------------------------------- /proc
-
-
-def _stat(pid: int | str) -> tuple[str, int] | None:
-    """(state, ppid) from /proc/PID/stat, or None if it is gone.
-
-    Split after the last ")": a comm may contain spaces and parentheses.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    rest = raw[raw.rfind(b")") + 2:].split()
-    try:
-        return rest[0].decode(), int(rest[1])
-    except (IndexError, ValueError):
-        return None
-
-
-def children_states(pid: int) -> dict[int, str]:
-    """{child PID: state letter} of every child of `pid`, zombies included.
-
-    A raw /proc scan: /proc/PID/task/TID/children needs CONFIG_PROC_CHILDREN,
-    which the test kernel lacks, and the scan is 3x cheaper than psutil's
-    children() (linux-facts section 10). ppid in stat is the parent's tgid,
-    so children of every thread are found.
-    """
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = _stat(entry)
-            if st is not None and st[1] == pid:
-                found[int(entry)] = st[0]
-    return found
-
-
-def sigchld_disposition(pid: int) -> str | None:
-    """"blocked" (in any thread), "ignored", "caught" or "default"; None if unreadable."""
-    try:
-        text = open(f"/proc/{pid}/status").read()
-    except OSError:
-        return None
-    masks = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("SigBlk", "SigIgn", "SigCgt"):
-            masks[key] = int(value.strip(), 16)
-    blocked = masks.get("SigBlk", 0) & SIGCHLD_BIT
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            for line in open(f"/proc/{pid}/task/{tid}/status"):
-                if line.startswith("SigBlk:"):
-                    blocked |= int(line.split(":")[1].strip(), 16) & SIGCHLD_BIT
-    except OSError:
-        pass
-    if blocked:
-        return "blocked"
-    if masks.get("SigIgn", 0) & SIGCHLD_BIT:
-        return "ignored"
-    if masks.get("SigCgt", 0) & SIGCHLD_BIT:
-        return "caught"
-    return "default"
+# (read through collect.py, the package's one /proc reader)
 
 
 def target_alive(pid: int) -> bool:
     """False once `pid` is gone or a zombie (it exited; its parent has not reaped it)."""
-    st = _stat(pid)
-    return st is not None and st[0] not in ("Z", "X", "x")
+    st = read_stat(pid)
+    return st is not None and st.state not in ("Z", "X", "x")
 
 
 class ChildWatch:
@@ -116,7 +55,7 @@ class ChildWatch:
 
     def poll(self) -> bool:
         """Look again; False (and nothing updated) once the target itself is gone."""
-        states = children_states(self.pid)
+        states = child_states(self.pid)
         if not target_alive(self.pid):
             return False
         now = self.clock()
@@ -219,7 +158,7 @@ def run_trace(pid: int, signum: int = signal.SIGCHLD, *, duration_s: float | Non
     watch = ChildWatch(pid, clock)
     if not watch.poll():
         raise TraceTargetGone(f"no process with PID {pid}")
-    disposition = sigchld_disposition(pid)
+    disposition = sigchld_of(pid)
     samples: list[TraceSample] = []
     ended = "duration"
     with _sigterm_as_interrupt(), SignalTrace(pid, signum, tracefs=tracefs) as tr:
@@ -263,7 +202,7 @@ def run_trace(pid: int, signum: int = signal.SIGCHLD, *, duration_s: float | Non
         tr.read()
         if ended != "target-exited":
             watch.poll()
-            disposition = sigchld_disposition(pid) or disposition
+            disposition = sigchld_of(pid) or disposition
         if end_t - last_t > 0.05 or not samples:
             sample(end_t)
         totals = tr.totals
