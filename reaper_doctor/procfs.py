@@ -7,6 +7,7 @@ checked on a live kernel (../shared/notes/linux-facts.md).
 
 from __future__ import annotations
 
+import functools
 import signal
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
@@ -89,6 +90,9 @@ class ExitStatus:
         return f"exit {self.code}"
 
 
+# Cached: a scan decodes one status per zombie (10,000 in a big tree), and
+# zombies mostly share a few statuses; ExitStatus is frozen, so sharing is safe.
+@functools.lru_cache(maxsize=1024)
 def decode_wait_status(raw: int | None, *, may_be_hidden: bool = False) -> ExitStatus:
     """Decode a raw wait status (stat field 52) the way waitpid() callers do.
 
