@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 
 import pytest
 
 from helpers import http_request, run_cli, run_json, wait_until
-from test_scan import FIXED_FORK_SERVER, codes_of, findings_of
+from test_scan import codes_of, findings_of
 
 RESPONSE = 'b"HTTP/1.0 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n"'
 
@@ -250,35 +249,6 @@ def test_no_rd20x_on_correct_and_pre_fork_servers(spawner, server, args):
             s.close()
     assert not {"RD201", "RD202", "RD203", "RD401"} & codes_of(doc), findings_of(doc)
     assert code == 0
-
-
-def _hammer(port: int, stop: threading.Event, counter: list[int]) -> None:
-    while not stop.is_set():
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-                s.recv(100)
-            counter[0] += 1
-        except OSError:
-            stop.wait(0.01)
-
-
-def test_no_descriptor_findings_on_healthy_fork_server_under_load(spawner):
-    proc, port = start_server(spawner, FIXED_FORK_SERVER)
-    stop, counter = threading.Event(), [0]
-    threads = [threading.Thread(target=_hammer, args=(port, stop, counter)) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
-        wait_until(lambda: counter[0] >= 20, timeout_s=20, what="load to start")
-        code, doc = run_json("scan", str(proc.pid), "--grace", "1.0")
-        during = counter[0]
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(5)
-    assert not {"RD201", "RD202", "RD203", "RD401"} & codes_of(doc), findings_of(doc)
-    assert during >= 20
 
 
 def test_rd203_descriptors_added_throughout_the_scan(spawner):

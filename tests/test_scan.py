@@ -144,7 +144,15 @@ def test_no_false_positive_on_healthy_fork_servers_under_load(spawner, server):
         stop.set()
         for t in threads:
             t.join(5)
-    assert not {"RD101", "RD102", "RD103"} & codes_of(doc), findings_of(doc)
+    # Neither zombie nor descriptor findings: transient zombies, fluctuating
+    # descriptors and connections that come and go are what health looks like.
+    healthy_never = {"RD101", "RD102", "RD103", "RD201", "RD202", "RD203", "RD401"}
+    if server == "ForkingTCPServer":
+        # True, and only info: socketserver's forked child never closes the
+        # listening socket (ForkingMixIn.process_request), so RD202 may
+        # rightly name it while a child is alive.
+        healthy_never.discard("RD202")
+    assert not healthy_never & codes_of(doc), findings_of(doc)
     assert counter[0] >= 20
 
 
