@@ -24,11 +24,6 @@ from .model import (
 
 TOP_NOFILE = 10
 TOP_CGROUPS = 5
-# The census counts descriptors; it does not classify them (a readlink per
-# descriptor, plus the socket table: 0.3-0.7 s for one process with 20,000).
-# `scan PID` gives the breakdown.
-DETAILED_TARGETS = 0
-
 # Parents known to reap orphans for a living (they are PID 1 or subreapers):
 # their zombies come and go, so they get PID 1's longer grace (linux-facts 8).
 INIT_LIKE = frozenset({
@@ -200,12 +195,11 @@ def _targets(findings: list[Finding], sample: collect.MachineSample,
     infos = {**parents, **collect.read_processes(missing, sample.table)[0]}
     ranked = sorted(by_pid, key=lambda pid: (-max(f.severity.rank for f in by_pid[pid]), pid))
     targets = []
-    for i, pid in enumerate(ranked):
+    for pid in ranked:
         info = infos.get(pid)
         if info is None:
             continue  # gone since: nothing left to fix
-        snap = collect.collect_census_target(info, zombies_by_parent.get(pid, {}), sample,
-                                             with_fds=i < DETAILED_TARGETS)
+        snap = collect.collect_census_target(info, zombies_by_parent.get(pid, {}), sample)
         found = sorted(by_pid[pid], key=lambda f: f.code)
         targets.append(TargetReport(pid=pid, snapshot=snap, findings=tuple(found),
                                     samples=samples, grace_s=grace_s))
