@@ -219,23 +219,31 @@ def process_table(*, details: bool = False) -> dict[int, TaskBrief]:
     for entry, raw in zip(entries, raws):
         if raw is None:
             continue  # exited since listdir
-        ppid = _brief_field(raw, b"\nPPid:")
-        if ppid is None:
-            continue
-        threads = _brief_field(raw, b"\nThreads:")
-        uid = _brief_field(raw, b"\nUid:")
-        state = _brief_field(raw, b"\nState:")
-        brief = TaskBrief(
-            ppid=int(ppid), uid=int(uid.split()[0]) if uid else None,
-            threads=int(threads) if threads else 1,
-            state=state[:1].decode() if state else "?")
-        if details:
-            name = _brief_field(raw, b"Name:")
-            size = _brief_field(raw, b"\nFDSize:")
-            brief.name = procfs.unescape_status_name(name.decode("utf-8", "replace")) if name else None
-            brief.fd_size = int(size) if size else None
-        table[int(entry)] = brief
+        brief = _brief_of(raw, details=details)
+        if brief is not None:
+            table[int(entry)] = brief
     return table
+
+
+def _brief_of(raw: bytes, *, details: bool = False) -> TaskBrief | None:
+    """A TaskBrief from the text of /proc/<pid>/status, searched for the few
+    lines it needs; None without a PPid line."""
+    ppid = _brief_field(raw, b"\nPPid:")
+    if ppid is None:
+        return None
+    threads = _brief_field(raw, b"\nThreads:")
+    uid = _brief_field(raw, b"\nUid:")
+    state = _brief_field(raw, b"\nState:")
+    brief = TaskBrief(
+        ppid=int(ppid), uid=int(uid.split()[0]) if uid else None,
+        threads=int(threads) if threads else 1,
+        state=state[:1].decode() if state else "?")
+    if details:
+        name = _brief_field(raw, b"Name:")
+        size = _brief_field(raw, b"\nFDSize:")
+        brief.name = procfs.unescape_status_name(name.decode("utf-8", "replace")) if name else None
+        brief.fd_size = int(size) if size else None
+    return brief
 
 
 def descendants(table: dict[int, TaskBrief], root: int) -> list[int]:
@@ -1269,15 +1277,9 @@ def read_brief(pid: int) -> TaskBrief | None:
     except OSError:
         return None
     tgid = _brief_field(raw, b"\nTgid:")
-    ppid = _brief_field(raw, b"\nPPid:")
-    if ppid is None or tgid is None or int(tgid) != pid:
+    if tgid is None or int(tgid) != pid:
         return None
-    uid = _brief_field(raw, b"\nUid:")
-    threads = _brief_field(raw, b"\nThreads:")
-    state = _brief_field(raw, b"\nState:")
-    return TaskBrief(ppid=int(ppid), uid=int(uid.split()[0]) if uid else None,
-                     threads=int(threads) if threads else 1,
-                     state=state[:1].decode() if state else "?")
+    return _brief_of(raw)
 
 
 class TreeTracker:
