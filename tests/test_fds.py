@@ -292,3 +292,32 @@ def test_rd401_iterative_server_with_a_sleeping_handler(spawner):
     assert ev["waited_whole_window"] in (3, None)
     (listening,) = doc["targets"][0]["fds"]["listening"]
     assert listening["accept_queue"] == 3
+
+
+MANY_FDS = r"""
+import os, resource, socket
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+held = [os.open("/dev/null", os.O_RDONLY) for _ in range(3000)]
+held += [fd for _ in range(1000) for fd in os.pipe()]
+srv = socket.create_server(("127.0.0.1", 0))
+conns = [(socket.create_connection(srv.getsockname()), srv.accept()[0]) for _ in range(200)]
+print("ready", flush=True)
+import time; time.sleep(120)
+"""
+
+
+def test_text_stays_one_screen_with_thousands_of_descriptors(spawner):
+    proc = spawner.python(MANY_FDS)
+    result = run_cli("scan", str(proc.pid), "--grace", "0", "--no-color")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) < 60, result.stdout                # counts, not a line per fd
+    _, doc = run_json("scan", str(proc.pid), "--grace", "0")
+    fds = doc["targets"][0]["fds"]
+    assert fds["open"] >= 5401
+    assert any(f"{fds['open']} open" in line for line in lines), result.stdout
+    assert fds["by_kind"]["pipe"] == 2000 and fds["by_kind"]["tcp"] == 401
+    assert "list" not in fds
+    _, full = run_json("scan", str(proc.pid), "--grace", "0", "--list-fds")
+    assert len(full["targets"][0]["fds"]["list"]) == fds["open"]
