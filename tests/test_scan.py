@@ -367,3 +367,29 @@ def test_unprivileged_scan_of_a_root_process_is_partial_not_an_error(spawner):
     assert (parent.pid, "fds") in unreadable
     assert target["zombies"]["by_parent"][0]["exit_statuses"] == {"hidden": 1}
     assert target["sigchld"] == "default"   # status masks are readable by anyone
+
+
+def test_portable_fallback_through_psutil_sees_the_tree_and_zombies(spawner):
+    """Where there is no /proc, collect falls back to psutil: the tree,
+    zombies and descriptor counts, with the /proc-only fields reported as
+    unavailable (DESIGN.md). psutil works on Linux too, so it is checked here."""
+    from reaper_doctor.collect_psutil import UNAVAILABLE, collect_snapshot_psutil
+    from reaper_doctor.diagnose import diagnose
+
+    parent = spawner.zombie_parent("0", "3")
+    snap = collect_snapshot_psutil(parent.pid)
+    assert sorted(z.pid for z in snap.zombies) == sorted(zombie_children(parent.pid))
+    assert snap.processes[parent.pid].num_fds is not None
+    assert {u.field for u in snap.unreadable if u.reason == UNAVAILABLE} >= {"sigchld",
+                                                                           "exit_status"}
+    (rd101,) = diagnose([snap], grace_s=0)
+    assert rd101.code == "RD101" and rd101.evidence["count"] == 2
+    assert rd101.evidence["sigchld"] == "unknown"
+    # Both renderers take such a snapshot as it is.
+    from reaper_doctor.model import Report, TargetReport
+    from reaper_doctor.render.json import render_json
+    from reaper_doctor.render.text import render_text
+
+    report = Report(targets=(TargetReport(pid=parent.pid, snapshot=snap, findings=(rd101,)),))
+    assert json.loads(render_json(report))["targets"][0]["zombies"]["count"] == 2
+    assert "RD101" in render_text(report) and "hidden" in render_text(report)
