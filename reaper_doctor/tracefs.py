@@ -100,22 +100,10 @@ def _permission(path: Path | str, err: OSError | None = None) -> TracefsPermissi
 
 
 def mountinfo_tracefs_mounts(text: str) -> list[str]:
-    """Mount points of every `tracefs` filesystem listed in mountinfo `text`.
+    """Mount points of every `tracefs` filesystem listed in mountinfo `text`."""
+    from .procfs import parse_mountinfo
 
-    proc(5): fields up to " - " are the mount's, the first one after it is
-    the filesystem type; mount points escape space, tab, newline and
-    backslash in octal (`\\040`).
-    """
-    found = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        parts = left.split()
-        fstype = right.split()[0] if right.split() else ""
-        if fstype == "tracefs" and len(parts) >= 5:
-            found.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4]))
-    return found
+    return [m.mount_point for m in parse_mountinfo(text) if m.fstype == "tracefs"]
 
 
 def _probe(path: Path) -> bool | None:

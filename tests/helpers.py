@@ -208,6 +208,16 @@ def run_cli(*args: str, timeout_s: float = 60.0, **popen: Any) -> subprocess.Com
                           capture_output=True, text=True, timeout=timeout_s, **popen)
 
 
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """Assert the contract for bad input: exit 2, nothing on stdout, exactly
+    one `reaper-doctor: error: ...` line on stderr, no traceback; return it."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and result.stdout == "", result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("reaper-doctor: error: "), result.stderr
+    return lines[0]
+
+
 def run_json(*args: str, **kw: Any) -> tuple[int, dict]:
     """Run the CLI with `--json`; return its exit code and parsed document."""
     result = run_cli(*args, "--json", **kw)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli, wait_until, zombie_children
+from helpers import one_error_line, run_cli, wait_until, zombie_children
 from reaper_doctor import tracefs
 from reaper_doctor.trace import TraceResult, trace_findings, trace_verdict
 from reaper_doctor.tracefs import (
@@ -154,18 +154,9 @@ def test_verdicts_are_pure():
 # ------------------------------------------------------ errors (any user)
 
 
-def _one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("reaper-doctor: error: ")
-    return lines[0]
-
-
 def test_tracefs_env_pointing_at_empty_dir(tmp_path):
     env = {**os.environ, tracefs.TRACEFS_ENV: str(tmp_path)}
-    line = _one_error_line(run_cli("trace", str(os.getpid()), "--duration", "1", env=env))
+    line = one_error_line(run_cli("trace", str(os.getpid()), "--duration", "1", env=env))
     assert "not a tracefs mount" in line and "mount -t tracefs nodev" in line
 
 
@@ -173,7 +164,7 @@ def test_signal_events_missing(tmp_path):
     (tmp_path / "instances").mkdir()
     (tmp_path / "events").mkdir()
     env = {**os.environ, tracefs.TRACEFS_ENV: str(tmp_path)}
-    line = _one_error_line(run_cli("trace", str(os.getpid()), "--duration", "1", env=env))
+    line = one_error_line(run_cli("trace", str(os.getpid()), "--duration", "1", env=env))
     assert "signal:signal_generate" in line
     with pytest.raises(SignalEventsMissing):
         SignalTrace(os.getpid(), tracefs=tmp_path).start()
@@ -196,7 +187,7 @@ def test_not_mounted_and_permission_messages(tmp_path, monkeypatch):
                                   [str(os.getpid()), "--interval", "0"],
                                   [str(os.getpid()), "--duration", "-1"]])
 def test_bad_invocation_is_one_line(args):
-    _one_error_line(run_cli("trace", *args))
+    one_error_line(run_cli("trace", *args))
 
 
 # --------------------------------------------------- tracing (root only)

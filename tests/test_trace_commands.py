@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli, trace_instance_ready, wait_until, zombie_children
+from helpers import one_error_line, run_cli, trace_instance_ready, wait_until, zombie_children
 from reaper_doctor import lesson, tracefs
 from reaper_doctor.diagnose import finding, measured_sigchld_text, with_measured_sigchld
 from reaper_doctor.lesson import LessonReport, StrategyResult, Trial
@@ -27,15 +27,6 @@ TARGET = (Path(__file__).parent / "targets" / "sigchld_parent.py").read_text()
 N = 64
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: tracefs is root-only")
-
-
-def _one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("reaper-doctor: error: ")
-    return lines[0]
 
 
 def _dead_instances(root: Path) -> list[Path]:
@@ -174,14 +165,14 @@ def test_scan_tracer_not_asked_without_caught_zombie_parent(spawner):
 def test_trace_option_with_empty_tracefs_dir(tmp_path, argv):
     env = {**os.environ, tracefs.TRACEFS_ENV: str(tmp_path)}
     args = [a.format(pid=os.getpid()) for a in argv]
-    line = _one_error_line(run_cli(*args, env=env, timeout_s=60))
+    line = one_error_line(run_cli(*args, env=env, timeout_s=60))
     assert "not a tracefs mount" in line and "mount -t tracefs nodev" in line
     assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "99999"])
 def test_scan_trace_bad_seconds(value):
-    _one_error_line(run_cli("scan", str(os.getpid()), "--trace", value, timeout_s=30))
+    one_error_line(run_cli("scan", str(os.getpid()), "--trace", value, timeout_s=30))
 
 
 # --------------------------------------------------- tracing (root only)

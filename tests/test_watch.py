@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from helpers import cli_argv, http_request, run_cli, run_json, wait_until
+from helpers import cli_argv, http_request, one_error_line, run_cli, run_json, wait_until
 from test_fds import FD_LEAK_SERVER, FD_OPENER, open_fds, start_server
 
 
@@ -146,10 +146,7 @@ def test_watch_ctrl_c_ends_with_the_summary(spawner):
 ])
 def test_watch_bad_options_exit_2_one_line(spawner, argv, message):
     proc = spawner.python(FD_OPENER, "0.001", "1")
-    result = run_cli("watch", str(proc.pid), *argv)
-    assert result.returncode == 2 and result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("reaper-doctor: error: ") and message in lines[0]
+    assert message in one_error_line(run_cli("watch", str(proc.pid), *argv))
 
 
 @pytest.mark.parametrize("pid,message", [("0", "positive integer"), ("abc", "positive integer"),
