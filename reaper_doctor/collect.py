@@ -263,6 +263,120 @@ def descendants(table: dict[int, TaskBrief], root: int) -> list[int]:
     return order
 
 
+@dataclass
+class ProcessTree:
+    """The target's tree as one sample read it, and the machine around it."""
+
+    order: list[int]                       # the target and its descendants, parents first
+    stats: dict[int, procfs.StatLine]      # the stat line of each of them
+    table: dict[int, TaskBrief]            # every process on the machine (nproc, PIDs in use)
+    statuses: dict[int, bytes] = field(default_factory=dict)  # raw status read on the way
+
+
+def read_tree(target: int) -> ProcessTree:
+    """The target's descendants, and ppid, real UID and threads of every
+    process on the machine. Raises ProcessGone if the target does not exist.
+
+    Where the kernel has /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN)
+    the tree is walked down from the target and each member is read once
+    (its stat); only the processes outside the tree and the live members
+    have their status read, for the real UID. Otherwise every process's
+    status is read and the tree found from the PPid lines.
+    """
+    if not os.path.exists(f"{PROC}/{target}/task/{target}/children"):
+        if not os.path.exists(f"{PROC}/{target}"):
+            raise ProcessGone(target)
+        return _tree_from_table(target)
+    stats: dict[int, procfs.StatLine] = {}
+    kids: dict[int, list[int]] = {}
+    level = [target]
+    while level:   # breadth first: each level's stat files are read as one batch
+        below: list[int] = []
+        for pid, raw in zip(level, read_proc_files(level, "stat")):
+            if raw is None:
+                if pid == target:
+                    raise ProcessGone(target)
+                continue  # exited since its parent listed it
+            st = stats[pid] = procfs.parse_stat(raw)
+            if st.state == "Z" and st.threads <= 1:
+                continue  # a zombie's children went to a reaper when it exited
+            try:
+                found = task_children(pid) or []
+            except ProcessGone:
+                found = []
+            kids[pid] = sorted(c for c in set(found) if c not in stats)
+            below.extend(kids[pid])
+        level = below
+    order, stack, members = [], [target], set()
+    while stack:
+        pid = stack.pop()
+        if pid in stats and pid not in members:  # a child reparented mid-walk is listed twice
+            members.add(pid)
+            order.append(pid)
+            stack.extend(reversed(kids.get(pid, ())))
+    others = [e for e in os.listdir(PROC) if e.isdigit() and int(e) not in members]
+    live = [pid for pid in order if stats[pid].state != "Z"]
+    raws = read_proc_files([*others, *live], "status")
+    table: dict[int, TaskBrief] = {}
+    for entry, raw in zip(others, raws):
+        brief = _brief_of(raw) if raw is not None else None
+        if brief is not None:
+            table[int(entry)] = brief
+    statuses = {pid: raw for pid, raw in zip(live, raws[len(others):]) if raw is not None}
+    for pid in order:
+        st = stats[pid]
+        brief = _brief_of(statuses[pid]) if pid in statuses else None
+        table[pid] = TaskBrief(ppid=st.ppid, uid=brief.uid if brief else None,
+                               threads=st.threads, state=st.state)
+    _zombie_uids(table, [pid for pid in order if stats[pid].state == "Z"])
+    return ProcessTree(order=order, stats=stats, table=table, statuses=statuses)
+
+
+def _zombie_uids(table: dict[int, TaskBrief], zombies: list[int]) -> None:
+    """Fill in the real UID of `zombies` in `table`, cheaply.
+
+    A zombie's status costs as much to read as its stat. The owner of
+    /proc/<pid> (one stat() call) is its effective UID; it is taken as the
+    real one when it matches the parent's real UID, the common case. When
+    it does not (a set-user-ID child such as sudo or ping, exiting with
+    real and effective UIDs apart) the status is read: those zombies count
+    against their real UID's RLIMIT_NPROC. Missed: a child that changed
+    its real UID alone to something else, then exited.
+    """
+    owners = map_io(_dir_owner, zombies)
+    for pid, owner in zip(zombies, owners):
+        parent = table.get(table[pid].ppid)
+        if owner is None or parent is None or owner != parent.uid:
+            raw = _read_small_or_none(f"{PROC}/{pid}/status")
+            brief = _brief_of(raw) if raw is not None else None
+            owner = brief.uid if brief is not None else None
+        table[pid].uid = owner
+
+
+def _dir_owner(pid: int) -> int | None:
+    try:
+        return os.stat(f"{PROC}/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def _tree_from_table(target: int) -> ProcessTree:
+    """read_tree without children files: every status, then the members' stat."""
+    table = process_table()
+    if target not in table:
+        raise ProcessGone(target)
+    order: list[int] = []
+    stats: dict[int, procfs.StatLine] = {}
+    members = descendants(table, target)
+    for pid, raw in zip(members, read_proc_files(members, "stat")):
+        if raw is not None:
+            stats[pid] = procfs.parse_stat(raw)
+            order.append(pid)
+        elif pid == target:
+            raise ProcessGone(target)
+    return ProcessTree(order=order, stats=stats, table=table)
+
+
 # ----------------------------------------------------------------------------
 # One process
 
@@ -283,6 +397,7 @@ class _Context:
     unaccepted: dict[str, dict[int, set[tuple[str, int]]]] = field(default_factory=dict)
     backlogs: dict[int, int] | None = None      # LISTEN inode -> backlog; read lazily
     queue_peers: dict[int, frozenset[tuple[str, int]]] = field(default_factory=dict)
+    statuses: dict[int, bytes] = field(default_factory=dict)  # raw status read this sample
 
     def note(self, pid: int, what: str, err: BaseException | str) -> None:
         reason = err if isinstance(err, str) else _reason(err)
@@ -308,16 +423,19 @@ def _new_context(with_fd_list: bool = False) -> _Context:
 
 
 def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
-                  *, wants_sigchld: bool, raw_stat: bytes | None = None) -> ProcessInfo:
-    """Read one process (from `raw_stat` when the caller has read its stat
-    already). Raises ProcessGone if it has vanished."""
+                  *, wants_sigchld: bool, raw_stat: bytes | None = None,
+                  stat: procfs.StatLine | None = None) -> ProcessInfo:
+    """Read one process (from `stat`, or `raw_stat`, when the caller has
+    read its stat already). Raises ProcessGone if it has vanished."""
     base = f"{PROC}/{pid}"
-    try:
-        st = procfs.parse_stat(raw_stat if raw_stat is not None else _read_small(f"{base}/stat"))
-    except (FileNotFoundError, ProcessLookupError):
-        raise ProcessGone(pid) from None
-    except OSError as e:
-        raise ProcessGone(pid) from e
+    st = stat
+    if st is None:
+        try:
+            st = procfs.parse_stat(raw_stat if raw_stat is not None else _read_small(f"{base}/stat"))
+        except (FileNotFoundError, ProcessLookupError):
+            raise ProcessGone(pid) from None
+        except OSError as e:
+            raise ProcessGone(pid) from e
     uid = brief.uid if brief else None
     is_zombie = st.state == "Z"
     exit_status = None
@@ -353,7 +471,7 @@ def _sigchld(pid: int, ctx: _Context, threads: int) -> tuple[str | None, bool]:
     """SIGCHLD disposition from the status masks; SigBlk is per thread, so
     every task is checked when there is more than one (linux-facts 2)."""
     try:
-        status = procfs.parse_status(read_text(f"{PROC}/{pid}/status"))
+        status = procfs.parse_status(_status_text(pid, ctx))
     except OSError as e:
         ctx.note(pid, "sigchld", e)
         return None, False
@@ -372,6 +490,12 @@ def _sigchld(pid: int, ctx: _Context, threads: int) -> tuple[str | None, bool]:
             pass  # a thread exited mid-walk: the process-level mask still counts
     pending = bool((status.shd_pnd or 0) & procfs.SIGCHLD_BIT)
     return procfs.sigchld_disposition(status, any_thread_blocks=blocked), pending
+
+
+def _status_text(pid: int, ctx: _Context) -> str:
+    """/proc/<pid>/status, as read earlier in this sample if it was."""
+    raw = ctx.statuses.get(pid)
+    return (raw if raw is not None else read_bytes(f"{PROC}/{pid}/status")).decode("utf-8", "replace")
 
 
 def sigchld_of(pid: int) -> str | None:
@@ -439,8 +563,7 @@ class _SocketRows(Mapping[int, procfs.SocketRow]):
         row = self.parsed.get(inode)
         if row is None:
             data, offset, proto = self.diag[inode]   # KeyError: in no table
-            row = self.parsed[inode] = netlink.socket_row(
-                memoryview(data)[offset:offset + 72], proto)
+            row = self.parsed[inode] = netlink.socket_row(data, proto, offset)
         return row
 
     def get(self, inode: int, default: procfs.SocketRow | None = None  # type: ignore[override]
@@ -547,20 +670,40 @@ def inet_diag_dump(family: int, states: int) -> list[netlink.DiagRow]:
         sock.close()
 
 
-def _readlink_or_error(path: str) -> str | OSError:
-    try:
-        return os.readlink(path)
-    except OSError as e:
-        return e
+def _readlinks(dir_fd: int, names: Sequence[str]) -> list[str | OSError]:
+    """os.readlink of each name in the directory `dir_fd`, or its error.
+    Relative to an open directory the kernel resolves one path component
+    per link instead of four (/proc, PID, fd, N): ~20% less time."""
+    def one(name: str) -> str | OSError:
+        try:
+            return os.readlink(name, dir_fd=dir_fd)
+        except OSError as e:
+            return e
+
+    return map_io(one, names)
 
 
 def read_fds(pid: int, ctx: _Context) -> FdTable | None:
     """Every descriptor of `pid` by kind: one readlink per fd (about 5 us each)."""
     fd_dir = f"{PROC}/{pid}/fd"
     try:
-        names = os.listdir(fd_dir)
+        dir_fd = os.open(fd_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError):
         raise ProcessGone(pid) from None
+    except OSError as e:
+        ctx.note(pid, "fds", e)
+        return None
+    try:
+        return _read_fd_dir(pid, dir_fd, fd_dir, ctx)
+    finally:
+        os.close(dir_fd)
+
+
+def _read_fd_dir(pid: int, dir_fd: int, fd_dir: str, ctx: _Context) -> FdTable | None:
+    try:
+        names = os.listdir(dir_fd)
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessGone(pid) from None   # it exited since the open
     except OSError as e:
         ctx.note(pid, "fds", e)
         return None
@@ -570,29 +713,34 @@ def read_fds(pid: int, ctx: _Context) -> FdTable | None:
     unlisted: list[tuple[int, int]] = []
     closed_tcp: list[tuple[int, int]] = []
     listed: list[tuple[int, str]] = []
+    socket_fds: list[tuple[int, int]] = []   # (fd, inode): looked up after the tally
     unreadable = 0
-    table: Mapping[int, procfs.SocketRow] | None = None
-    unix: set[int] = set()
-    path_kinds: dict[str, str] = {}   # one stat per distinct path, not per fd
+    kind_of: dict[str, str] = {}   # link text -> kind: one classification (and stat) per text
     with_list = ctx.with_fd_list
     # The links first (two threads on a big table: map_io), then the tally.
-    links = map_io(_readlink_or_error, [f"{fd_dir}/{name}" for name in names])
+    links = _readlinks(dir_fd, names)
     for name, link in zip(names, links):
         if not isinstance(link, str):
             if not isinstance(link, FileNotFoundError):
                 unreadable += 1
             continue  # FileNotFoundError: closed since listdir
-        kind, inode = procfs.fd_link_kind(link)
         if with_list:
             listed.append((int(name), link))
-        if kind == "path":
-            kind = path_kinds.get(link) or path_kinds.setdefault(
-                link, _path_kind(f"{fd_dir}/{name}"))
-            if kind == "file":
-                paths[link] += 1
-        elif kind == "socket" and inode is not None:
-            if table is None:
-                table, unix = _socket_table(pid, ctx)
+        if link.startswith("socket:["):
+            socket_fds.append((int(name), int(link[8:-1])))
+            continue
+        kind = kind_of.get(link)
+        if kind is None:
+            kind = procfs.fd_link_kind(link)[0]
+            if kind == "path":
+                kind = _path_kind(f"{fd_dir}/{name}")
+            kind_of[link] = kind
+        if kind == "file":
+            paths[link] += 1
+        kinds[kind] += 1
+    if socket_fds:
+        table, unix = _socket_table(pid, ctx)
+        for fd, inode in socket_fds:
             row = table.get(inode)
             if row is not None:
                 kind = row.proto.rstrip("6")
@@ -601,7 +749,7 @@ def read_fds(pid: int, ctx: _Context) -> FdTable | None:
                     backlog = _backlogs(ctx).get(inode)
                     peers = ctx.unaccepted.get(_netns_key(pid), {}).get(row.local[1], ())
                     ctx.queue_peers[inode] = frozenset(peers)
-                sockets.append(SocketFd(int(name), inode, row.proto, row.local, row.remote,
+                sockets.append(SocketFd(fd, inode, row.proto, row.local, row.remote,
                                         row.state, row.rx_queue, row.tx_queue, backlog))
             elif inode in unix:
                 kind = "unix"
@@ -609,10 +757,10 @@ def read_fds(pid: int, ctx: _Context) -> FdTable | None:
                 # A socket in no table: TCP CLOSE after shutdown(), or a
                 # protocol we do not list (netlink, packet). Invisible to ss.
                 kind = "socket"
-                unlisted.append((int(name), inode))
-                if _socket_protocol(f"{fd_dir}/{name}") in (None, "TCP", "TCPv6"):
-                    closed_tcp.append((int(name), inode))
-        kinds[kind] += 1
+                unlisted.append((fd, inode))
+                if _socket_protocol(f"{fd_dir}/{fd}") in (None, "TCP", "TCPv6"):
+                    closed_tcp.append((fd, inode))
+            kinds[kind] += 1
     if unreadable:
         ctx.note(pid, "fd links", f"{unreadable} descriptor links unreadable (counted, kind unknown)")
         kinds["unknown"] += unreadable
@@ -683,7 +831,7 @@ def _nproc(pid: int, target: ProcessInfo, table: dict[int, TaskBrief],
     enforced = uid != 0
     if enforced:
         try:
-            cap_eff = procfs.parse_status(read_text(f"{PROC}/{pid}/status")).cap_eff or 0
+            cap_eff = procfs.parse_status(_status_text(pid, ctx)).cap_eff or 0
             if cap_eff & ((1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_RESOURCE)):
                 enforced = False
         except OSError:
@@ -798,22 +946,17 @@ def collect_snapshot(target: int, *, with_fds: bool = True,
 
         return collect_snapshot_psutil(target)
     ctx = _new_context(with_fd_list)
-    table = process_table()
-    if target not in table:
-        raise ProcessGone(target)
-    order = descendants(table, target)
-    parents = {table[p].ppid for p in order if p in table}
-    # Every member's stat up front, two threads at a time on a big tree
-    # (map_io); one that is gone by now (None) is read again below, which
-    # raises ProcessGone.
-    stats = read_proc_files(order, "stat")
+    tree = read_tree(target)
+    table = tree.table
+    ctx.statuses = tree.statuses
+    parents = {st.ppid for st in tree.stats.values()}
     processes: dict[int, ProcessInfo] = {}
     fds: dict[int, FdTable] = {}
     nofile: dict[int, LimitUsage] = {}
     target_limits = None
-    for pid, raw_stat in zip(order, stats):
+    for pid in tree.order:
         try:
-            info = _read_process(pid, ctx, table.get(pid), raw_stat=raw_stat,
+            info = _read_process(pid, ctx, table.get(pid), stat=tree.stats[pid],
                                  wants_sigchld=pid == target or pid in parents)
             if pid == target:
                 target_limits = _limits(pid, ctx)
@@ -822,7 +965,7 @@ def collect_snapshot(target: int, *, with_fds: bool = True,
                 table_fds = read_fds(pid, ctx) if with_fds else None
                 if table_fds is not None:
                     fds[pid] = table_fds
-                    info = _replace(info, num_fds=table_fds.open)
+                    info = info._replace(num_fds=table_fds.open)
                 soft, hard = (limits or {}).get("Max open files", (None, None))
                 nofile[pid] = LimitUsage(used=info.num_fds, soft=soft, hard=hard)
         except ProcessGone:
@@ -846,12 +989,6 @@ def collect_snapshot(target: int, *, with_fds: bool = True,
         pids_in_use=sum(b.threads for b in table.values()),
         unreadable=tuple(_dedupe(ctx.unreadable)), target_parent=target_parent,
         accept_queue_peers=dict(ctx.queue_peers))
-
-
-def _replace(info: ProcessInfo, **changes: object) -> ProcessInfo:
-    from dataclasses import replace
-
-    return replace(info, **changes)
 
 
 def _dedupe(items: list[Unreadable]) -> list[Unreadable]:
@@ -1053,7 +1190,7 @@ def collect_census_target(info: ProcessInfo, zombie_children: dict[int, ProcessI
     limits = sample.limits.get(pid)
     if not info.is_zombie:
         if pid in sample.fd_counts:
-            info = _replace(info, num_fds=sample.fd_counts[pid])
+            info = info._replace(num_fds=sample.fd_counts[pid])
         soft, hard = (limits or {}).get("Max open files", (None, None))
         nofile[pid] = LimitUsage(used=info.num_fds, soft=soft, hard=hard)
     processes[pid] = info

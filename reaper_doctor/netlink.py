@@ -91,7 +91,6 @@ def parse_replies(data: bytes) -> tuple[list[DiagRow], bool]:
 # of sockets and a process needs a few.
 
 ALL_STATES = 0xFFFFFFFF
-_MSG_SIZE = 72          # struct inet_diag_msg
 _QUEUED_STATES = (1, 8)  # ESTABLISHED, CLOSE_WAIT: see index_replies
 
 
@@ -120,27 +119,42 @@ def index_replies(data: bytes, into: dict[int, int],
         if inode:
             into[inode] = body
         elif queued is not None and data[body + 1] in _QUEUED_STATES:
-            row = socket_row(memoryview(data)[body:body + _MSG_SIZE], "tcp")
+            row = socket_row(data, "tcp", body)
             queued.setdefault(row.local[1], set()).add(row.remote)
         off += (length + 3) & ~3
     return False
 
 
-_ROW = struct.Struct("=BBxx4s16s16s4x8x4xIIII")  # family, state, timer, retrans; ports
-# (big-endian, as 4 bytes); addresses; interface, cookie; expires, rqueue, wqueue, uid, inode
+# family, state, timer, retrans; ports (big-endian, as 4 bytes); source and
+# destination addresses (4 of their 16 bytes for IPv4); interface, cookie;
+# expires, rqueue, wqueue, uid, inode.
+_ROW4 = struct.Struct("=BBxx4s4s12x4s12x4x8x4xIIII")
+_ROW6 = struct.Struct("=BBxx4s16s16s4x8x4xIIII")
 _PORTS = struct.Struct(">HH")
 
 
-def socket_row(msg: bytes | memoryview, proto: str) -> SocketRow:
-    """A SocketRow from one inet_diag_msg with the values /proc/net/tcp
-    shows (for LISTEN the kernel's wqueue is the backlog; /proc shows a
-    tx_queue of 0 there, and so does this). Runs once per socket a
-    scanned process holds: kept lean."""
-    family, state, ports, src, dst, rqueue, wqueue, uid, inode = _ROW.unpack_from(msg)
+def socket_row(msg: bytes | memoryview, proto: str, offset: int = 0) -> SocketRow:
+    """A SocketRow from the inet_diag_msg at `offset` of `msg`, with the
+    values /proc/net/tcp shows (for LISTEN the kernel's wqueue is the
+    backlog; /proc shows a tx_queue of 0 there, and so does this). Runs
+    once per socket a scanned process holds: kept lean."""
+    layout = _ROW4 if msg[offset] == socket.AF_INET else _ROW6
+    _family, state, ports, src, dst, rqueue, wqueue, uid, inode = layout.unpack_from(msg, offset)
     sport, dport = _PORTS.unpack(ports)
-    if family == socket.AF_INET:
-        local, remote = socket.inet_ntop(family, src[:4]), socket.inet_ntop(family, dst[:4])
-    else:  # written as procfs writes /proc/net/tcp6 addresses
-        local, remote = str(IPv6Address(src)), str(IPv6Address(dst))
-    return SocketRow(proto, (local, sport), (remote, dport), TCP_STATES.get(state, hex(state)),
+    return SocketRow(proto, (_address_text(src), sport), (_address_text(dst), dport),
+                     TCP_STATES.get(state, hex(state)),
                      0 if state == TCP_LISTEN else wqueue, rqueue, uid, inode)
+
+
+_ADDRESS_TEXTS: dict[bytes, str] = {}   # a server's sockets share a few addresses
+
+
+def _address_text(packed: bytes) -> str:
+    """An address as procfs writes it in /proc/net/tcp{,6}, from 4 or 16 bytes."""
+    text = _ADDRESS_TEXTS.get(packed)
+    if text is None:
+        text = (socket.inet_ntop(socket.AF_INET, packed) if len(packed) == 4
+                else str(IPv6Address(packed)))
+        if len(_ADDRESS_TEXTS) < 4096:
+            _ADDRESS_TEXTS[packed] = text
+    return text

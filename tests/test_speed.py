@@ -7,35 +7,46 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from reaper_doctor import collect, netlink, procfs
 
 
-def test_sock_diag_rows_match_proc_net_tcp():
-    srv = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(srv.getsockname())
+@pytest.mark.parametrize("family, host, table_name", [
+    (socket.AF_INET, "127.0.0.1", "tcp"),
+    # 127.0.0.1 through an IPv6 socket: the tcp6 table and IPv6 decoding
+    (socket.AF_INET6, "::ffff:127.0.0.1", "tcp6"),
+])
+def test_sock_diag_rows_match_proc_net_tcp(family, host, table_name):
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6:
+        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    srv.bind((host, 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
     accepted, _ = srv.accept()
     client.close()                      # `accepted` goes to CLOSE_WAIT
-    waiting = socket.create_connection(srv.getsockname())  # stays in the accept queue
+    waiting = socket.create_connection(("127.0.0.1", port))  # stays in the accept queue
     try:
         unaccepted: dict = {}
         rows = collect._tcp_by_sock_diag(unaccepted)
         assert rows is not None, "sock_diag unavailable"
         table = collect._SocketRows()
         table.diag = rows
-        wanted = {s.getsockname(): s for s in (srv, accepted)}
-        proc = {r.inode: r for r in procfs.parse_inet_table(collect.read_text("/proc/net/tcp"), "tcp")}
+        text = collect.read_text(f"/proc/net/{table_name}")
+        proc = {r.inode: r for r in procfs.parse_inet_table(text, table_name)}
         checked = 0
-        for inode, ref in proc.items():
-            if ref.local in wanted and inode in table:
+        for inode, ref in proc.items():   # by port: IPv6 tables write 127.0.0.1 as ::ffff:7f00:1
+            if port in (ref.local[1], ref.remote[1]) and inode in table:
                 assert table[inode] == ref
                 checked += 1
         assert checked >= 2
-        states = {table[i].state for i in proc if proc[i].local in wanted and i in table}
+        states = {table[i].state for i in proc if proc[i].local[1] == port and i in table}
         assert {"LISTEN", "CLOSE_WAIT"} <= states
         # The queued connection owns no file (inode 0): both sources list its peer.
-        port = srv.getsockname()[1]
-        from_proc = procfs.parse_unaccepted(collect.read_text("/proc/net/tcp"))
-        assert waiting.getsockname() in unaccepted[port]
+        from_proc = procfs.parse_unaccepted(text)
+        assert waiting.getsockname()[1] in {peer_port for _, peer_port in unaccepted[port]}
         assert unaccepted[port] == from_proc[port]
     finally:
         for s in (srv, accepted, waiting):
@@ -52,6 +63,43 @@ def test_inet_diag_error_message_raises():
         assert e.errno == 13
     else:
         raise AssertionError("no OSError")
+
+
+def _diag_message(inode: int, state: int = 1, port: int = 8000, attrs: int = 8) -> bytes:
+    """One sock_diag reply as the kernel lays it out: header, inet_diag_msg,
+    then `attrs` bytes of attributes (their size sets the message length)."""
+    import struct
+
+    body = struct.pack("=BBxx", socket.AF_INET, state) + struct.pack(">HH", port, 40000)
+    body += socket.inet_aton("127.0.0.1") + b"\0" * 12 + socket.inet_aton("127.0.0.2") + b"\0" * 12
+    body += b"\0" * 12 + struct.pack("=IIIII", 0, 0, 0, 0, inode) + b"\0" * attrs
+    return struct.pack("=IHHII", 16 + len(body), netlink.SOCK_DIAG_BY_FAMILY, 2, 1, 0) + body
+
+
+def test_index_replies_finds_every_message_of_a_buffer():
+    import struct
+
+    messages = [_diag_message(100 + i) for i in range(50)]          # a run of one size
+    messages.append(_diag_message(0, state=1, port=8080))          # queued: owns no file
+    messages += [_diag_message(200 + i) for i in range(3)]
+    messages.append(_diag_message(300, attrs=36))                  # a LISTEN-sized one
+    messages += [_diag_message(400 + i) for i in range(20)]
+    done = struct.pack("=IHHII", 20, netlink.NLMSG_DONE, 2, 1, 0) + b"\0" * 4
+    data = b"".join(messages) + done
+    into: dict[int, int] = {}
+    queued: dict = {}
+    assert netlink.index_replies(data, into, queued) is True
+    expected, off = {}, 0
+    for m in messages:
+        inode = struct.unpack_from("=I", m, 16 + 68)[0]
+        if inode:
+            expected[inode] = off + 16
+        off += len(m)
+    assert into == expected
+    assert queued == {8080: {("127.0.0.2", 40000)}}
+    # Each indexed offset decodes to its own row.
+    row = netlink.socket_row(memoryview(data)[into[300]:into[300] + 72], "tcp")
+    assert row.inode == 300 and row.local == ("127.0.0.1", 8000)
 
 
 CHECK = """
