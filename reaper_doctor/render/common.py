@@ -4,23 +4,54 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 from ..model import ProcessInfo, Snapshot
-from ..procfs import STATE_NAMES
+from ..procfs import STATE_NAMES, ExitStatus
 
 
 def state_word(info: ProcessInfo) -> str:
     return STATE_NAMES.get(info.state, info.state)
 
 
+def exit_status_describer() -> Callable[[ExitStatus | None], str]:
+    """ExitStatus.describe() ("hidden" for None), each distinct status
+    described once: for one render, of one report.
+
+    A tree of 10,000 zombies holds a handful of distinct statuses, mostly
+    shared objects (procfs.decode_wait_status is cached). They are keyed by
+    id(): the snapshot keeps every status alive while it is rendered, and
+    the dataclass's own __hash__ costs more than describe() itself.
+    """
+    texts: dict[int, str] = {}
+
+    def describe(status: ExitStatus | None) -> str:
+        if status is None:
+            return "hidden"
+        text = texts.get(id(status))
+        if text is None:
+            text = texts[id(status)] = status.describe()
+        return text
+
+    return describe
+
+
+def exit_status_counts(zombies: Iterable[ProcessInfo]) -> dict[str, int]:
+    """{"exit 0": 412, "SIGKILL": 3, ...}: the zombies' exit statuses, most
+    common first (ties in order of appearance)."""
+    describe = exit_status_describer()
+    return dict(Counter([describe(z.exit_status) for z in zombies]).most_common())
+
+
 def children_map(snap: Snapshot) -> dict[int, list[ProcessInfo]]:
     """Children of each process of the tree, by PID."""
     kids: dict[int, list[ProcessInfo]] = {}
-    for info in snap.processes.values():
-        if info.pid != snap.target:
+    # One sort of the PIDs (the keys of `processes`) puts every parent's
+    # children in PID order.
+    for pid in sorted(snap.processes):
+        info = snap.processes[pid]
+        if pid != snap.target:
             kids.setdefault(info.ppid, []).append(info)
-    for group in kids.values():
-        group.sort(key=lambda p: p.pid)
     return kids
 
 
@@ -42,18 +73,17 @@ class ZombieGroup:
 def zombie_groups(snap: Snapshot) -> list[ZombieGroup]:
     """Zombies grouped by parent, the largest group first."""
     by_parent: dict[int, list[ProcessInfo]] = {}
-    for z in snap.zombies:
-        by_parent.setdefault(z.ppid, []).append(z)
+    for info in snap.processes.values():
+        if info.is_zombie:
+            by_parent.setdefault(info.ppid, []).append(info)
     groups = []
     for ppid, zombies in by_parent.items():
         parent = snap.processes.get(ppid) or (
             snap.target_parent if snap.target_parent and snap.target_parent.pid == ppid else None)
-        statuses = Counter(z.exit_status.describe() if z.exit_status else "hidden"
-                           for z in zombies)
         groups.append(ZombieGroup(ppid=ppid, parent_name=parent.name if parent else None,
                                   sigchld=parent.sigchld if parent else None,
-                                  pids=tuple(sorted(z.pid for z in zombies)),
-                                  exit_statuses=dict(statuses.most_common())))
+                                  pids=tuple(sorted([z.pid for z in zombies])),
+                                  exit_statuses=exit_status_counts(zombies)))
     return sorted(groups, key=lambda g: (-g.count, g.ppid))
 
 
