@@ -2,45 +2,15 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
+from ..diagnose import exit_status_counts
 from ..model import ProcessInfo, Snapshot
-from ..procfs import STATE_NAMES, ExitStatus
+from ..procfs import STATE_NAMES
 
 
 def state_word(info: ProcessInfo) -> str:
     return STATE_NAMES.get(info.state, info.state)
-
-
-def exit_status_describer() -> Callable[[ExitStatus | None], str]:
-    """ExitStatus.describe() ("hidden" for None), each distinct status
-    described once: for one render, of one report.
-
-    A tree of 10,000 zombies holds a handful of distinct statuses, mostly
-    shared objects (procfs.decode_wait_status is cached). They are keyed by
-    id(): the snapshot keeps every status alive while it is rendered, and
-    the dataclass's own __hash__ costs more than describe() itself.
-    """
-    texts: dict[int, str] = {}
-
-    def describe(status: ExitStatus | None) -> str:
-        if status is None:
-            return "hidden"
-        text = texts.get(id(status))
-        if text is None:
-            text = texts[id(status)] = status.describe()
-        return text
-
-    return describe
-
-
-def exit_status_counts(zombies: Iterable[ProcessInfo]) -> dict[str, int]:
-    """{"exit 0": 412, "SIGKILL": 3, ...}: the zombies' exit statuses, most
-    common first (ties in order of appearance)."""
-    describe = exit_status_describer()
-    return dict(Counter([describe(z.exit_status) for z in zombies]).most_common())
 
 
 def children_map(snap: Snapshot) -> dict[int, list[ProcessInfo]]:

@@ -7,11 +7,12 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
+from ..diagnose import exit_status_describer
 from ..model import (
     Finding, FdTable, MachineCensus, Report, Snapshot, TargetReport,
 )
 from ..procfs import STATE_NAMES
-from .common import children_map, exit_status_describer, state_word, zombie_groups
+from .common import children_map, state_word, zombie_groups
 
 SCHEMA = "reaper-doctor/scan/1"
 

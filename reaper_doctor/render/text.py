@@ -13,11 +13,10 @@ from typing import Callable
 import click
 from tabulate import tabulate
 
+from ..diagnose import exit_status_describer
 from ..model import Finding, FdTable, LimitUsage, ProcessInfo, Report, Severity, Snapshot, TargetReport
 from ..procfs import ExitStatus
-from .common import (
-    children_map, command_line, exit_status_describer, safe, state_word, zombie_groups,
-)
+from .common import children_map, command_line, safe, state_word, zombie_groups
 
 SEVERITY_COLORS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 MAX_LIVE_LINES = 30   # live siblings shown one per line before they are summarised
