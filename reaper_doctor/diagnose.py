@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from typing import Collection, Iterable, Mapping, Protocol, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Protocol, Sequence
 
 from .catalog import CODES
 from .model import (
     WATCH_SERIES, FdCounts, FdTable, Finding, LimitUsage, ProcessInfo, Severity, Snapshot, SocketFd,
     WatchLimits, WatchSample,
 )
+from .procfs import ExitStatus
 
 # PID 1 on some machines reaps orphans only every ~1-2 s (linux-facts 8):
 # its zombies must persist longer before they count.
@@ -93,20 +94,25 @@ def zombie_findings(earlier: Snapshot, later: Snapshot, grace_s: float,
     by_parent: dict[int, list[ProcessInfo]] = {}
     for z in persistent_zombies(earlier, later, grace_s, slow_reapers):
         by_parent.setdefault(z.ppid, []).append(z)
+    if not by_parent:
+        return
+    # Each parent's zombies now, persistent or not. With one sample every
+    # zombie "persists": those are the groups themselves.
+    zombies_now = ({ppid: len(zombies) for ppid, zombies in by_parent.items()}
+                   if earlier is later else Counter(z.ppid for z in later.zombies))
     elapsed = later.taken_at - earlier.taken_at
     for ppid, zombies in sorted(by_parent.items()):
         parent = later.processes.get(ppid)
         if parent is None and later.target_parent and later.target_parent.pid == ppid:
             parent = later.target_parent
-        yield _zombie_finding(ppid, parent, zombies, later, elapsed)
+        yield _zombie_finding(ppid, parent, zombies, zombies_now[ppid], elapsed)
 
 
 def _zombie_finding(ppid: int, parent: ProcessInfo | None, zombies: list[ProcessInfo],
-                    later: Snapshot, elapsed_s: float) -> Finding:
+                    all_now: int, elapsed_s: float) -> Finding:
     disposition = parent.sigchld if parent else None
-    statuses = Counter(z.exit_status.describe() if z.exit_status else "hidden" for z in zombies)
-    pids = sorted(z.pid for z in zombies)
-    all_now = sum(1 for z in later.zombies if z.ppid == ppid)
+    statuses = exit_status_counts(zombies)
+    pids = sorted([z.pid for z in zombies])
     who = f"PID {ppid}" + (f" ({parent.name})" if parent else "")
     count = len(zombies)
     noun = "zombie child" if count == 1 else "zombie children"
@@ -114,7 +120,7 @@ def _zombie_finding(ppid: int, parent: ProcessInfo | None, zombies: list[Process
     evidence = dict(
         ppid=ppid, count=count, zombies_now=all_now, sigchld=disposition or "unknown",
         sigchld_pending=bool(parent and parent.sigchld_pending),
-        exit_statuses=dict(statuses.most_common()), pids=pids[:MAX_EVIDENCE_PIDS],
+        exit_statuses=statuses, pids=pids[:MAX_EVIDENCE_PIDS],
         persisted_s=round(elapsed_s, 3))
     if disposition == "blocked":
         pending = " (a SIGCHLD is pending)" if parent and parent.sigchld_pending else ""
@@ -135,6 +141,35 @@ def _zombie_finding(ppid: int, parent: ProcessInfo | None, zombies: list[Process
                    f"{seen}; {why.get(disposition, why[None])}: reap them with "
                    "os.waitpid(-1, os.WNOHANG) in a loop (in a SIGCHLD handler or the "
                    "server loop)", **evidence)
+
+
+def exit_status_describer() -> Callable[[ExitStatus | None], str]:
+    """ExitStatus.describe() ("hidden" for None), each distinct status
+    described once: for the statuses of one snapshot (a finding, a render).
+
+    A tree of 10,000 zombies holds a handful of distinct statuses, mostly
+    shared objects (procfs.decode_wait_status is cached). They are keyed by
+    id(): the snapshot keeps every status alive while this is in use, and
+    the dataclass's own __hash__ costs more than describe() itself.
+    """
+    texts: dict[int, str] = {}
+
+    def describe(status: ExitStatus | None) -> str:
+        if status is None:
+            return "hidden"
+        text = texts.get(id(status))
+        if text is None:
+            text = texts[id(status)] = status.describe()
+        return text
+
+    return describe
+
+
+def exit_status_counts(zombies: Iterable[ProcessInfo]) -> dict[str, int]:
+    """{"exit 0": 412, "SIGKILL": 3, ...}: the zombies' exit statuses, most
+    common first (ties in order of appearance)."""
+    describe = exit_status_describer()
+    return dict(Counter([describe(z.exit_status) for z in zombies]).most_common())
 
 
 def _limit_severity(usage: LimitUsage) -> Severity | None:

@@ -89,8 +89,10 @@ class FdTable:
     def close_wait(self) -> int:
         return sum(1 for s in self.sockets if s.state == "CLOSE_WAIT")
 
-    @property
+    @cached_property
     def listeners(self) -> tuple[SocketFd, ...]:
+        # Cached: diagnose and the renderers ask each table several times,
+        # and the target's may hold thousands of sockets.
         return tuple(s for s in self.sockets if s.state == "LISTEN")
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
+from ..diagnose import exit_status_counts
 from ..model import ProcessInfo, Snapshot
 from ..procfs import STATE_NAMES
 
@@ -16,11 +16,12 @@ def state_word(info: ProcessInfo) -> str:
 def children_map(snap: Snapshot) -> dict[int, list[ProcessInfo]]:
     """Children of each process of the tree, by PID."""
     kids: dict[int, list[ProcessInfo]] = {}
-    for info in snap.processes.values():
-        if info.pid != snap.target:
+    # One sort of the PIDs (the keys of `processes`) puts every parent's
+    # children in PID order.
+    for pid in sorted(snap.processes):
+        info = snap.processes[pid]
+        if pid != snap.target:
             kids.setdefault(info.ppid, []).append(info)
-    for group in kids.values():
-        group.sort(key=lambda p: p.pid)
     return kids
 
 
@@ -42,18 +43,17 @@ class ZombieGroup:
 def zombie_groups(snap: Snapshot) -> list[ZombieGroup]:
     """Zombies grouped by parent, the largest group first."""
     by_parent: dict[int, list[ProcessInfo]] = {}
-    for z in snap.zombies:
-        by_parent.setdefault(z.ppid, []).append(z)
+    for info in snap.processes.values():
+        if info.is_zombie:
+            by_parent.setdefault(info.ppid, []).append(info)
     groups = []
     for ppid, zombies in by_parent.items():
         parent = snap.processes.get(ppid) or (
             snap.target_parent if snap.target_parent and snap.target_parent.pid == ppid else None)
-        statuses = Counter(z.exit_status.describe() if z.exit_status else "hidden"
-                           for z in zombies)
         groups.append(ZombieGroup(ppid=ppid, parent_name=parent.name if parent else None,
                                   sigchld=parent.sigchld if parent else None,
-                                  pids=tuple(sorted(z.pid for z in zombies)),
-                                  exit_statuses=dict(statuses.most_common())))
+                                  pids=tuple(sorted([z.pid for z in zombies])),
+                                  exit_statuses=exit_status_counts(zombies)))
     return sorted(groups, key=lambda g: (-g.count, g.ppid))
 
 

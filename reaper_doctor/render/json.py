@@ -7,9 +7,11 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
+from ..diagnose import exit_status_describer
 from ..model import (
-    Finding, FdTable, MachineCensus, ProcessInfo, Report, Snapshot, TargetReport,
+    Finding, FdTable, MachineCensus, Report, Snapshot, TargetReport,
 )
+from ..procfs import STATE_NAMES
 from .common import children_map, state_word, zombie_groups
 
 SCHEMA = "reaper-doctor/scan/1"
@@ -79,16 +81,17 @@ def target_document(t: TargetReport) -> dict[str, Any]:
     me = snap.processes[t.pid]
     fds = snap.fds.get(t.pid)
     nofile = snap.nofile.get(t.pid)
+    groups = zombie_groups(snap)
     doc: dict[str, Any] = {
         "pid": me.pid, "name": me.name, "cmdline": list(me.cmdline) if me.cmdline else [],
         "ppid": me.ppid, "uid": me.uid, "state": state_word(me), "threads": me.threads,
         "age_s": _round(me.age_s), "sigchld": me.sigchld,
         "tree": tree_document(snap),
         "zombies": {
-            "count": len(snap.zombies),
+            "count": sum(g.count for g in groups),   # every zombie is in one group
             "by_parent": [{"ppid": g.ppid, "parent": g.parent_name, "sigchld": g.sigchld,
                            "count": g.count, "pids": list(g.pids),
-                           "exit_statuses": g.exit_statuses} for g in zombie_groups(snap)],
+                           "exit_statuses": g.exit_statuses} for g in groups],
         },
         "fds": fds_document(fds),
         "limits": {
@@ -137,19 +140,29 @@ def _addr(address: tuple[str, int]) -> str:
 
 
 def tree_document(snap: Snapshot) -> dict[str, Any]:
-    kids = children_map(snap)
+    """The target's node: each node holds its children, in PID order.
 
-    def node(info: ProcessInfo) -> dict[str, Any]:
-        doc: dict[str, Any] = {"pid": info.pid, "name": info.name, "state": state_word(info),
-                               "num_fds": info.num_fds}
+    Two flat passes, not a call per process (a tree may hold 10,000
+    zombies): a node for every process, then each hung under its parent.
+    A process whose parent is not in the tree hangs nowhere.
+    """
+    describe = exit_status_describer()
+    nodes: dict[int, dict[str, Any]] = {}
+    for info in snap.processes.values():
+        node: dict[str, Any] = {"pid": info.pid, "name": info.name,
+                                "state": STATE_NAMES.get(info.state, info.state),  # state_word()
+                                "num_fds": info.num_fds}
         if info.is_zombie and info.exit_status:
-            doc["exit_status"] = info.exit_status.describe()
+            node["exit_status"] = describe(info.exit_status)
         if info.sigchld is not None:
-            doc["sigchld"] = info.sigchld
-        doc["children"] = [node(c) for c in kids.get(info.pid, ())]
-        return doc
-
-    return node(snap.processes[snap.target])
+            node["sigchld"] = info.sigchld
+        node["children"] = []
+        nodes[info.pid] = node
+    for ppid, children in children_map(snap).items():
+        parent = nodes.get(ppid)
+        if parent is not None:
+            parent["children"] = [nodes[c.pid] for c in children]
+    return nodes[snap.target]
 
 
 def _usage(usage: Any) -> dict[str, Any] | None:

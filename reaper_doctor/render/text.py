@@ -13,7 +13,9 @@ from typing import Callable
 import click
 from tabulate import tabulate
 
+from ..diagnose import exit_status_describer
 from ..model import Finding, FdTable, LimitUsage, ProcessInfo, Report, Severity, Snapshot, TargetReport
+from ..procfs import ExitStatus
 from .common import children_map, command_line, safe, state_word, zombie_groups
 
 SEVERITY_COLORS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -168,10 +170,11 @@ def _node_label(info: ProcessInfo) -> str:
 
 def _tree(snap: Snapshot) -> str:
     kids = children_map(snap)
+    describe = exit_status_describer()
     lines = ["Process tree", _node_label(snap.processes[snap.target])]
 
     def walk(pid: int, prefix: str) -> None:
-        rows = _collapsed_children(kids.get(pid, []), kids)
+        rows = _collapsed_children(kids.get(pid, []), kids, describe)
         for i, (label, child) in enumerate(rows):
             last = i == len(rows) - 1
             lines.append(prefix + ("└─ " if last else "├─ ") + label)
@@ -182,16 +185,18 @@ def _tree(snap: Snapshot) -> str:
     return "\n".join(lines)
 
 
-def _collapsed_children(children: list[ProcessInfo], kids: dict[int, list[ProcessInfo]]
+def _collapsed_children(children: list[ProcessInfo], kids: dict[int, list[ProcessInfo]],
+                        describe: Callable[[ExitStatus | None], str]
                         ) -> list[tuple[str, ProcessInfo | None]]:
     """Rows for one parent's children: zombies collapsed by (name, exit status),
-    childless live siblings of the same name collapsed when there are many."""
+    childless live siblings of the same name collapsed when there are many.
+    `describe`: an exit_status_describer() shared by the whole tree."""
     rows: list[tuple[str, ProcessInfo | None]] = []
     zombies: dict[tuple[str, str], list[int]] = {}
     leaves: dict[tuple[str, str], list[ProcessInfo]] = {}
     for child in children:
         if child.is_zombie:
-            status = child.exit_status.describe() if child.exit_status else "hidden"
+            status = describe(child.exit_status)
             zombies.setdefault((child.name, status), []).append(child.pid)
         elif child.pid not in kids and len(children) > MAX_LIVE_LINES:
             leaves.setdefault((child.name, child.state), []).append(child)
