@@ -45,17 +45,16 @@ def parse_stat(raw: bytes) -> StatLine:
     open_paren = raw.index(b"(")
     close_paren = raw.rindex(b")")
     rest = raw[close_paren + 2:].split()
-    # rest[0] is field 3 (state); field N is rest[N - 3].
+    # rest[0] is field 3 (state); field N is rest[N - 3]. Positional
+    # arguments: this runs once per process of a tree (10,000 zombies).
     return StatLine(
-        pid=int(raw[:open_paren]),
-        comm=raw[open_paren + 1:close_paren].decode("utf-8", "replace"),
-        state=rest[0].decode(),
-        ppid=int(rest[1]),
-        pgrp=int(rest[2]),
-        session=int(rest[3]),
-        threads=int(rest[17]),
-        start_ticks=int(rest[19]),
-        exit_code=int(rest[49]) if len(rest) >= 50 else None,
+        int(raw[:open_paren]),                                   # pid
+        raw[open_paren + 1:close_paren].decode("utf-8", "replace"),  # comm
+        rest[0].decode(),                                        # state
+        int(rest[1]), int(rest[2]), int(rest[3]),                # ppid, pgrp, session
+        int(rest[17]),                                           # threads (field 20)
+        int(rest[19]),                                           # start_ticks (field 22)
+        int(rest[49]) if len(rest) >= 50 else None,              # exit_code (field 52)
     )
 
 
