@@ -529,7 +529,7 @@ def _socket_table(pid: int, ctx: _Context) -> tuple[dict[int, procfs.SocketRow],
         # /proc/<pid>/net/tcp* otherwise, or if netlink is refused.
         tcp = _tcp_by_sock_diag(unaccepted) if key == _netns_key(os.getpid()) else None
         if tcp is not None:
-            rows.diag = tcp
+            rows.dump, rows.diag = tcp
         for proto in (("udp", "udp6") if tcp is not None else ("tcp", "tcp6", "udp", "udp6")):
             try:
                 text = read_text(f"{PROC}/{pid}/net/{proto}")
@@ -557,13 +557,15 @@ class _SocketRows(Mapping[int, procfs.SocketRow]):
 
     def __init__(self) -> None:
         self.parsed: dict[int, procfs.SocketRow] = {}
-        self.diag: dict[int, tuple[bytes, int, str]] = {}
+        self.dump = b""                     # a sock_diag dump's messages, joined
+        self.diag: dict[int, int] = {}      # inode -> offset of its inet_diag_msg there
 
     def __getitem__(self, inode: int) -> procfs.SocketRow:
         row = self.parsed.get(inode)
         if row is None:
-            data, offset, proto = self.diag[inode]   # KeyError: in no table
-            row = self.parsed[inode] = netlink.socket_row(data, proto, offset)
+            offset = self.diag[inode]   # KeyError: in no table
+            proto = "tcp" if self.dump[offset] == socket.AF_INET else "tcp6"
+            row = self.parsed[inode] = netlink.socket_row(self.dump, proto, offset)
         return row
 
     def get(self, inode: int, default: procfs.SocketRow | None = None  # type: ignore[override]
@@ -584,28 +586,40 @@ class _SocketRows(Mapping[int, procfs.SocketRow]):
 
 
 def _tcp_by_sock_diag(unaccepted: dict[int, set[tuple[str, int]]]
-                      ) -> dict[int, tuple[bytes, int, str]] | None:
-    """Every TCP socket of our network namespace from one sock_diag dump per
-    family (and into `unaccepted`, the connections waiting in accept
-    queues); None if netlink is not available (the caller reads /proc)."""
-    import socket
-
-    found: dict[int, tuple[bytes, int, str]] = {}
+                      ) -> tuple[bytes, dict[int, int]] | None:
+    """Every TCP socket of our network namespace that a descriptor can hold,
+    from sock_diag: the dump's messages joined, and inode -> offset of its
+    message there (into `unaccepted`, the connections waiting in accept
+    queues). None if netlink is not available (the caller reads /proc)."""
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 4) as nl:  # NETLINK_SOCK_DIAG
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                           netlink.NETLINK_SOCK_DIAG) as nl:
             nl.settimeout(5.0)
-            for family, proto in ((socket.AF_INET, "tcp"), (socket.AF_INET6, "tcp6")):
-                nl.send(netlink.dump_request(family, netlink.ALL_STATES))
-                done = False
-                while not done:
-                    data = nl.recv(1 << 20)
-                    offsets: dict[int, int] = {}
-                    done = netlink.index_replies(data, offsets, unaccepted)
-                    for inode, offset in offsets.items():
-                        found[inode] = (data, offset, proto)
+            try:
+                return _dump_tcp(nl, [netlink.any_family_dump_request(netlink.FILE_STATES)],
+                                 unaccepted)
+            except netlink.DiagError:  # a kernel without the older request
+                unaccepted.clear()
+                return _dump_tcp(nl, [netlink.dump_request(family, netlink.FILE_STATES)
+                                      for family in (socket.AF_INET, socket.AF_INET6)], unaccepted)
     except OSError:
         return None
-    return found
+
+
+def _dump_tcp(nl: socket.socket, requests: list[bytes],
+              unaccepted: dict[int, set[tuple[str, int]]]) -> tuple[bytes, dict[int, int]]:
+    chunks: list[bytes] = []
+    offsets: dict[int, int] = {}
+    base = 0
+    for request in requests:
+        nl.send(request)
+        done = False
+        while not done:
+            data = nl.recv(1 << 20)
+            done = netlink.index_replies(data, offsets, unaccepted, base)
+            chunks.append(data)
+            base += len(data)
+    return b"".join(chunks), offsets
 
 
 def _path_kind(fd_path: str) -> str:

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from helpers import wait_until
+
 from reaper_doctor import collect, netlink, procfs
 
 
@@ -33,7 +35,7 @@ def test_sock_diag_rows_match_proc_net_tcp(family, host, table_name):
         rows = collect._tcp_by_sock_diag(unaccepted)
         assert rows is not None, "sock_diag unavailable"
         table = collect._SocketRows()
-        table.diag = rows
+        table.dump, table.diag = rows
         text = collect.read_text(f"/proc/net/{table_name}")
         proc = {r.inode: r for r in procfs.parse_inet_table(text, table_name)}
         checked = 0
@@ -63,6 +65,49 @@ def test_inet_diag_error_message_raises():
         assert e.errno == 13
     else:
         raise AssertionError("no OSError")
+
+
+def test_one_walk_dump_matches_one_dump_per_family():
+    """The older any-family request gives the rows the per-family requests
+    give, and FILE_STATES leaves TIME_WAIT out (never held by a descriptor)."""
+    import os
+
+    v4 = socket.create_server(("127.0.0.1", 0))
+    v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    v6.bind(("::ffff:127.0.0.1", 0))
+    v6.listen()
+    client = socket.create_connection(("127.0.0.1", v6.getsockname()[1]))
+    accepted, _ = v6.accept()
+    closer = socket.create_connection(v4.getsockname())
+    closed, _ = v4.accept()
+    closer.close()          # the active closer ends in TIME_WAIT once the peer closes too
+    closed.close()
+    ours = {os.fstat(s.fileno()).st_ino for s in (v4, v6, client, accepted)}
+    time_wait = netlink.TCP_TIME_WAIT
+
+    def dump(*requests: bytes) -> tuple[bytes, dict[int, int]]:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_SOCK_DIAG) as nl:
+            return collect._dump_tcp(nl, list(requests), {})
+
+    try:
+        wait_until(lambda: any(r.state == time_wait for r in netlink.parse_replies(
+            dump(netlink.any_family_dump_request(netlink.ALL_STATES))[0])[0]), what="a TIME_WAIT")
+        one = dump(netlink.any_family_dump_request(netlink.FILE_STATES))
+        per_family = dump(*(netlink.dump_request(f, netlink.FILE_STATES)
+                            for f in (socket.AF_INET, socket.AF_INET6)))
+        assert not any(r.state == time_wait for r in netlink.parse_replies(one[0])[0])
+        rows = []
+        for dump, offsets in (one, per_family):
+            table = collect._SocketRows()
+            table.dump, table.diag = dump, offsets
+            assert ours <= set(offsets)
+            rows.append({i: table[i] for i in ours})
+        assert rows[0] == rows[1]
+        assert {r.proto for r in rows[0].values()} == {"tcp", "tcp6"}
+    finally:
+        for s in (v4, v6, client, accepted):
+            s.close()
 
 
 def _diag_message(inode: int, state: int = 1, port: int = 8000, attrs: int = 8) -> bytes:
