@@ -692,3 +692,27 @@ def scenario_compare(requests: int, concurrency: int, timeout_s: float, grace_s:
     else:
         click.echo(render_compare_text(runs, color=use_color(no_color)), nl=False)
     return 0 if all(r.as_expected for r in runs) else 1
+
+
+def run() -> NoReturn:
+    """The console script and `python -m reaper_doctor`: `main`, then out
+    without tearing the interpreter down. The teardown frees each object a
+    scan made, one by one (~10 ms after 20,000 descriptors), for nobody:
+    every command has finished its work, and its `finally` blocks, by the
+    time `main` returns. atexit handlers are skipped; nothing here uses one.
+    """
+    try:
+        main()
+        code: Any = 0
+    except SystemExit as e:
+        code = e.code
+    if not isinstance(code, int):
+        if code is not None:          # sys.exit("message"), as Python prints it
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass                          # the reader left (`| head`): not our error
+    sys.stderr.flush()
+    os._exit(code)

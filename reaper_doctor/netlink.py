@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import socket
 import struct
-from ipaddress import IPv6Address
 from typing import NamedTuple
 
 from .procfs import TCP_STATES, SocketRow
@@ -173,8 +172,12 @@ def _address_text(packed: bytes) -> str:
     """An address as procfs writes it in /proc/net/tcp{,6}, from 4 or 16 bytes."""
     text = _ADDRESS_TEXTS.get(packed)
     if text is None:
-        text = (socket.inet_ntop(socket.AF_INET, packed) if len(packed) == 4
-                else str(IPv6Address(packed)))
+        if len(packed) == 4:
+            text = socket.inet_ntop(socket.AF_INET, packed)
+        else:
+            from ipaddress import IPv6Address  # ~1.5 ms to import: only when needed
+
+            text = str(IPv6Address(packed))
         if len(_ADDRESS_TEXTS) < 4096:
             _ADDRESS_TEXTS[packed] = text
     return text
