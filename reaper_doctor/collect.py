@@ -20,7 +20,7 @@ import stat as stat_mod
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from . import netlink, procfs
 from .model import (
@@ -399,6 +399,7 @@ class _Context:
     backlogs: dict[int, int] | None = None      # LISTEN inode -> backlog; read lazily
     queue_peers: dict[int, frozenset[tuple[str, int]]] = field(default_factory=dict)
     statuses: dict[int, bytes] = field(default_factory=dict)  # raw status read this sample
+    reading_sockets: Any = None          # a thread reading the socket table ahead
 
     def note(self, pid: int, what: str, err: BaseException | str) -> None:
         reason = err if isinstance(err, str) else _reason(err)
@@ -522,6 +523,35 @@ def _netns_key(pid: int) -> str:
 def _socket_table(pid: int, ctx: _Context) -> tuple[_SocketRows, set[int]]:
     """The inet and unix socket tables of `pid`'s network namespace, read
     once per namespace per sample and shared (linux-facts 10)."""
+    if ctx.reading_sockets is not None:
+        ctx.reading_sockets.join()   # read ahead (_read_socket_table_ahead)
+        ctx.reading_sockets = None
+    return _read_socket_table(pid, ctx)
+
+
+# Listing a big fd directory is one long system call (~17 ms for 20,000
+# descriptors) that leaves the other CPU idle: long enough to read the
+# socket table on it, which most such tables will need.
+SOCKETS_AHEAD_MIN_FDS = 1024
+
+
+def _read_socket_table_ahead(pid: int, dir_fd: int, ctx: _Context) -> None:
+    if ctx.reading_sockets is not None or _netns_key(pid) in ctx.socket_tables \
+            or _cpus() < 2:
+        return
+    try:
+        if os.fstat(dir_fd).st_size < SOCKETS_AHEAD_MIN_FDS:  # the count, on Linux >= 6.2
+            return
+    except OSError:
+        return
+    import threading
+
+    ctx.reading_sockets = threading.Thread(target=_read_socket_table, args=(pid, ctx),
+                                           name="reaper-doctor-sockets", daemon=True)
+    ctx.reading_sockets.start()
+
+
+def _read_socket_table(pid: int, ctx: _Context) -> tuple[_SocketRows, set[int]]:
     key = _netns_key(pid)
     if key not in ctx.socket_tables:
         rows = _SocketRows()
@@ -720,6 +750,7 @@ def read_fds(pid: int, ctx: _Context) -> FdTable | None:
 
 
 def _read_fd_dir(pid: int, dir_fd: int, fd_dir: str, ctx: _Context) -> FdTable | None:
+    _read_socket_table_ahead(pid, dir_fd, ctx)
     try:
         names = os.listdir(dir_fd)
     except (FileNotFoundError, ProcessLookupError):
@@ -969,15 +1000,17 @@ def collect_snapshot(target: int, *, with_fds: bool = True,
     # scan of 20,000 descriptors).
     collecting = gc.isenabled()
     gc.disable()
+    ctx = _new_context(with_fd_list)
     try:
-        return _collect_snapshot(target, with_fds=with_fds, with_fd_list=with_fd_list)
+        return _collect_snapshot(target, ctx, with_fds=with_fds)
     finally:
+        if ctx.reading_sockets is not None:
+            ctx.reading_sockets.join()  # read ahead for a process that then vanished
         if collecting:
             gc.enable()
 
 
-def _collect_snapshot(target: int, *, with_fds: bool, with_fd_list: bool) -> Snapshot:
-    ctx = _new_context(with_fd_list)
+def _collect_snapshot(target: int, ctx: _Context, *, with_fds: bool) -> Snapshot:
     tree = read_tree(target)
     table = tree.table
     ctx.statuses = tree.statuses

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from helpers import run_json, wait_until, zombie_children
+from helpers import live_children, run_json, wait_until, zombie_children
 from reaper_doctor import collect
 
 # A live child with zombie grandchildren, zombie children, and a zombie forked
@@ -49,6 +49,8 @@ def test_children_files_find_the_same_tree_as_a_full_walk(spawner):
         pytest.skip("this kernel has no /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN)")
     proc = spawner.python(FAMILY)
     wait_until(lambda: len(zombie_children(proc.pid)) == 4, what="4 zombie children")
+    (child,) = live_children(proc.pid)
+    wait_until(lambda: len(zombie_children(child)) == 2, what="2 zombie grandchildren")
     walked = collect.read_tree(proc.pid)
     full = collect._tree_from_table(proc.pid)
     assert walked.order == full.order and len(walked.order) == 1 + 1 + 4 + 2
