@@ -598,20 +598,15 @@ class _SocketRows(Mapping[int, procfs.SocketRow]):
         return row
 
     def rows(self, inodes: Iterable[int]) -> list[procfs.SocketRow | None]:
-        """The row of each inode, None for one in no table. One loop for
-        all of a process's sockets (it may hold thousands): Mapping.get
-        would cost two calls and, for a miss, a KeyError each."""
-        parsed, offsets, dump = self.parsed, self.diag, self.dump
-        found: list[procfs.SocketRow | None] = []
-        for inode in inodes:
-            row = parsed.get(inode)
-            if row is None:
-                offset = offsets.get(inode)
-                if offset is not None:
-                    proto = "tcp" if dump[offset] == socket.AF_INET else "tcp6"
-                    row = parsed[inode] = netlink.socket_row(dump, proto, offset)
-            found.append(row)
-        return found
+        """The row of each inode, None for one in no table; the dump's rows
+        are decoded together (a process may hold thousands)."""
+        inodes = list(inodes)
+        parsed, offsets = self.parsed, self.diag
+        todo = [inode for inode in inodes if inode not in parsed and inode in offsets]
+        if todo:
+            decoded = netlink.socket_rows(self.dump, [offsets[inode] for inode in todo])
+            parsed.update(zip(todo, decoded))
+        return [parsed.get(inode) for inode in inodes]
 
     def __iter__(self) -> Iterator[int]:
         yield from self.parsed

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 from .procfs import TCP_STATES, SocketRow
 
@@ -138,31 +138,43 @@ def index_replies(data: bytes, into: dict[int, int],
         if inode:
             into[inode] = base + body
         elif queued is not None and data[body + 1] in _QUEUED_STATES:
-            row = socket_row(data, "tcp", body)
+            row = socket_row(data, body)
             queued.setdefault(row.local[1], set()).add(row.remote)
         off += (length + 3) & ~3
     return False
 
 
-# family, state, timer, retrans; ports (big-endian, as 4 bytes); source and
-# destination addresses (4 of their 16 bytes for IPv4); interface, cookie;
-# expires, rqueue, wqueue, uid, inode.
-_ROW4 = struct.Struct("=BBxx4s4s12x4s12x4x8x4xIIII")
-_ROW6 = struct.Struct("=BBxx4s16s16s4x8x4xIIII")
-_PORTS = struct.Struct(">HH")
+# family, state, timer, retrans; ports (network order: swapped after);
+# source and destination addresses (4 of their 16 bytes for IPv4);
+# interface, cookie; expires, rqueue, wqueue, uid, inode.
+_ROW4 = struct.Struct("=BBxxHH4s12x4s12x4x8x4xIIII")
+_ROW6 = struct.Struct("=BBxxHH16s16s4x8x4xIIII")
+_AF_INET = int(socket.AF_INET)
 
 
-def socket_row(msg: bytes | memoryview, proto: str, offset: int = 0) -> SocketRow:
-    """A SocketRow from the inet_diag_msg at `offset` of `msg`, with the
+def socket_row(msg: bytes | memoryview, offset: int = 0) -> SocketRow:
+    """A SocketRow from the inet_diag_msg at `offset` of `msg`."""
+    return socket_rows(msg, (offset,))[0]
+
+
+def socket_rows(dump: bytes | memoryview, offsets: Iterable[int]) -> list[SocketRow]:
+    """A SocketRow from each inet_diag_msg at `offsets` of `dump`, with the
     values /proc/net/tcp shows (for LISTEN the kernel's wqueue is the
     backlog; /proc shows a tx_queue of 0 there, and so does this). Runs
-    once per socket a scanned process holds: kept lean."""
-    layout = _ROW4 if msg[offset] == socket.AF_INET else _ROW6
-    _family, state, ports, src, dst, rqueue, wqueue, uid, inode = layout.unpack_from(msg, offset)
-    sport, dport = _PORTS.unpack(ports)
-    return SocketRow(proto, (_address_text(src), sport), (_address_text(dst), dport),
-                     TCP_STATES.get(state, hex(state)),
-                     0 if state == TCP_LISTEN else wqueue, rqueue, uid, inode)
+    once per socket a scanned process holds, thousands at a time: one
+    loop, no call per row but the unpacking."""
+    rows: list[SocketRow] = []
+    texts, states, ntohs = _ADDRESS_TEXTS, TCP_STATES, socket.ntohs
+    for offset in offsets:
+        v4 = dump[offset] == _AF_INET
+        _family, state, sport, dport, src, dst, rqueue, wqueue, uid, inode = (
+            (_ROW4 if v4 else _ROW6).unpack_from(dump, offset))
+        local = texts.get(src) or _address_text(src)
+        remote = texts.get(dst) or _address_text(dst)
+        rows.append(SocketRow("tcp" if v4 else "tcp6", (local, ntohs(sport)), (remote, ntohs(dport)),
+                              states.get(state) or hex(state),
+                              0 if state == TCP_LISTEN else wqueue, rqueue, uid, inode))
+    return rows
 
 
 _ADDRESS_TEXTS: dict[bytes, str] = {}   # a server's sockets share a few addresses

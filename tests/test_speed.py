@@ -143,7 +143,7 @@ def test_index_replies_finds_every_message_of_a_buffer():
     assert into == expected
     assert queued == {8080: {("127.0.0.2", 40000)}}
     # Each indexed offset decodes to its own row.
-    row = netlink.socket_row(memoryview(data)[into[300]:into[300] + 72], "tcp")
+    row = netlink.socket_row(data, into[300])
     assert row.inode == 300 and row.local == ("127.0.0.1", 8000)
 
 
