@@ -7,11 +7,10 @@ renumber, never reuse.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Code:
+class Code(NamedTuple):
     code: str          # "RD101"
     slug: str          # "zombie-leak"
     severity: str      # default severity: "info" | "warning" | "error"

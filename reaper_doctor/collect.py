@@ -20,7 +20,7 @@ import stat as stat_mod
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 
 from . import netlink, procfs
 from .model import (
@@ -264,14 +264,13 @@ def descendants(table: dict[int, TaskBrief], root: int) -> list[int]:
     return order
 
 
-@dataclass
-class ProcessTree:
+class ProcessTree(NamedTuple):
     """The target's tree as one sample read it, and the machine around it."""
 
     order: list[int]                       # the target and its descendants, parents first
     stats: dict[int, procfs.StatLine]      # the stat line of each of them
     table: dict[int, TaskBrief]            # every process on the machine (nproc, PIDs in use)
-    statuses: dict[int, bytes] = field(default_factory=dict)  # raw status read on the way
+    statuses: dict[int, bytes]             # raw status read on the way (live members)
 
 
 def read_tree(target: int) -> ProcessTree:
@@ -375,7 +374,7 @@ def _tree_from_table(target: int) -> ProcessTree:
             order.append(pid)
         elif pid == target:
             raise ProcessGone(target)
-    return ProcessTree(order=order, stats=stats, table=table)
+    return ProcessTree(order=order, stats=stats, table=table, statuses={})
 
 
 # ----------------------------------------------------------------------------
@@ -1064,8 +1063,7 @@ def _dedupe(items: list[Unreadable]) -> list[Unreadable]:
 # The whole machine (`scan` with no PID): read here, judged in census.py
 
 
-@dataclass
-class MachineSample:
+class MachineSample(NamedTuple):
     """One pass over every process on the machine."""
 
     taken_at: float                                   # time.monotonic()
@@ -1437,8 +1435,7 @@ def _own_socket_family(fd: int) -> str | None:
 # watch: a light sample per interval
 
 
-@dataclass(frozen=True)
-class WatchPlan:
+class WatchPlan(NamedTuple):
     """What one full sample at the start of `watch` tells the light ones."""
 
     target: int

@@ -9,7 +9,6 @@ whose zombies come and go.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
 from typing import Callable, Collection, Iterable, Mapping, Protocol, Sequence
 
 from .catalog import CODES
@@ -282,8 +281,8 @@ def with_measured_sigchld(findings: Iterable[Finding],
     for f in findings:
         m = measured.get(f.pid)
         if f.code == "RD102" and m is not None:
-            f = replace(f, message=f"{f.message}; {measured_sigchld_text(m)}",
-                        evidence={**f.evidence, "measured": dict(m)})
+            f = f._replace(message=f"{f.message}; {measured_sigchld_text(m)}",
+                           evidence={**f.evidence, "measured": dict(m)})
         out.append(f)
     return out
 

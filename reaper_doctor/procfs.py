@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import signal
-from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
 SIGCHLD_BIT = 1 << (signal.SIGCHLD - 1)  # 0x10000: signal N is bit N-1
@@ -69,8 +68,7 @@ def parse_file_nr(text: str) -> tuple[int, int, int]:
     return allocated, unused, maximum
 
 
-@dataclass(frozen=True)
-class ExitStatus:
+class ExitStatus(NamedTuple):
     """A zombie's wait status, decoded. `hidden` when the kernel showed us 0
     because we may not ptrace-read the process (the real value is unknown)."""
 
@@ -113,8 +111,7 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-@dataclass(frozen=True)
-class StatusFields:
+class StatusFields(NamedTuple):
     """What reaper-doctor reads from /proc/<pid>/status."""
 
     name: str | None = None

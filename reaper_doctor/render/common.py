@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..diagnose import exit_status_counts
 from ..model import ProcessInfo, Snapshot
@@ -25,8 +25,7 @@ def children_map(snap: Snapshot) -> dict[int, list[ProcessInfo]]:
     return kids
 
 
-@dataclass(frozen=True)
-class ZombieGroup:
+class ZombieGroup(NamedTuple):
     """The zombies of one parent."""
 
     ppid: int

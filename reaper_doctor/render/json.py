@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict
 from typing import Any
 
 from ..diagnose import exit_status_describer
@@ -98,11 +97,11 @@ def target_document(t: TargetReport) -> dict[str, Any]:
             "nofile": _usage(nofile),
             "nproc": ({**_usage(snap.nproc), "uid": snap.nproc.uid,
                        "enforced": snap.nproc.enforced} if snap.nproc else None),
-            "pids_cgroup": (asdict(snap.pids_cgroup) if snap.pids_cgroup else None),
+            "pids_cgroup": (snap.pids_cgroup._asdict() if snap.pids_cgroup else None),
             "pid_max": {"used": snap.pids_in_use, "max": snap.pid_max},
         },
         "findings": [finding_document(f) for f in t.findings],
-        "unreadable": [asdict(u) for u in snap.unreadable],
+        "unreadable": [u._asdict() for u in snap.unreadable],
         "samples": t.samples, "grace_s": t.grace_s, "gone": t.gone,
     }
     return doc
