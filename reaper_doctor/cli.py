@@ -204,7 +204,6 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
     bad input.
     """
     import time
-    from dataclasses import replace
 
     from .scan import ProcessGone, scan as run_scan
 
@@ -232,7 +231,7 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
                 report = census(grace_s=grace_s)
         except ProcessGone as gone:
             die(str(gone))
-    report = replace(report, duration_s=time.perf_counter() - started)
+    report = report._replace(duration_s=time.perf_counter() - started)
     if textfile is not None or fmt == "prometheus":
         from .render.prometheus import render_prometheus
 

@@ -217,8 +217,7 @@ class Finding(NamedTuple):
     evidence: Mapping[str, object] = MappingProxyType({})
 
 
-@dataclass(frozen=True)
-class TargetReport:
+class TargetReport(NamedTuple):
     """What a scan says about one target: its latest sample and the findings."""
 
     pid: int
@@ -282,8 +281,7 @@ class UidTasks(NamedTuple):
         return self.tasks / self.soft if self.soft else None
 
 
-@dataclass(frozen=True)
-class MachineCensus:
+class MachineCensus(NamedTuple):
     """What `scan` with no PID saw on the whole machine."""
 
     processes: int
@@ -302,8 +300,7 @@ class MachineCensus:
     elapsed_s: float                            # between the two samples (0 with one)
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(NamedTuple):
     targets: tuple[TargetReport, ...]
     machine: MachineCensus | None = None   # `scan` with no PID
     duration_s: float | None = None        # wall time of the scan, when measured
@@ -327,8 +324,7 @@ class WatchLimits(NamedTuple):
     pids_cgroup: int | None = None     # pids.max; None: no limit
 
 
-@dataclass(frozen=True)
-class WatchReport:
+class WatchReport(NamedTuple):
     """What `watch` saw over its run and what it makes of it."""
 
     pid: int
