@@ -70,8 +70,7 @@ def has_procfs() -> bool:
 # The process table
 
 
-@dataclass
-class TaskBrief:
+class TaskBrief(NamedTuple):
     """Just enough of every process on the machine: ppid, real uid, threads.
     `name` and `fd_size` (the FDSize line: the size of the descriptor
     table, an upper bound of the open count) are filled for the census."""
@@ -242,8 +241,9 @@ def _brief_of(raw: bytes, *, details: bool = False) -> TaskBrief | None:
     if details:
         name = _brief_field(raw, b"Name:")
         size = _brief_field(raw, b"\nFDSize:")
-        brief.name = procfs.unescape_status_name(name.decode("utf-8", "replace")) if name else None
-        brief.fd_size = int(size) if size else None
+        brief = brief._replace(
+            name=procfs.unescape_status_name(name.decode("utf-8", "replace")) if name else None,
+            fd_size=int(size) if size else None)
     return brief
 
 
@@ -350,7 +350,7 @@ def _zombie_uids(table: dict[int, TaskBrief], zombies: list[int]) -> None:
             raw = _read_small_or_none(f"{PROC}/{pid}/status")
             brief = _brief_of(raw) if raw is not None else None
             owner = brief.uid if brief is not None else None
-        table[pid].uid = owner
+        table[pid] = table[pid]._replace(uid=owner)
 
 
 def _dir_owner(pid: int) -> int | None:
