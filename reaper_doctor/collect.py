@@ -444,7 +444,7 @@ def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
         # The kernel shows 0 to a reader that may not ptrace-read the zombie
         # (linux-facts 1): only root or the same UID can trust a 0.
         hidden = not ctx.is_root and uid is not None and uid != ctx.my_uid
-        exit_status = procfs.decode_wait_status(st.exit_code, may_be_hidden=hidden)
+        exit_status = procfs.decode_wait_status(st.exit_code, hidden)  # lru_cache: positional keys are cheaper
     cmdline: tuple[str, ...] | None = None
     num_fds: int | None = None
     sigchld: str | None = None
@@ -462,10 +462,9 @@ def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
     age = None
     if ctx.uptime_s:
         age = max(0.0, ctx.uptime_s - st.start_ticks / ctx.clock_ticks)
-    return ProcessInfo(pid=pid, ppid=st.ppid, name=st.comm, state=st.state,
-                       start_ticks=st.start_ticks, age_s=age, threads=st.threads,
-                       uid=uid, cmdline=cmdline, num_fds=num_fds, exit_status=exit_status,
-                       sigchld=sigchld, sigchld_pending=pending)
+    # Positional, in field order: half the cost of keywords, once per process.
+    return ProcessInfo(pid, st.ppid, st.comm, st.state, st.start_ticks, age, st.threads,
+                       uid, cmdline, num_fds, exit_status, sigchld, pending)
 
 
 def _sigchld(pid: int, ctx: _Context, threads: int) -> tuple[str | None, bool]:

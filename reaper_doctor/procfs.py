@@ -90,7 +90,7 @@ class ExitStatus(NamedTuple):
 # Cached: a scan decodes one status per zombie (10,000 in a big tree), and
 # zombies mostly share a few statuses; ExitStatus is frozen, so sharing is safe.
 @functools.lru_cache(maxsize=1024)
-def decode_wait_status(raw: int | None, *, may_be_hidden: bool = False) -> ExitStatus:
+def decode_wait_status(raw: int | None, may_be_hidden: bool = False) -> ExitStatus:
     """Decode a raw wait status (stat field 52) the way waitpid() callers do.
 
     `may_be_hidden`: the reader could not ptrace-read the zombie, in which
