@@ -323,17 +323,20 @@ def read_tree(target: int) -> ProcessTree:
         if brief is not None:
             table[int(entry)] = brief
     statuses = {pid: raw for pid, raw in zip(live, raws[len(others):]) if raw is not None}
-    for pid in order:
+    for pid in live:
         st = stats[pid]
         brief = _brief_of(statuses[pid]) if pid in statuses else None
-        table[pid] = TaskBrief(ppid=st.ppid, uid=brief.uid if brief else None,
-                               threads=st.threads, state=st.state)
-    _zombie_uids(table, [pid for pid in order if stats[pid].state == "Z"])
+        table[pid] = TaskBrief(st.ppid, brief.uid if brief else None, st.threads, st.state)
+    zombies = [pid for pid in order if stats[pid].state == "Z"]
+    for pid, uid in zip(zombies, _zombie_uids(zombies, stats, table)):
+        st = stats[pid]
+        table[pid] = TaskBrief(st.ppid, uid, st.threads, st.state)
     return ProcessTree(order=order, stats=stats, table=table, statuses=statuses)
 
 
-def _zombie_uids(table: dict[int, TaskBrief], zombies: list[int]) -> None:
-    """Fill in the real UID of `zombies` in `table`, cheaply.
+def _zombie_uids(zombies: list[int], stats: dict[int, procfs.StatLine],
+                 table: dict[int, TaskBrief]) -> list[int | None]:
+    """The real UID of each of `zombies`, cheaply (`table` holds their parents).
 
     A zombie's status costs as much to read as its stat. The owner of
     /proc/<pid> (one stat() call) is its effective UID; it is taken as the
@@ -343,14 +346,14 @@ def _zombie_uids(table: dict[int, TaskBrief], zombies: list[int]) -> None:
     against their real UID's RLIMIT_NPROC. Missed: a child that changed
     its real UID alone to something else, then exited.
     """
-    owners = map_io(_dir_owner, zombies)
-    for pid, owner in zip(zombies, owners):
-        parent = table.get(table[pid].ppid)
+    uids = map_io(_dir_owner, zombies)
+    for i, (pid, owner) in enumerate(zip(zombies, uids)):
+        parent = table.get(stats[pid].ppid)
         if owner is None or parent is None or owner != parent.uid:
             raw = _read_small_or_none(f"{PROC}/{pid}/status")
             brief = _brief_of(raw) if raw is not None else None
-            owner = brief.uid if brief is not None else None
-        table[pid] = table[pid]._replace(uid=owner)
+            uids[i] = brief.uid if brief is not None else None
+    return uids
 
 
 def _dir_owner(pid: int) -> int | None:
