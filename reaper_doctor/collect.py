@@ -20,9 +20,12 @@ import stat as stat_mod
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 
 from . import netlink, procfs
+
+if TYPE_CHECKING:
+    import threading
 from .model import (
     FdCounts, FdDetail, FdTable, LimitUsage, NprocUsage, PidsCgroup, ProcessInfo, Snapshot,
     SocketFd, Unreadable, WatchSample,
@@ -401,7 +404,7 @@ class _Context:
     backlogs: dict[int, int] | None = None      # LISTEN inode -> backlog; read lazily
     queue_peers: dict[int, frozenset[tuple[str, int]]] = field(default_factory=dict)
     statuses: dict[int, bytes] = field(default_factory=dict)  # raw status read this sample
-    reading_sockets: Any = None          # a thread reading the socket table ahead
+    reading_sockets: threading.Thread | None = None  # reading the socket table ahead
 
     def note(self, pid: int, what: str, err: BaseException | str) -> None:
         reason = err if isinstance(err, str) else _reason(err)
@@ -547,8 +550,14 @@ def _read_socket_table_ahead(pid: int, dir_fd: int, ctx: _Context) -> None:
         return
     import threading
 
-    ctx.reading_sockets = threading.Thread(target=_read_socket_table, args=(pid, ctx),
-                                           name="reaper-doctor-sockets", daemon=True)
+    def read_ahead() -> None:
+        try:
+            _read_socket_table(pid, ctx)
+        except Exception:  # noqa: BLE001 - _socket_table reads it again and meets the error
+            pass
+
+    ctx.reading_sockets = threading.Thread(target=read_ahead, name="reaper-doctor-sockets",
+                                           daemon=True)
     ctx.reading_sockets.start()
 
 
