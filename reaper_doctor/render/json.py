@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from ..diagnose import exit_status_describer
 from ..model import (
@@ -24,9 +26,27 @@ INDENT_MAX_PROCESSES = 1000
 def render_json(report: Report) -> str:
     doc = report_document(report)
     size = sum(len(t.snapshot.processes) for t in report.targets)
-    if size > INDENT_MAX_PROCESSES:
-        return json.dumps(doc, separators=(",", ":")) + "\n"
-    return json.dumps(doc, indent=2) + "\n"
+    # The tree nests as deep as the processes do (a chain of forks), and
+    # json's encoders recurse per nested object and list, two per level:
+    # past ~490 levels Python's default limit of 1,000 calls stops them. A
+    # tree has at most as many levels as parents. The room is capped where
+    # the C encoder was checked on an 8 MB stack (20,000 levels).
+    levels = max((len(t.snapshot.parent_pids) for t in report.targets), default=0)
+    with _recursion_room(min(4 * levels + 200, 80_000)):
+        if size > INDENT_MAX_PROCESSES:
+            return json.dumps(doc, separators=(",", ":")) + "\n"
+        return json.dumps(doc, indent=2) + "\n"
+
+
+@contextmanager
+def _recursion_room(calls: int) -> Iterator[None]:
+    old = sys.getrecursionlimit()
+    if calls > old:
+        sys.setrecursionlimit(calls)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
 
 
 def report_document(report: Report) -> dict[str, Any]:

@@ -173,16 +173,28 @@ def _tree(snap: Snapshot) -> str:
     describe = exit_status_describer()
     lines = ["Process tree", _node_label(snap.processes[snap.target])]
 
-    def walk(pid: int, prefix: str) -> None:
-        rows = _collapsed_children(kids.get(pid, []), kids, describe)
-        for i, (label, child) in enumerate(rows):
-            last = i == len(rows) - 1
-            lines.append(prefix + ("└─ " if last else "├─ ") + label)
-            if child is not None:
-                walk(child.pid, prefix + ("   " if last else "│  "))
-
-    walk(snap.target, "")
+    # Depth first with a stack of row iterators, not a call per level: a
+    # chain of forks can be thousands of processes deep.
+    stack = [(iter(_rows_with_last(snap.target, kids, describe)), "")]
+    while stack:
+        rows, prefix = stack[-1]
+        row = next(rows, None)
+        if row is None:
+            stack.pop()
+            continue
+        label, child, last = row
+        lines.append(prefix + ("└─ " if last else "├─ ") + label)
+        if child is not None:
+            stack.append((iter(_rows_with_last(child.pid, kids, describe)),
+                          prefix + ("   " if last else "│  ")))
     return "\n".join(lines)
+
+
+def _rows_with_last(pid: int, kids: dict[int, list[ProcessInfo]],
+                    describe: Callable[[ExitStatus | None], str]
+                    ) -> list[tuple[str, ProcessInfo | None, bool]]:
+    rows = _collapsed_children(kids.get(pid, []), kids, describe)
+    return [(label, child, i == len(rows) - 1) for i, (label, child) in enumerate(rows)]
 
 
 def _collapsed_children(children: list[ProcessInfo], kids: dict[int, list[ProcessInfo]],
