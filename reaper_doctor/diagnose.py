@@ -148,8 +148,8 @@ def exit_status_describer() -> Callable[[ExitStatus | None], str]:
 
     A tree of 10,000 zombies holds a handful of distinct statuses, mostly
     shared objects (procfs.decode_wait_status is cached). They are keyed by
-    id(): the snapshot keeps every status alive while this is in use, and
-    the dataclass's own __hash__ costs more than describe() itself.
+    id(), cheaper than hashing the tuple: the snapshot keeps every status
+    alive while this is in use.
     """
     texts: dict[int, str] = {}
 
