@@ -430,15 +430,14 @@ def _new_context(with_fd_list: bool = False) -> _Context:
 
 
 def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
-                  *, wants_sigchld: bool, raw_stat: bytes | None = None,
-                  stat: procfs.StatLine | None = None) -> ProcessInfo:
-    """Read one process (from `stat`, or `raw_stat`, when the caller has
-    read its stat already). Raises ProcessGone if it has vanished."""
+                  *, wants_sigchld: bool, stat: procfs.StatLine | None = None) -> ProcessInfo:
+    """Read one process (from `stat` when the caller has read its stat
+    already). Raises ProcessGone if it has vanished."""
     base = f"{PROC}/{pid}"
     st = stat
     if st is None:
         try:
-            st = procfs.parse_stat(raw_stat if raw_stat is not None else _read_small(f"{base}/stat"))
+            st = procfs.parse_stat(_read_small(f"{base}/stat"))
         except (FileNotFoundError, ProcessLookupError):
             raise ProcessGone(pid) from None
         except OSError as e:
@@ -1112,9 +1111,9 @@ def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8) -> MachineSample
     for pid, brief in table.items():
         if brief.state == "Z":
             try:
-                raw = _read_small(f"{PROC}/{pid}/stat")
-                zombies[pid] = _read_process(pid, ctx, brief, wants_sigchld=False, raw_stat=raw)
-                sessions[pid] = procfs.parse_stat_session(raw)
+                st = procfs.parse_stat(_read_small(f"{PROC}/{pid}/stat"))
+                zombies[pid] = _read_process(pid, ctx, brief, wants_sigchld=False, stat=st)
+                sessions[pid] = st.session
             except (OSError, ProcessGone, ValueError, IndexError):
                 continue  # reaped since the table was read
         else:
@@ -1237,9 +1236,9 @@ def read_processes(pids: list[int], table: dict[int, TaskBrief]
     sessions: dict[int, int] = {}
     for pid in pids:
         try:
-            raw = _read_small(f"{PROC}/{pid}/stat")
-            infos[pid] = _read_process(pid, ctx, table.get(pid), wants_sigchld=True, raw_stat=raw)
-            sessions[pid] = procfs.parse_stat_session(raw)
+            st = procfs.parse_stat(_read_small(f"{PROC}/{pid}/stat"))
+            infos[pid] = _read_process(pid, ctx, table.get(pid), wants_sigchld=True, stat=st)
+            sessions[pid] = st.session
         except (OSError, ProcessGone, ValueError, IndexError):
             continue
     return infos, sessions

@@ -57,11 +57,6 @@ def parse_stat(raw: bytes) -> StatLine:
     )
 
 
-def parse_stat_session(raw: bytes) -> int:
-    """The session ID (field 6) of /proc/<pid>/stat; split after the last ')'."""
-    return int(raw[raw.rindex(b")") + 2:].split()[3])
-
-
 def parse_file_nr(text: str) -> tuple[int, int, int]:
     """/proc/sys/fs/file-nr: (allocated, allocated but unused, fs.file-max)."""
     allocated, unused, maximum = (int(x) for x in text.split()[:3])
