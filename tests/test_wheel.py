@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -51,14 +52,27 @@ def test_wheel_ships_the_scenario_scripts(wheel: Path) -> None:
     assert "reaper_doctor/runner.py" in names
 
 
+def _suite_site_dirs() -> list[str]:
+    """The site-packages folders of the environment this suite runs in (a
+    venv's own, not its base interpreter's): where psutil, click, tabulate
+    and pip are installed for the suite."""
+    paths = sysconfig.get_paths()
+    return sorted({paths["purelib"], paths["platlib"]})
+
+
 def test_installed_wheel_lists_and_runs_scenarios(wheel: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    # --system-site-packages: psutil, click, tabulate and pip come from this
-    # Python; the wheel itself goes into the venv, without its dependencies.
-    made = _run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages",
-                 str(venv)])
+    # No --system-site-packages: the base interpreter of a fresh machine has
+    # none of the dependencies. A .pth file puts the suite's own site-packages
+    # after the new venv's, so psutil, click, tabulate and pip come from the
+    # environment the suite runs in, and the wheel (installed into the venv
+    # itself, first on sys.path) is what gets imported.
+    made = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     assert made.returncode == 0, made.stderr
     python = venv / "bin" / "python"
+    (site,) = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
+                   ).stdout.split()
+    Path(site, "suite-environment.pth").write_text("".join(d + "\n" for d in _suite_site_dirs()))
     installed = _run([str(python), "-m", "pip", "install", "--quiet", "--no-deps",
                       "--no-index", str(wheel)])
     assert installed.returncode == 0, installed.stderr
