@@ -7,7 +7,6 @@ import os
 import socket
 
 import pytest
-
 from helpers import http_request, run_cli, run_json, wait_until
 from test_scan import codes_of, findings_of
 

@@ -13,9 +13,18 @@ from typing import Callable
 import click
 from tabulate import tabulate
 
-from ..diagnose import exit_status_describer
-from ..model import Finding, FdTable, LimitUsage, ProcessInfo, Report, Severity, Snapshot, TargetReport
-from ..procfs import ExitStatus
+from ..diagnose.zombies import exit_status_describer
+from ..model import (
+    FdTable,
+    Finding,
+    LimitUsage,
+    ProcessInfo,
+    Report,
+    Severity,
+    Snapshot,
+    TargetReport,
+)
+from ..model.kernel import ExitStatus
 from .common import children_map, command_line, safe, state_word, zombie_groups
 
 SEVERITY_COLORS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
