@@ -244,6 +244,8 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
     from .scan import ProcessGone, scan as run_scan
 
     if as_json:
+        if fmt not in (None, "json"):
+            die(f"--json and --format {fmt} ask for two formats; give one")
         fmt = "json"
     if fmt is None:
         fmt = None if textfile else "text"

@@ -33,3 +33,15 @@ def test_click_errors_read_like_ours(argv, message):
     line = one_error_line(run_cli(*argv))
     assert line.startswith("reaper-doctor: error: " + message.split(" (see")[0]), line
     assert message in line and not line.endswith("."), line
+
+
+@pytest.mark.parametrize("fmt", ["prometheus", "text"])
+def test_two_formats_at_once_is_one_error(fmt):
+    for argv in (["--json", "--format", fmt], ["--format", fmt, "--json"]):
+        line = one_error_line(run_cli("scan", "1", "--grace", "0", *argv))
+        assert line == f"reaper-doctor: error: --json and --format {fmt} ask for two formats; give one"
+
+
+def test_json_twice_over_is_no_conflict():
+    result = run_cli("scan", "1", "--grace", "0", "--json", "--format", "json")
+    assert result.returncode in (0, 1) and result.stdout.startswith("{"), result.stderr
