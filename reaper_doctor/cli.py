@@ -219,7 +219,9 @@ FORMATS = ("text", "json", "prometheus")
 @click.option("--textfile", type=click.Path(dir_okay=False), default=None,
               help="Also write the Prometheus text to this file, atomically (for "
                    "node_exporter's textfile collector). Alone, nothing goes to stdout.")
-@click.option("--list-fds", is_flag=True, help="JSON: include every descriptor (fd, link).")
+@click.option("--list-fds", is_flag=True,
+              help="List every descriptor (fd, link) of each process: a line each in text, "
+                   "a `list` per process in JSON.")
 @click.option("--trace", "trace_s", type=SecondsType("--trace", 3600), default=None, metavar="S",
               help="(root, tracefs) Trace SIGCHLD for S seconds between the samples (the "
                    "grace becomes at least S): each parent with zombies that catches SIGCHLD "
