@@ -142,6 +142,8 @@ def render_target(t: TargetReport, style: Callable[..., str]) -> str:
 
 def _headline(t: TargetReport, me: ProcessInfo, style: Callable[..., str]) -> str:
     facts = [state_word(me), f"uid {me.uid}" if me.uid is not None else "uid ?"]
+    if me.is_kernel_thread:
+        facts.insert(0, "kernel thread")
     if me.age_s is not None:
         facts.append(f"up {_duration(me.age_s)}")
     line = style(f"PID {me.pid}", bold=True) + f"  {command_line(me, 80)}  ({', '.join(facts)})"
