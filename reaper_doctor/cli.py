@@ -217,13 +217,20 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
             die(problem)
     if trace_s is not None and not pids:
         die("--trace needs at least one PID (the whole-machine census is not traced)")
+    notes: list[str] = []
+    if pids:
+        from .targets import scan_targets
+
+        resolved = scan_targets(pids)
+        pids, notes = tuple(resolved.pids), resolved.notes
+        _echo_notes(notes)
     started = time.perf_counter()
     if trace_s is not None:
-        report = _traced_scan(list(dict.fromkeys(pids)), grace_s, list_fds, trace_s)
+        report = _traced_scan(list(pids), grace_s, list_fds, trace_s)
     else:
         try:
             if pids:
-                report = run_scan(list(dict.fromkeys(pids)), grace_s=grace_s,
+                report = run_scan(list(pids), grace_s=grace_s,
                                   with_fd_list=list_fds)
             else:
                 from .census import census
@@ -231,7 +238,7 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
                 report = census(grace_s=grace_s)
         except ProcessGone as gone:
             die(str(gone))
-    report = report._replace(duration_s=time.perf_counter() - started)
+    report = report._replace(duration_s=time.perf_counter() - started, notes=tuple(notes))
     if textfile is not None or fmt == "prometheus":
         from .render.prometheus import render_prometheus
 
@@ -252,6 +259,12 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
 
         click.echo(render_text(report, color=use_color(no_color)), nl=False)
     return report.exit_code
+
+
+def _echo_notes(notes: list[str]) -> None:
+    """What became of the PIDs given (a thread, a zombie, a repeat), on stderr."""
+    for note in notes:
+        click.echo(f"{PROG}: {note}", err=True)
 
 
 def _traced_scan(pids: list[int], grace_s: float, list_fds: bool, trace_s: float) -> Any:
@@ -346,7 +359,11 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
 
     from .collect import ProcessGone
     from .render import watch as render
+    from .targets import live_target
     from .watch import watch as run_watch
+
+    pid, notes = live_target(pid, "watching")
+    _echo_notes(notes)
 
     csv_file = None
     if csv_path:
@@ -547,7 +564,11 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
     """(root) Count SIGCHLD generated / merged / delivered for PID, from the
     kernel's signal tracepoints, in a private tracing instance."""
     from . import trace as tracing
+    from .targets import live_target
     from .tracefs import TracefsError, signal_name
+
+    pid, notes = live_target(pid, "tracing")
+    _echo_notes(notes)
 
     def started(tr: Any) -> None:
         until = f"for {duration:g} s" if duration is not None else "until Ctrl-C"
