@@ -8,6 +8,7 @@ imports what it needs when it runs.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any, NoReturn
 
@@ -41,17 +42,24 @@ class OneLineErrors(click.Group):
         try:
             rv = super().main(args=args, prog_name=prog_name or PROG,
                               standalone_mode=False, **extra)
+        except NO_ARGS_IS_HELP as e:
+            # `reaper-doctor`, `reaper-doctor scenario`: asking what there is
+            # to run is not an error.
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
         except click.BadParameter as e:
             # Our own parameter types say the whole thing ("no process with
             # PID 9"); click's need the parameter named to make sense.
-            die(e.message if getattr(e, "one_line", False) else e.format_message())
+            if getattr(e, "one_line", False):
+                die(e.message)
+            die(click_message(e))
         except click.NoSuchOption as e:
             # `scan -1` reads as an option to click; to the user it is a PID.
             if _looks_numeric(e.option_name):
                 die(f"PID must be a positive integer, not {e.option_name!r}")
-            die(e.format_message())
+            die(click_message(e))
         except click.ClickException as e:
-            die(e.format_message(), e.exit_code if e.exit_code != 1 else 2)
+            die(click_message(e), e.exit_code if e.exit_code != 1 else 2)
         except click.exceptions.Abort:
             click.echo(error_line("interrupted"), err=True)
             sys.exit(130)
@@ -63,6 +71,34 @@ class OneLineErrors(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+# click >= 8.2 raises this for a group run without a command; 8.1 prints
+# the help and exits 0 by itself.
+NO_ARGS_IS_HELP: type[Exception] = getattr(click.exceptions, "NoArgsIsHelpError", ())  # type: ignore[assignment]
+
+
+def click_message(e: click.ClickException) -> str:
+    """Click's message in the style of ours: sentences joined by "; ", each
+    starting lower case, no full stop at the end; a usage error names the
+    help of the command it came from.
+
+    "No such option '--formt'. Did you mean '--format'?" becomes
+    "no such option '--formt'; did you mean '--format'? (see reaper-doctor scan --help)".
+    """
+    sentences = re.split(r"(?<=[.?!])\s+(?=[A-Z])", " ".join(e.format_message().split()))
+    text = "; ".join(_lower_first(s.rstrip(".") if s.endswith(".") else s) for s in sentences)
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError) and ctx is not None:
+        text += f" (see {ctx.command_path} --help)"
+    return text
+
+
+def _lower_first(sentence: str) -> str:
+    """"Missing argument" -> "missing argument"; "PID ..." stays."""
+    if len(sentence) > 1 and sentence[0].isupper() and not sentence[1].isupper():
+        return sentence[0].lower() + sentence[1:]
+    return sentence
 
 
 def _looks_numeric(text: str) -> bool:
@@ -183,7 +219,9 @@ FORMATS = ("text", "json", "prometheus")
 @click.option("--textfile", type=click.Path(dir_okay=False), default=None,
               help="Also write the Prometheus text to this file, atomically (for "
                    "node_exporter's textfile collector). Alone, nothing goes to stdout.")
-@click.option("--list-fds", is_flag=True, help="JSON: include every descriptor (fd, link).")
+@click.option("--list-fds", is_flag=True,
+              help="List every descriptor (fd, link) of each process: a line each in text, "
+                   "a `list` per process in JSON.")
 @click.option("--trace", "trace_s", type=SecondsType("--trace", 3600), default=None, metavar="S",
               help="(root, tracefs) Trace SIGCHLD for S seconds between the samples (the "
                    "grace becomes at least S): each parent with zombies that catches SIGCHLD "
@@ -208,6 +246,8 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
     from .scan import ProcessGone, scan as run_scan
 
     if as_json:
+        if fmt not in (None, "json"):
+            die(f"--json and --format {fmt} ask for two formats; give one")
         fmt = "json"
     if fmt is None:
         fmt = None if textfile else "text"
