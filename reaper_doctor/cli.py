@@ -637,8 +637,9 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
 def load_options(func: Any) -> Any:
     """The load shared by `scenario run` and `scenario compare`."""
     for option in reversed((
-        click.option("--requests", "-n", type=BoundedInt(1, 5000), default=60,
-                     show_default=True, help="Requests to send (to 127.0.0.1 only)."),
+        click.option("--requests", "-n", type=BoundedInt(1, 5000), default=None,
+                     help="Requests to send (to 127.0.0.1 only)  [default: 60; with "
+                          "--fd-limit N, N + concurrency: enough to reach the limit]"),
         click.option("--concurrency", "-c", type=BoundedInt(1, 64), default=8,
                      show_default=True, help="Requests in flight at once."),
         click.option("--timeout", "timeout_s", type=SecondsType("--timeout", 60), default=2.0,
@@ -680,7 +681,8 @@ def _progress(label: str, total: int, enabled: bool) -> Any:
                    "make fd-leak reach [Errno 24].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @no_color_option
-def scenario_run(name: str, requests: int, concurrency: int, timeout_s: float, grace_s: float,
+def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: float,
+                 grace_s: float,
                  lifetime_s: float | None, fd_limit: int | None, as_json: bool,
                  no_color: bool) -> int:
     """Start scenario NAME on 127.0.0.1, load it, sample it, scan it, kill and
@@ -692,6 +694,8 @@ def scenario_run(name: str, requests: int, concurrency: int, timeout_s: float, g
     from . import runner
     from .render.scenario import render_run_json, render_run_text
 
+    if requests is None:
+        requests = runner.default_requests(fd_limit, concurrency)
     settings = runner.RunSettings(requests=requests, concurrency=concurrency,
                                   timeout_s=timeout_s, grace_s=grace_s,
                                   lifetime_s=lifetime_s, fd_limit=fd_limit)
@@ -722,7 +726,7 @@ def scenario_run(name: str, requests: int, concurrency: int, timeout_s: float, g
 @load_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @no_color_option
-def scenario_compare(requests: int, concurrency: int, timeout_s: float, grace_s: float,
+def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, grace_s: float,
                      as_json: bool, no_color: bool) -> int:
     """Run all six scenarios under the same load, one after the other, and
     compare them in one table: ok / failed / hung requests, median latency,
@@ -733,6 +737,8 @@ def scenario_compare(requests: int, concurrency: int, timeout_s: float, grace_s:
     from . import runner
     from .render.scenario import render_compare_json, render_compare_text
 
+    if requests is None:
+        requests = runner.default_requests(None, concurrency)
     settings = runner.RunSettings(requests=requests, concurrency=concurrency,
                                   timeout_s=timeout_s, grace_s=grace_s)
     show = not as_json and sys.stderr.isatty()
