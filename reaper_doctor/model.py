@@ -328,6 +328,7 @@ class Report(NamedTuple):
     targets: tuple[TargetReport, ...]
     machine: MachineCensus | None = None   # `scan` with no PID
     duration_s: float | None = None        # wall time of the scan, when measured
+    notes: tuple[str, ...] = ()            # what became of the PIDs given (threads, repeats)
 
     @property
     def exit_code(self) -> int:
