@@ -56,6 +56,8 @@ def report_document(report: Report) -> dict[str, Any]:
         doc["machine"] = machine_document(report.machine)
     if report.duration_s is not None:
         doc["duration_s"] = round(report.duration_s, 4)
+    if report.notes:
+        doc["notes"] = list(report.notes)
     return doc
 
 
