@@ -280,16 +280,19 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
             die(str(gone))
     report = report._replace(duration_s=time.perf_counter() - started, notes=tuple(notes))
     if textfile is not None or fmt == "prometheus":
-        from .render.prometheus import render_prometheus
+        from .render.prometheus import ReportCollector, registry_of, render_prometheus
 
-        metrics = render_prometheus(report)
         if textfile is not None:
+            from prometheus_client import write_to_textfile
+
             try:
-                _write_atomically(textfile, metrics)
+                # A temporary file beside it, then rename(2): node_exporter's
+                # textfile collector never reads a half-written file.
+                write_to_textfile(textfile, registry_of(ReportCollector(report)))
             except OSError as e:
                 die(f"cannot write --textfile {textfile}: {e.strerror or e}")
         if fmt == "prometheus":
-            click.echo(metrics, nl=False)
+            click.echo(render_prometheus(report), nl=False)
     if fmt == "json":
         from .render.json import render_json
 
@@ -345,33 +348,6 @@ def _textfile_problem(path: str) -> str | None:
     if not os.access(directory, os.W_OK | os.X_OK):
         return f"--textfile {path}: permission denied (cannot create files in {directory})"
     return None
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """A temporary file in the same directory, then os.replace: a scraper
-    never reads a half-written file (node_exporter textfile collector). The
-    temporary name does not end in .prom, so the collector ignores it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd = -1
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        data = text.encode("utf-8")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 @main.command()
