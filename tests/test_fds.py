@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Callable
 
 import pytest
 
@@ -219,18 +220,27 @@ def test_rd201_in_a_process_that_never_forked_says_so(spawner):
     assert "fork()" not in message and "client_connection" not in message
 
 
+def _scan_while_connected(pid: int, port: int, clients: int, grace: str,
+                          ready: Callable[[], object]) -> tuple[int, dict]:
+    """`scan --json` of `pid` while `clients` connections to `port` are open,
+    once `ready()` has returned."""
+    held = []
+    try:
+        for _ in range(clients):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        ready()
+        return run_json("scan", str(pid), "--grace", grace)
+    finally:
+        for c in held:
+            c.close()
+
+
 def test_rd401_at_the_descriptor_limit_points_at_the_leak(spawner):
     proc, port = start_server(spawner, SINGLE_PROCESS_LEAK, "32")
-    clients = []
-    try:
-        # 32 descriptors: about 28 connections accepted, the rest queued.
-        for _ in range(36):
-            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-        wait_until(lambda: open_fds(proc.pid) == 32, what="32 of 32 descriptors")
-        code, doc = run_json("scan", str(proc.pid), "--grace", "0.3")
-    finally:
-        for c in clients:
-            c.close()
+    # 32 descriptors: about 28 connections accepted, the rest queued.
+    code, doc = _scan_while_connected(
+        proc.pid, port, 36, "0.3",
+        lambda: wait_until(lambda: open_fds(proc.pid) == 32, what="32 of 32 descriptors"))
     assert code == 1
     rd401 = only(findings_of(doc), "RD401")
     ev, message = rd401["evidence"], rd401["message"]
@@ -338,15 +348,9 @@ def test_no_rd203_when_descriptors_stay_put(spawner):
 
 def test_rd401_iterative_server_with_a_sleeping_handler(spawner):
     proc, port = start_server(spawner, ITERATIVE_SERVER)
-    clients = []
-    try:
-        for _ in range(4):
-            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-        assert proc.stdout.readline().strip() == "accepted"
-        code, doc = run_json("scan", str(proc.pid), "--grace", "0.5")
-    finally:
-        for c in clients:
-            c.close()
+    code, doc = _scan_while_connected(
+        proc.pid, port, 4, "0.5",
+        lambda: proc.stdout.readline().strip() == "accepted" or pytest.fail("not accepted"))
     assert code == 1
     rd401 = only(findings_of(doc), "RD401")
     ev = rd401["evidence"]
