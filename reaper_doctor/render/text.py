@@ -136,12 +136,14 @@ def render_target(t: TargetReport, style: Callable[..., str]) -> str:
     snap = t.snapshot
     me = snap.processes[t.pid]
     parts = [_headline(t, me, style), _tree(snap), _zombies(snap), _descriptors(snap),
-             _limits(snap), _findings(t, style), _unreadable(snap)]
+             _fd_list(snap), _limits(snap), _findings(t, style), _unreadable(snap)]
     return "\n\n".join(p for p in parts if p)
 
 
 def _headline(t: TargetReport, me: ProcessInfo, style: Callable[..., str]) -> str:
     facts = [state_word(me), f"uid {me.uid}" if me.uid is not None else "uid ?"]
+    if me.is_kernel_thread:
+        facts.insert(0, "kernel thread")
     if me.age_s is not None:
         facts.append(f"up {_duration(me.age_s)}")
     line = style(f"PID {me.pid}", bold=True) + f"  {command_line(me, 80)}  ({', '.join(facts)})"
@@ -280,7 +282,38 @@ def _descriptors(snap: Snapshot) -> str:
             lines.append(f"  fd {s.fd} {s.proto} {_address(s.local)} → {_address(s.remote)} {s.state}")
         if len(conns) > MAX_SOCKET_LINES:
             lines.append(f"  … {len(conns) - MAX_SOCKET_LINES} more TCP connections "
-                         "(all of them: scan --json --list-fds)")
+                         "(all of them: scan --list-fds)")
+    return "\n".join(lines)
+
+
+def _fd_list(snap: Snapshot) -> str:
+    """`scan --list-fds`: every descriptor of every process that has one, the
+    target first, a line each; a socket with what its table says of it."""
+    tables = sorted(((pid, fds) for pid, fds in snap.fds.items() if fds.listed),
+                    key=lambda kv: (kv[0] != snap.target, kv[0]))
+    if not tables:
+        return ""
+    lines = ["Descriptor list"]
+    for pid, fds in tables:
+        info = snap.processes.get(pid)
+        lines.append(f"  {pid} {safe(info.name) if info else '?'}: "
+                     f"{len(fds.listed)} descriptor{'s' if len(fds.listed) != 1 else ''}")
+        width = len(str(fds.listed[-1][0]))
+        inet = {s.fd: s for s in fds.sockets}
+        closed = {fd for fd, _ in fds.closed_tcp}
+        unlisted = {fd for fd, _ in fds.unlisted_socket_fds}
+        for fd, link in fds.listed:
+            text = safe(link)
+            s = inet.get(fd)
+            if s is not None:
+                text += f" {s.proto} {_address(s.local)}"
+                text += f" {s.state}" if s.state == "LISTEN" else \
+                    f" → {_address(s.remote)} {s.state}"
+            elif fd in closed:
+                text += " TCP shut down but open (in no socket table)"
+            elif fd in unlisted:
+                text += " (in no socket table)"
+            lines.append(f"    {fd:>{width}}  {text}")
     return "\n".join(lines)
 
 
