@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from typing import Callable
 
 import pytest
@@ -359,6 +360,53 @@ def test_rd401_iterative_server_with_a_sleeping_handler(spawner):
     assert ev["waited_whole_window"] in (3, None)
     (listening,) = doc["targets"][0]["fds"]["listening"]
     assert listening["accept_queue"] == 3
+
+
+# Iterative server that is always behind: it takes a connection every
+# 50 ms, so its queue (backlog 5) turns over in about 0.3 s, while clients
+# keep arriving faster than that.
+BEHIND_SERVER = r"""
+import socket, time
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0))
+ls.listen(5)
+print("ready", flush=True)
+print(ls.getsockname()[1], flush=True)
+while True:
+    conn, _ = ls.accept()
+    time.sleep(0.05)
+    conn.close()
+"""
+
+
+def test_rd401_when_the_queue_turns_over_but_never_empties(spawner):
+    proc, port = start_server(spawner, BEHIND_SERVER)
+    stop = threading.Event()
+    clients: list[socket.socket] = []
+
+    def feed() -> None:           # 50 connections a second, at most 300
+        while not stop.is_set() and len(clients) < 300:
+            c = socket.socket()
+            clients.append(c)
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", port))
+            stop.wait(0.02)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        wait_until(lambda: len(clients) >= 20, what="20 clients")
+        code, doc = run_json("scan", str(proc.pid), "--grace", "1.0")
+    finally:
+        stop.set()
+        feeder.join()
+        for c in clients:
+            c.close()
+    rd401 = only(findings_of(doc), "RD401")
+    ev = rd401["evidence"]
+    assert len(ev["queue_samples"]) == 4 and min(ev["queue_samples"]) >= 1, ev
+    assert "non-empty in all 4 samples" in rd401["message"]
+    assert code == 1
 
 
 MANY_FDS = r"""
