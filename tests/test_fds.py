@@ -135,9 +135,11 @@ for pid in workers:
     os.waitpid(pid, 0)
 """.replace("RESPONSE", RESPONSE)
 
-# Iterative server: the handler sleeps, so nobody accepts meanwhile.
+# Iterative server: the handler sleeps argv[1] seconds, so nobody accepts
+# meanwhile (backlog 5).
 ITERATIVE_SERVER = r"""
-import socket, time
+import socket, sys, time
+work_s = float(sys.argv[1])
 ls = socket.socket()
 ls.bind(("127.0.0.1", 0))
 ls.listen(5)
@@ -146,7 +148,7 @@ print(ls.getsockname()[1], flush=True)
 while True:
     conn, _ = ls.accept()
     print("accepted", flush=True)
-    time.sleep(60)
+    time.sleep(work_s)
     conn.close()
 """
 
@@ -347,7 +349,7 @@ def test_no_rd203_when_descriptors_stay_put(spawner):
 
 
 def test_rd401_iterative_server_with_a_sleeping_handler(spawner):
-    proc, port = start_server(spawner, ITERATIVE_SERVER)
+    proc, port = start_server(spawner, ITERATIVE_SERVER, "60")
     code, doc = _scan_while_connected(
         proc.pid, port, 4, "0.5",
         lambda: proc.stdout.readline().strip() == "accepted" or pytest.fail("not accepted"))
@@ -362,25 +364,10 @@ def test_rd401_iterative_server_with_a_sleeping_handler(spawner):
     assert listening["accept_queue"] == 3
 
 
-# Iterative server that is always behind: it takes a connection every
-# 50 ms, so its queue (backlog 5) turns over in about 0.3 s, while clients
-# keep arriving faster than that.
-BEHIND_SERVER = r"""
-import socket, time
-ls = socket.socket()
-ls.bind(("127.0.0.1", 0))
-ls.listen(5)
-print("ready", flush=True)
-print(ls.getsockname()[1], flush=True)
-while True:
-    conn, _ = ls.accept()
-    time.sleep(0.05)
-    conn.close()
-"""
-
-
 def test_rd401_when_the_queue_turns_over_but_never_empties(spawner):
-    proc, port = start_server(spawner, BEHIND_SERVER)
+    # A connection every 50 ms: the queue turns over in about 0.3 s, while
+    # clients keep arriving faster than that.
+    proc, port = start_server(spawner, ITERATIVE_SERVER, "0.05")
     stop = threading.Event()
     clients: list[socket.socket] = []
 
