@@ -203,10 +203,10 @@ def accept_backlog_findings(earlier: Snapshot, later: Snapshot,
         for s in fds.listeners:
             first.setdefault(s.inode, s)
     for pid in later.processes:           # parents first: the topmost holder reports
-        fds = later.fds.get(pid)
-        if fds is None:
+        table = later.fds.get(pid)
+        if table is None:
             continue
-        for s in fds.listeners:
+        for s in table.listeners:
             if s.inode in seen or not s.rx_queue:
                 continue
             seen.add(s.inode)

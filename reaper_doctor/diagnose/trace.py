@@ -22,10 +22,14 @@ if TYPE_CHECKING:
 class SignalTally(Protocol):
     """What these functions read of tracefs.SignalCounts (no tracefs import here)."""
 
-    generated: int
-    merged: int
-    delivered: int
-    ignored: int
+    @property
+    def generated(self) -> int: ...
+    @property
+    def merged(self) -> int: ...
+    @property
+    def delivered(self) -> int: ...
+    @property
+    def ignored(self) -> int: ...
 
 
 def _times(n: int) -> str:
@@ -96,10 +100,6 @@ def with_measured_sigchld(findings: Iterable[Finding],
                            evidence={**f.evidence, "measured": dict(m)})
         out.append(f)
     return out
-
-
-def _times(n: int) -> str:
-    return "once" if n == 1 else f"{n} times"
 
 
 def trace_findings(r: TraceResult) -> list[Finding]:
