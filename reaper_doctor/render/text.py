@@ -13,6 +13,7 @@ from typing import Callable
 import click
 from tabulate import tabulate
 
+from ..diagnose.coverage import coverage
 from ..diagnose.zombies import PID1_GRACE_S, exit_status_describer
 from ..model import (
     FdTable,
@@ -364,7 +365,8 @@ def _limits(snap: Snapshot) -> str:
     rows: list[list[object]] = []
     nofile = snap.nofile.get(snap.target)
     if nofile:
-        rows.append(["open files (ulimit -n)", _num(nofile.used), _num(nofile.soft),
+        used = "unreadable" if nofile.used is None else nofile.used
+        rows.append(["open files (ulimit -n)", used, _num(nofile.soft),
                      _num(nofile.hard), _pct(nofile)])
     worst_child = max((u for pid, u in snap.nofile.items() if pid != snap.target and u.ratio),
                       key=lambda u: u.ratio or 0, default=None)
@@ -399,14 +401,27 @@ def _limits(snap: Snapshot) -> str:
 def _findings(t: TargetReport, style: Callable[..., str]) -> str:
     if t.gone and not t.findings:
         return "Findings: none (the process exited before a second sample)"
-    if not t.findings:
+    gaps = coverage(t.snapshot)
+    if not t.findings and gaps is None:
         return style("Findings: none", fg="green") + " — no leak seen" + (
             f" over {t.elapsed_s:.1f} s" if t.samples > 1 else "")
-    lines = [f"Findings: {len(t.findings)}"]
-    for f in t.findings:
-        lines.append(_finding_line(f, style))
-    codes = sorted({f.code for f in t.findings})
-    lines.append("Explained: " + ", ".join(f"reaper-doctor explain {c}" for c in codes))
+    if not t.findings:
+        lines = [style("Findings: none seen, but the scan is incomplete", fg="yellow",
+                       bold=True)]
+    else:
+        lines = [f"Findings: {len(t.findings)}"]
+        lines += [_finding_line(f, style) for f in t.findings]
+        codes = sorted({f.code for f in t.findings})
+        lines.append("Explained: " + ", ".join(f"reaper-doctor explain {c}" for c in codes))
+    if gaps is not None:
+        lines.append(style("Incomplete:", fg="yellow", bold=True) + " could not read "
+                     + "; ".join(gaps.missing) + f", so {' '.join(gaps.unchecked)} went "
+                     f"unchecked; {gaps.to_complete}")
+    for port, n in t.snapshot.close_wait_of_uid.items():
+        uid = t.snapshot.processes[t.pid].uid
+        lines.append(f"sock_diag (open to any user) shows {n} socket{'s' if n != 1 else ''} "
+                     f"of UID {uid} in CLOSE_WAIT on port {port}, where UID {uid} listens: "
+                     f"they may be this process's (RD201), which its descriptors would tell")
     return "\n".join(lines)
 
 
