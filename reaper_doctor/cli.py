@@ -377,9 +377,9 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     import csv
 
     from .collect.proc import ProcessGone
+    from .collect.targets import live_target
     from .commands.watch import watch as run_watch
     from .render import watch as render
-    from .collect.targets import live_target
 
     pid, notes = live_target(pid, "watching")
     _echo_notes(notes)
@@ -678,7 +678,7 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     from .commands import scenario as runner
     from .model.scenario import RunSettings
     from .render.scenario import render_run_json, render_run_text
-    from .system.lifecycle import sigterm_raises_systemexit
+    from .system.lifecycle import signals_unwind
 
     if requests is None:
         requests = runner.default_requests(fd_limit, concurrency)
@@ -693,7 +693,7 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     except ValueError as e:
         die(str(e))
     show = not as_json and sys.stderr.isatty()
-    with sigterm_raises_systemexit(), \
+    with signals_unwind(), \
             _progress(f"{name}: requests", requests, show) as bar:
         try:
             run = runner.run_scenario(name, settings, on_result=lambda o: bar.update(1))
@@ -723,7 +723,7 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
     from .commands import scenario as runner
     from .model.scenario import SCENARIOS, RunSettings
     from .render.scenario import render_compare_json, render_compare_text
-    from .system.lifecycle import sigterm_raises_systemexit
+    from .system.lifecycle import signals_unwind
 
     if requests is None:
         requests = runner.default_requests(None, concurrency)
@@ -731,7 +731,7 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
                                   timeout_s=timeout_s, grace_s=grace_s)
     show = not as_json and sys.stderr.isatty()
     runs = []
-    with sigterm_raises_systemexit():
+    with signals_unwind():
         for name in SCENARIOS:
             with _progress(f"{name:>12}", requests, show) as bar:
                 try:

@@ -119,22 +119,6 @@ def _group_exists(pgid: int) -> bool:
     return True
 
 
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_subreaper() -> bool:
-    """Make this process a child subreaper, so orphans of our children (the
-    zombies a killed test parent leaves) come to us to be reaped instead of
-    waiting on PID 1. False where prctl is not available."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
 def reap_adopted(keep: set[int] = frozenset()) -> int:
     """Reap zombie children of this process that no Popen owns; return how many."""
     reaped = 0

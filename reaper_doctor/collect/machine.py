@@ -21,6 +21,7 @@ from .process import _new_context, _nproc, _read_process
 from .snapshot import _dedupe
 from .tasks import TaskBrief, process_table
 
+
 class MachineSample(NamedTuple):
     """One pass over every process on the machine."""
 
