@@ -62,7 +62,7 @@ PROCESS_EXPORTER_CONFIG = """process_names:
 # interpreter, alternating, so imports and caches are warm for both.
 COVERAGE = r"""
 import json, sys, time
-from reaper_doctor.census import census
+from reaper_doctor.commands.census import census
 rounds = int(sys.argv[1])
 runs = {"with": [], "without": []}
 census(grace_s=0)

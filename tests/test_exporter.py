@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import cli_argv, one_error_line, run_cli, wait_until
-from reaper_doctor.exporter import SharedResult, parse_listen
+from reaper_doctor.commands.exporter import SharedResult, parse_listen
 
 
 class Exporter:
@@ -210,7 +210,7 @@ time.sleep(300)
 
 
 def test_history_gives_rd203_across_censuses_and_forgets_gone_pids(spawner):
-    from reaper_doctor.census import census_after
+    from reaper_doctor.commands.census import census_after
 
     grower = spawner.python(FD_GROWER)
     state, codes = None, []
