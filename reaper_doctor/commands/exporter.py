@@ -184,16 +184,20 @@ def make_server(host: str, port: int, app: Callable[..., Iterable[bytes]]) -> Th
 __all__ = ["CensusCollector", "SharedResult", "make_app", "make_server", "parse_listen"]
 
 
+def _stop_serving(signum: int) -> BaseException:
+    return SystemExit(0)   # SIGTERM is how a service manager stops the exporter
+
+
 def serve(host: str, port: int, run_census: Callable[[], Report], *, min_interval_s: float,
           on_ready: Callable[[str, int], None] = lambda host, port: None) -> None:
     """Serve until SIGTERM or Ctrl-C, then close the listening socket and
     return. Raises OSError if the address cannot be bound."""
-    from ..system.lifecycle import sigterm_raises_systemexit
+    from ..system.lifecycle import signals_unwind
 
     shared: SharedResult[Report] = SharedResult(run_census, min_interval_s)
     server = make_server(host, port, make_app(CensusCollector(shared)))
     try:
-        with sigterm_raises_systemexit(0):
+        with signals_unwind(error=_stop_serving):
             bound = server.server_address
             on_ready(str(bound[0]), int(bound[1]))
             server.serve_forever(poll_interval=0.5)
