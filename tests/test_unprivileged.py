@@ -66,7 +66,10 @@ def test_unprivileged_scan_says_it_is_incomplete(leaking_root_server):
     assert f"the descriptors of PID {proc.pid} (permission denied)" in incomplete
     assert "RD201" in incomplete and "run as root, or as UID 0" in incomplete
     hint = next(line for line in text.splitlines() if line.startswith("sock_diag"))
-    assert f"12 sockets of UID 0 in CLOSE_WAIT on port {port}" in hint, hint
+    # Any root process counts (other servers may hold some too): the port
+    # of this one has its 12.
+    assert "sockets of UID 0 in CLOSE_WAIT on ports where UID 0 listens" in hint, hint
+    assert f"12 on port {port}" in hint or "more ports" in hint, hint   # the top 5 are named
 
 
 def test_unprivileged_scan_json_carries_the_incompleteness(leaking_root_server):
@@ -78,7 +81,8 @@ def test_unprivileged_scan_json_carries_the_incompleteness(leaking_root_server):
     assert gaps["missing"] == [f"the descriptors of PID {proc.pid} (permission denied)"]
     assert "RD201" in gaps["unchecked"] and "RD401" in gaps["unchecked"]
     assert gaps["to_complete"].startswith("run as root, or as UID 0")
-    assert target["close_wait_of_uid"] == {"uid": 0, "by_port": {str(port): 12}}
+    waiting = target["close_wait_of_uid"]
+    assert waiting["uid"] == 0 and waiting["by_port"][str(port)] == 12, waiting
     # As root the same scan is complete and finds the leak.
     doc = json.loads(run_cli("scan", str(proc.pid), "--grace", "0.3", "--json").stdout)
     (root_view,) = doc["targets"]

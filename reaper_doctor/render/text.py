@@ -33,7 +33,8 @@ from .common import (
 SEVERITY_COLORS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 MAX_LIVE_LINES = 30   # live siblings shown one per line before they are summarised
 MAX_LISTENERS = 5     # listening sockets shown
-MAX_SOCKET_LINES = 5  # TCP connections of the target shown one per line
+MAX_SOCKET_LINES = 5
+MAX_UID_PORTS = 5     # ports of another UID's CLOSE_WAIT sockets named (sock_diag)  # TCP connections of the target shown one per line
 
 
 def render_text(report: Report, *, color: bool = False) -> str:
@@ -432,11 +433,15 @@ def _findings(t: TargetReport, style: Callable[..., str]) -> str:
         lines.append(style("Incomplete:", fg="yellow", bold=True) + " could not read "
                      + "; ".join(gaps.missing) + f", so {' '.join(gaps.unchecked)} went "
                      f"unchecked; {gaps.to_complete}")
-    for port, n in t.snapshot.close_wait_of_uid.items():
+    waiting = sorted(t.snapshot.close_wait_of_uid.items(), key=lambda kv: (-kv[1], kv[0]))
+    if waiting:
         uid = t.snapshot.processes[t.pid].uid
-        lines.append(f"sock_diag (open to any user) shows {n} socket{'s' if n != 1 else ''} "
-                     f"of UID {uid} in CLOSE_WAIT on port {port}, where UID {uid} listens: "
-                     f"they may be this process's (RD201), which its descriptors would tell")
+        ports = ", ".join(f"{n} on port {port}" for port, n in waiting[:MAX_UID_PORTS])
+        more = f" and {len(waiting) - MAX_UID_PORTS} more ports" if len(waiting) > \
+            MAX_UID_PORTS else ""
+        lines.append(f"sock_diag (open to any user) shows sockets of UID {uid} in CLOSE_WAIT "
+                     f"on ports where UID {uid} listens: {ports}{more}; some may be this "
+                     "process's (RD201), which its descriptors would tell")
     return "\n".join(lines)
 
 
