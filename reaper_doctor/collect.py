@@ -469,7 +469,8 @@ def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
         age = max(0.0, ctx.uptime_s - st.start_ticks / ctx.clock_ticks)
     # Positional, in field order: half the cost of keywords, once per process.
     return ProcessInfo(pid, st.ppid, st.comm, st.state, st.start_ticks, age, st.threads,
-                       uid, cmdline, num_fds, exit_status, sigchld, pending)
+                       uid, cmdline, num_fds, exit_status, sigchld, pending,
+                       bool(st.flags & procfs.PF_KTHREAD), st.child_faults > 0)
 
 
 def _sigchld(pid: int, ctx: _Context, threads: int) -> tuple[str | None, bool]:
@@ -1029,7 +1030,7 @@ def _collect_snapshot(target: int, ctx: _Context, *, with_fds: bool) -> Snapshot
                                  wants_sigchld=pid == target or pid in parents)
             if pid == target:
                 target_limits = _limits(pid, ctx)
-            if not info.is_zombie:
+            if not info.is_zombie and not info.is_kernel_thread:
                 limits = target_limits if pid == target else _limits(pid, ctx)
                 table_fds = read_fds(pid, ctx) if with_fds else None
                 if table_fds is not None:

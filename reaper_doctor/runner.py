@@ -48,6 +48,7 @@ PR_SET_CHILD_SUBREAPER = 36
 ADDRESS = re.compile(r"^127\.0\.0\.1:(\d{1,5})$")
 
 DEFAULT_REQUESTS = 60
+MAX_REQUESTS = 5000           # the load stays bounded (--requests accepts no more)
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_GRACE_S = 1.0
@@ -440,6 +441,15 @@ class ScenarioRun:
                            "accept_queue": None}.get(name))
         values = [v for v in values if v is not None]
         return max(values) if values else None
+
+
+def default_requests(fd_limit: int | None, concurrency: int) -> int:
+    """The load when --requests is not given: DEFAULT_REQUESTS, or with a
+    descriptor limit enough requests to exceed it (a leaked connection costs
+    the server one descriptor): the limit plus a round of `concurrency`."""
+    if fd_limit is None:
+        return DEFAULT_REQUESTS
+    return min(MAX_REQUESTS, max(DEFAULT_REQUESTS, fd_limit + concurrency))
 
 
 def resolve(name: str) -> Scenario:
