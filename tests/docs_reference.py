@@ -25,6 +25,7 @@ _ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|([^|]*)\|(.*)\|\s*$")
 _PATH = re.compile(r"^[A-Za-z_][\w.\[\]]*$")
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 _REF = re.compile(r"\]\(#([a-z0-9-]+)\)")
+TRIMMED = "…"    # the key that marks an example cut short in docs/json.md
 TYPE_WORDS = ("map", "list", "object", "integer", "number", "string", "boolean")
 
 
@@ -177,6 +178,8 @@ class Checker:
             self._evidence(obj)
         seen = self.seen.setdefault(shape.anchor, set())
         for name, value in obj.items():
+            if name == TRIMMED:
+                continue
             path = f"{prefix}{name}"
             key = shape.keys.get(path)
             if key is None:
@@ -255,6 +258,25 @@ def _is(value: Any, kind: str) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     return isinstance(value, {"string": str, "boolean": bool, "list": list,
                               "object": dict, "map": dict}[kind])
+
+
+def json_examples(path: Path = DOCS / "json.md") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(section anchor, document) for each ```json block of docs/json.md
+    that is a whole document (it has a `schema`)."""
+    section, block = "", None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        m = _HEADING.match(line)
+        if block is None and m:
+            section = anchor(m.group(2))
+        elif line == "```json":
+            block = []
+        elif line == "```" and block is not None:
+            doc = json.loads("\n".join(block))
+            block = None
+            if isinstance(doc, dict) and "schema" in doc:
+                yield section, doc
+        elif block is not None:
+            block.append(line)
 
 
 # ----------------------------------------------------------------------------
