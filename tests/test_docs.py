@@ -21,8 +21,8 @@ import sys
 import pytest
 from docs_reference import (
     DOCS,
-    Checker,
     ROOT,
+    Checker,
     anchors,
     assert_documented,
     documented_codes,
