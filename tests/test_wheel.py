@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from reaper_doctor.scenarios import SCENARIOS
+from reaper_doctor.model.scenario import SCENARIOS
 
 ROOT = Path(__file__).resolve().parent.parent
 # Signs that the build backend (hatchling) could not be fetched: no network
@@ -49,7 +49,7 @@ def test_wheel_ships_the_scenario_scripts(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for s in SCENARIOS.values():
         assert f"reaper_doctor/scenarios/{s.script}" in names, sorted(names)
-    assert "reaper_doctor/runner.py" in names
+    assert "reaper_doctor/commands/scenario.py" in names
 
 
 def _suite_site_dirs() -> list[str]:

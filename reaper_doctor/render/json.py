@@ -8,11 +8,16 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from ..diagnose import exit_status_describer
+from ..diagnose.zombies import exit_status_describer
 from ..model import (
-    Finding, FdTable, MachineCensus, Report, Snapshot, TargetReport,
+    FdTable,
+    Finding,
+    MachineCensus,
+    Report,
+    Snapshot,
+    TargetReport,
 )
-from ..procfs import STATE_NAMES
+from ..parse.procfs import STATE_NAMES
 from .common import children_map, state_word, zombie_groups
 
 SCHEMA = "reaper-doctor/scan/1"

@@ -13,9 +13,18 @@ from typing import Callable
 import click
 from tabulate import tabulate
 
-from ..diagnose import PID1_GRACE_S, exit_status_describer
-from ..model import Finding, FdTable, LimitUsage, ProcessInfo, Report, Severity, Snapshot, TargetReport
-from ..procfs import ExitStatus
+from ..diagnose.zombies import PID1_GRACE_S, exit_status_describer
+from ..model import (
+    FdTable,
+    Finding,
+    LimitUsage,
+    ProcessInfo,
+    Report,
+    Severity,
+    Snapshot,
+    TargetReport,
+)
+from ..model.kernel import ExitStatus
 from .common import (
     children_map, command_line, pid_list, safe, sampling_phrase, state_word, zombie_groups,
 )

@@ -1,8 +1,8 @@
 """Pure parsers: the text of /proc files in, plain values out.
 
 Nothing here touches the file system, so every parser is unit-tested on
-captured text. Field positions and meanings are from proc(5) and were
-checked on a live kernel (../shared/notes/linux-facts.md).
+captured text. Field positions and meanings are from proc(5), checked on
+a live kernel.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import signal
 from typing import Iterator, NamedTuple
+
+from ..model.kernel import TCP_STATES, ExitStatus, SocketRow, UnixSocketRow
 
 SIGCHLD_BIT = 1 << (signal.SIGCHLD - 1)  # 0x10000: signal N is bit N-1
 
@@ -75,25 +77,6 @@ def parse_file_nr(text: str) -> tuple[int, int, int]:
     return allocated, unused, maximum
 
 
-class ExitStatus(NamedTuple):
-    """A zombie's wait status, decoded. `hidden` when the kernel showed us 0
-    because we may not ptrace-read the process (the real value is unknown)."""
-
-    raw: int | None
-    code: int | None = None     # exit code, when it exited
-    signal: int | None = None   # terminating signal, when it was killed
-    core: bool = False
-    hidden: bool = False
-
-    def describe(self) -> str:
-        """"exit 3", "SIGKILL", "SIGSEGV (core)" or "hidden"."""
-        if self.hidden or self.raw is None:
-            return "hidden"
-        if self.signal is not None:
-            return signal_name(self.signal) + (" (core)" if self.core else "")
-        return f"exit {self.code}"
-
-
 # Cached: a scan decodes one status per zombie (10,000 in a big tree), and
 # zombies mostly share a few statuses; ExitStatus is frozen, so sharing is safe.
 @functools.lru_cache(maxsize=1024)
@@ -109,13 +92,6 @@ def decode_wait_status(raw: int | None, may_be_hidden: bool = False) -> ExitStat
     if termsig == 0:
         return ExitStatus(raw=raw, code=(raw >> 8) & 0xFF)
     return ExitStatus(raw=raw, signal=termsig, core=bool(raw & 0x80))
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 class StatusFields(NamedTuple):
@@ -262,27 +238,6 @@ def _unoctal(path: str) -> str:
     return "".join(out)
 
 
-# TCP states as /proc/net/tcp prints them (include/net/tcp_states.h).
-TCP_STATES = {
-    0x01: "ESTABLISHED", 0x02: "SYN_SENT", 0x03: "SYN_RECV", 0x04: "FIN_WAIT1",
-    0x05: "FIN_WAIT2", 0x06: "TIME_WAIT", 0x07: "CLOSE", 0x08: "CLOSE_WAIT",
-    0x09: "LAST_ACK", 0x0A: "LISTEN", 0x0B: "CLOSING", 0x0C: "NEW_SYN_RECV",
-}
-
-
-class SocketRow(NamedTuple):
-    """One row of /proc/net/{tcp,tcp6,udp,udp6}."""
-
-    proto: str          # "tcp", "tcp6", "udp", "udp6"
-    local: tuple[str, int]
-    remote: tuple[str, int]
-    state: str
-    tx_queue: int
-    rx_queue: int       # for LISTEN: the current accept-queue length
-    uid: int
-    inode: int
-
-
 def parse_inet_table(text: str, proto: str) -> Iterator[SocketRow]:
     """Rows of /proc/net/tcp (or tcp6, udp, udp6). Inode 0 rows (TIME_WAIT,
     request socks) belong to no descriptor and are skipped."""
@@ -420,15 +375,6 @@ def describe_open_flags(flags: int) -> str:
 UNIX_TYPES = {1: "stream", 2: "dgram", 5: "seqpacket"}
 UNIX_STATES = {1: "UNCONNECTED", 2: "CONNECTING", 3: "CONNECTED", 4: "DISCONNECTING"}
 _SO_ACCEPTCON = 0x10000  # the Flags column of a listening socket
-
-
-class UnixSocketRow(NamedTuple):
-    """One row of /proc/net/unix."""
-
-    inode: int
-    type: str          # "stream", "dgram", "seqpacket"
-    state: str         # "LISTEN", "CONNECTED", "UNCONNECTED", ...
-    path: str | None   # None: unnamed (socketpair, or not bound); "@name": abstract
 
 
 def parse_unix_table(text: str) -> Iterator[UnixSocketRow]:

@@ -9,9 +9,13 @@ from __future__ import annotations
 import time
 from typing import Callable, Mapping, Protocol, Sequence
 
-from .collect import ProcessGone, collect_snapshot, fd_counts
-from .diagnose import PID1_GRACE_S, diagnose, with_measured_sigchld
-from .model import FdCounts, Report, Snapshot, TargetReport
+from ..collect.fds import fd_counts
+from ..collect.proc import ProcessGone
+from ..collect.snapshot import collect_snapshot
+from ..diagnose import diagnose
+from ..diagnose.trace import with_measured_sigchld
+from ..diagnose.zombies import PID1_GRACE_S
+from ..model import FdCounts, Report, Snapshot, TargetReport
 
 # Light samples (descriptor counts only) between the two full samples:
 # RD203 needs a count that rises in every interval over >= 3 samples.

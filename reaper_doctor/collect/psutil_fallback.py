@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from .model import LimitUsage, ProcessInfo, Snapshot, Unreadable
+from ..model import LimitUsage, ProcessInfo, Snapshot, Unreadable
 
 UNAVAILABLE = "not available on this platform (needs Linux /proc)"
 
@@ -15,7 +15,7 @@ UNAVAILABLE = "not available on this platform (needs Linux /proc)"
 def collect_snapshot_psutil(target: int) -> Snapshot:
     import psutil
 
-    from .collect import ProcessGone
+    from .proc import ProcessGone
 
     try:
         root = psutil.Process(target)

@@ -1,5 +1,5 @@
 """Pure NETLINK_SOCK_DIAG (inet_diag) messages: build the dump request,
-parse the replies. No socket is opened here; collect.py does the I/O.
+parse the replies. No socket is opened here; collect/sockets.py does the I/O.
 
 For a LISTEN socket the kernel reports idiag_rqueue = the current accept
 queue (sk_ack_backlog) and idiag_wqueue = the configured backlog
@@ -14,7 +14,7 @@ import socket
 import struct
 from typing import Iterable, NamedTuple
 
-from .procfs import TCP_STATES, SocketRow
+from ..model.kernel import TCP_STATES, SocketRow
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20

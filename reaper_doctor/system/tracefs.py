@@ -3,10 +3,9 @@
 The kernel fires `signal:signal_generate` once per signal sent, with a
 `result` field saying what became of it (`enum trace_signal_result` in
 include/trace/events/signal.h), and `signal:signal_deliver` when a task
-dequeues the signal to run its handler (issue 7). Comparing the two shows
-SIGCHLD coalescing with real numbers: 64 children exit, 64 SIGCHLD are
-generated, 53 of them merge into one already pending, the handler runs 11
-times.
+dequeues the signal to run its handler. Comparing the two shows SIGCHLD
+coalescing with real numbers: 64 children exit, 64 SIGCHLD are generated,
+53 of them merge into one already pending, the handler runs 11 times.
 
 Everything happens in a private tracing instance
 (`instances/reaper-doctor-<our pid>`) with its own ring buffer and event
@@ -14,16 +13,14 @@ switches, so the global trace and other users of tracefs are untouched,
 and the instance is removed on every exit path. This module never mounts
 anything.
 
-Public API (reused by `trace`, and later `lesson --trace` / `scan --trace`)::
-
     with SignalTrace(pid, signal.SIGCHLD) as tr:   # may raise TracefsError
         ...                                        # let things happen
         step = tr.read()          # drain the pipe: counts of the new events
         interval = tr.take_interval()   # counts since the last take_interval
     tr.totals                     # SignalCounts for the whole trace
 
-Parsing is pure and unit-tested on captured text: `parse_event_format`,
-`parse_trace_line`, `mountinfo_tracefs_mounts`.
+The text it reads is parsed in parse/tracefs.py (pure, unit-tested on
+captured text).
 """
 
 from __future__ import annotations
@@ -34,40 +31,31 @@ import re
 import signal
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+from ..model.trace import SignalCounts
+from ..parse.tracefs import (
+    DELIVER,
+    EVENT_SYSTEM,
+    GENERATE,
+    _Tally,
+    mountinfo_tracefs_mounts,
+    parse_event_format,
+    parse_trace_line,
+)
+
+if TYPE_CHECKING:
+    from ..parse.tracefs import EventFormat
 
 TRACEFS_ENV = "REAPER_DOCTOR_TRACEFS"
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 MOUNT_FIX = "mount -t tracefs nodev /sys/kernel/tracing"
 INSTANCE_PREFIX = "reaper-doctor-"
-EVENT_SYSTEM = "signal"
-GENERATE = "signal_generate"
-DELIVER = "signal_deliver"
-
-# enum trace_signal_result (include/trace/events/signal.h): what
-# signal_generate's `result` field means.
-RESULT_DELIVERED = 0        # queued (or the pending bit set) for delivery
-RESULT_IGNORED = 1          # dropped: the disposition ignores it
-RESULT_ALREADY_PENDING = 2  # merged into the same signal already pending
-RESULT_OVERFLOW_FAIL = 3    # a real-time signal that could not be queued
-RESULT_LOSE_INFO = 4        # queued without its siginfo
-RESULT_NAMES = {
-    RESULT_DELIVERED: "queued",
-    RESULT_IGNORED: "ignored",
-    RESULT_ALREADY_PENDING: "merged",
-    RESULT_OVERFLOW_FAIL: "overflow_fail",
-    RESULT_LOSE_INFO: "lose_info",
-}
 
 # A filter naming more threads than this only names the main thread: the
 # filter file takes one page, and a forking server is rarely that threaded.
 MAX_FILTER_TIDS = 64
-
-
-# --------------------------------------------------------------- errors
 
 
 class TracefsError(Exception):
@@ -94,16 +82,6 @@ def _permission(path: Path | str, err: OSError | None = None) -> TracefsPermissi
     why = f" ({err.strerror.lower()})" if err is not None and err.strerror else ""
     return TracefsPermissionError(
         f"cannot use tracefs at {path}{why}: tracing signals needs root; run as root")
-
-
-# ------------------------------------------------------ finding tracefs
-
-
-def mountinfo_tracefs_mounts(text: str) -> list[str]:
-    """Mount points of every `tracefs` filesystem listed in mountinfo `text`."""
-    from .procfs import parse_mountinfo
-
-    return [m.mount_point for m in parse_mountinfo(text) if m.fstype == "tracefs"]
 
 
 def _probe(path: Path) -> bool | None:
@@ -158,246 +136,6 @@ def find_tracefs(environ: Mapping[str, str] | None = None, mountinfo: str | None
         f"/proc/self/mountinfo); mount it as root: {MOUNT_FIX}")
 
 
-# ------------------------------------------------------ event formats
-
-
-@dataclass(frozen=True)
-class EventFormat:
-    """An event's `format` file: its field names and how its lines print."""
-
-    name: str
-    id: int | None
-    fields: tuple[str, ...]          # every field, common_* included
-    print_fmt: str                   # the printf format, unescaped
-    args: tuple[str, ...]            # one name per conversion: "sig" for REC->sig
-    body_re: re.Pattern[str] | None  # matches the text after "name: "
-
-    def has_field(self, name: str) -> bool:
-        return name in self.fields
-
-    def parse_body(self, body: str) -> dict[str, str]:
-        """Field values of one event's text; key=value pairs if the format does not match."""
-        if self.body_re is not None:
-            m = self.body_re.match(body)
-            if m:
-                return {self.args[int(k[1:])]: v for k, v in m.groupdict().items()}
-        return generic_fields(body)
-
-
-_CONVERSION = re.compile(r"%%|%[-#0 +]*\d*(?:\.\d+)?(?:hh|h|ll|l|z|j|t|L)?([diouxXcsp])[A-Za-z]*")
-_CONVERSION_RE = {
-    "d": r"-?\d+", "i": r"-?\d+", "u": r"\d+", "o": r"[0-7]+",
-    "x": r"(?:0x)?[0-9a-fA-F]+", "X": r"(?:0x)?[0-9a-fA-F]+",
-    "c": r".", "p": r"\S+",
-    # Greedy: a comm may hold spaces or even "pid=", and the fields after
-    # it are anchored to the end of the line, so the last match wins.
-    "s": r".*",
-}
-
-
-def _split_args(text: str) -> list[str]:
-    """Split the argument list of a print fmt at commas outside brackets."""
-    args, depth, current = [], 0, []
-    for ch in text:
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        if ch == "," and depth == 0:
-            args.append("".join(current).strip())
-            current = []
-        else:
-            current.append(ch)
-    if "".join(current).strip():
-        args.append("".join(current).strip())
-    return args
-
-
-def _arg_name(expr: str, index: int) -> str:
-    m = re.fullmatch(r"\(?\s*REC->(\w+)\s*\)?", expr.strip())
-    if m:
-        return m.group(1)
-    m = re.fullmatch(r"__get_str\((\w+)\)", expr.strip())
-    return m.group(1) if m else f"arg{index}"
-
-
-def parse_event_format(text: str) -> EventFormat:
-    """Parse a tracefs `events/<system>/<event>/format` file."""
-    name, event_id, names = "", None, []
-    print_fmt, rest = "", ""
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("name:"):
-            name = stripped[5:].strip()
-        elif stripped.startswith("ID:"):
-            try:
-                event_id = int(stripped[3:].strip())
-            except ValueError:
-                event_id = None
-        elif stripped.startswith("field:"):
-            decl = stripped[6:].split(";", 1)[0].strip()
-            m = re.search(r"(\w+)\s*(?:\[[^\]]*\])?\s*$", decl)
-            if m:
-                names.append(m.group(1))
-        elif stripped.startswith("print fmt:"):
-            spec = stripped[len("print fmt:"):].strip()
-            m = re.match(r'"((?:[^"\\]|\\.)*)"\s*,?\s*(.*)$', spec)
-            if m:
-                print_fmt = re.sub(r"\\(.)", lambda e: {"n": "\n", "t": "\t"}.get(
-                    e.group(1), e.group(1)), m.group(1))
-                rest = m.group(2)
-    exprs = _split_args(rest)
-    pieces, args, pos = [], [], 0
-    for m in _CONVERSION.finditer(print_fmt):
-        pieces.append(re.escape(print_fmt[pos:m.start()]))
-        pos = m.end()
-        if m.group(0) == "%%":
-            pieces.append("%")
-            continue
-        index = len(args)
-        args.append(_arg_name(exprs[index], index) if index < len(exprs) else f"arg{index}")
-        pieces.append(f"(?P<a{index}>{_CONVERSION_RE[m.group(1)]})")
-    pieces.append(re.escape(print_fmt[pos:]))
-    body_re = re.compile("".join(pieces) + r"\s*$", re.DOTALL) if print_fmt else None
-    return EventFormat(name=name, id=event_id, fields=tuple(names), print_fmt=print_fmt,
-                       args=tuple(args), body_re=body_re)
-
-
-def generic_fields(body: str) -> dict[str, str]:
-    """`key=value` pairs of an event's text, for a format we could not match."""
-    return {m.group(1): m.group(2) for m in re.finditer(r"(\w+)=(\S*)", body)}
-
-
-# --------------------------------------------------------- trace lines
-
-
-@dataclass(frozen=True)
-class TraceRecord:
-    """One event line of `trace_pipe`."""
-
-    task: str                 # comm of the task that was running ("<...>" if unknown)
-    task_pid: int             # its PID (thread id): common_pid
-    cpu: int
-    timestamp_s: float
-    event: str                # "signal_generate"
-    fields: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class LostEvents:
-    """`CPU:1 [LOST 23 EVENTS]`: the ring buffer overflowed."""
-
-    cpu: int
-    count: int
-
-
-_LOST_RE = re.compile(r"^\s*CPU:(\d+) \[LOST (\d+) EVENTS\]\s*$")
-# "  python3-3743  (   3743) [000] dN.2.  215.928314: signal_generate: sig=17 ..."
-# The tgid column appears with options/record-tgid, the flags column with
-# options/irq-info; a task name may contain spaces and dashes.
-_LINE_RE = re.compile(
-    r"^\s*(?P<task>.*)-(?P<pid>\d+)\s+(?:\(\s*(?:\d+|-+)\s*\)\s+)?\[(?P<cpu>\d+)\]\s+"
-    r"(?:(?P<flags>[^\s\[\]:]{4,6})\s+)?(?P<ts>\d+(?:\.\d+)?):\s+(?P<event>\w+):\s?(?P<body>.*)$")
-
-
-def parse_trace_line(line: str, formats: Mapping[str, EventFormat] | None = None
-                     ) -> TraceRecord | LostEvents | None:
-    """Parse one `trace_pipe` line; None for anything that is not an event."""
-    line = line.rstrip("\n")
-    m = _LOST_RE.match(line)
-    if m:
-        return LostEvents(cpu=int(m.group(1)), count=int(m.group(2)))
-    m = _LINE_RE.match(line)
-    if not m:
-        return None
-    event, body = m.group("event"), m.group("body")
-    fmt = (formats or {}).get(event)
-    values = fmt.parse_body(body) if fmt is not None else generic_fields(body)
-    return TraceRecord(task=m.group("task").strip(), task_pid=int(m.group("pid")),
-                       cpu=int(m.group("cpu")), timestamp_s=float(m.group("ts")),
-                       event=event, fields=values)
-
-
-# -------------------------------------------------------------- counts
-
-
-@dataclass(frozen=True)
-class SignalCounts:
-    """What happened to the traced signal. All counts are events.
-
-    `generated` = queued + merged + ignored + overflow_fail + lose_info +
-    other_result. `delivered` counts signal_deliver: the target dequeued the
-    signal to act on it (for a caught signal: one run of the C-level handler).
-    `lost_events` counts events the ring buffer dropped: when it is not 0 the
-    other counts are low.
-    """
-
-    generated: int = 0
-    queued: int = 0            # result 0: became pending
-    merged: int = 0            # result 2: already pending, merged into it
-    ignored: int = 0           # result 1: discarded by the disposition
-    overflow_fail: int = 0     # result 3
-    lose_info: int = 0         # result 4
-    other_result: int = 0      # a result code this kernel added later
-    delivered: int = 0
-    lost_events: int = 0
-
-    def __add__(self, other: SignalCounts) -> SignalCounts:
-        return SignalCounts(**{f.name: getattr(self, f.name) + getattr(other, f.name)
-                               for f in fields(self)})
-
-    def __sub__(self, other: SignalCounts) -> SignalCounts:
-        return SignalCounts(**{f.name: getattr(self, f.name) - getattr(other, f.name)
-                               for f in fields(self)})
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-class _Tally:
-    """Mutable counting behind SignalCounts, fed with parsed records."""
-
-    def __init__(self, result_field: str, sig_field: str, signum: int) -> None:
-        self.counter: Counter[str] = Counter()
-        self.result_field = result_field
-        self.sig_field = sig_field
-        self.signum = signum
-
-    def add(self, item: TraceRecord | LostEvents | None) -> None:
-        if isinstance(item, LostEvents):
-            self.counter["lost_events"] += item.count
-            return
-        if item is None:
-            return
-        try:
-            if int(item.fields.get(self.sig_field, self.signum)) != self.signum:
-                return  # the kernel filter should make this impossible
-        except ValueError:
-            return
-        if item.event == GENERATE:
-            self.counter["generated"] += 1
-            try:
-                result = int(item.fields.get(self.result_field, ""))
-            except ValueError:
-                result = -1
-            self.counter[RESULT_NAMES.get(result, "other_result")] += 1
-        elif item.event == DELIVER:
-            self.counter["delivered"] += 1
-
-    def counts(self) -> SignalCounts:
-        return SignalCounts(**{k: self.counter[k] for k in
-                               (f.name for f in fields(SignalCounts))})
-
-
-def count_lines(lines: Iterable[str], formats: Mapping[str, EventFormat], signum: int,
-                result_field: str = "result", sig_field: str = "sig") -> SignalCounts:
-    """Count the events of captured `trace_pipe` text (pure; for tests and replays)."""
-    tally = _Tally(result_field, sig_field, signum)
-    for line in lines:
-        tally.add(parse_trace_line(line, formats))
-    return tally.counts()
-
-
 def read_event_format(root: Path, event: str) -> EventFormat:
     """The parsed `events/signal/<event>/format` file under tracefs `root`."""
     path = root / "events" / EVENT_SYSTEM / event / "format"
@@ -424,9 +162,6 @@ def preflight(tracefs: str | os.PathLike[str] | None = None) -> Path:
     if not os.access(root / "instances", os.W_OK):
         raise _permission(root / "instances")
     return root
-
-
-# ------------------------------------------------------- the instance
 
 
 def thread_ids(pid: int) -> list[int]:
@@ -685,40 +420,3 @@ def instances_of(root: Path, pid: int | None = None) -> list[Path]:
     pattern = re.compile(re.escape(INSTANCE_PREFIX)
                          + (str(pid) if pid is not None else r"\d+") + r"(?:-\d+)?")
     return [root / "instances" / n for n in sorted(names) if pattern.fullmatch(n)]
-
-
-def signal_name(signum: int) -> str:
-    """SIGCHLD for 17; SIGRTMIN+3 for a real-time signal."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        if signal.SIGRTMIN < signum < signal.SIGRTMAX:
-            return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
-        return f"SIG{signum}"
-
-
-def parse_signal(text: str) -> int:
-    """17, "CHLD", "SIGCHLD", "sigchld" -> 17; ValueError for anything else."""
-    value = str(text).strip()
-    if value.isdigit():
-        signum = int(value)
-        if 1 <= signum <= signal.SIGRTMAX:
-            return signum
-        raise ValueError(f"no signal number {signum}")
-    name = value.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        raise ValueError(f"unknown signal {text!r}") from None
-
-
-__all__ = [
-    "TRACEFS_ENV", "MOUNT_FIX", "INSTANCE_PREFIX", "TracefsError", "TracefsNotFound",
-    "TracefsPermissionError", "SignalEventsMissing", "TraceTargetGone", "find_tracefs",
-    "mountinfo_tracefs_mounts", "EventFormat", "parse_event_format", "TraceRecord",
-    "LostEvents", "parse_trace_line", "SignalCounts", "count_lines", "SignalTrace",
-    "instances_of", "signal_name", "parse_signal", "thread_ids", "preflight",
-    "read_event_format",
-]

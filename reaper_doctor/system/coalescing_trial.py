@@ -1,6 +1,6 @@
 """One trial of `reaper-doctor lesson coalescing`, run in its own process.
 
-    python -m reaper_doctor._coalescing_trial STRATEGY --children N
+    python -m reaper_doctor.system.coalescing_trial STRATEGY --children N
 
 The caller (`lesson.run_trial`) starts this as a fresh Python process, so the
 signal handlers and the forking below never touch the CLI or a pytest
@@ -38,7 +38,7 @@ import sys
 import time
 from typing import Any
 
-from reaper_doctor.collect import child_states
+from ..collect.tasks import child_states
 
 STRATEGIES = ("wait-once", "waitpid-loop", "sig-ign", "pidfd")
 
@@ -250,7 +250,7 @@ def cleanup_children(pids: list[int]) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reaper_doctor._coalescing_trial")
+    parser = argparse.ArgumentParser(prog="python -m reaper_doctor.system.coalescing_trial")
     parser.add_argument("strategy", choices=STRATEGIES)
     parser.add_argument("--children", type=int, default=64)
     parser.add_argument("--settle-max", type=float, default=None,

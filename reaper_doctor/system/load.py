@@ -2,9 +2,8 @@
 
 Each request connects, sends a tiny HTTP/1.0 request, and reads until EOF:
 the scenario servers send no Content-Length, so the body ends only when the
-last copy of the server's socket is closed (linux-facts section 4). That is
-what makes a leaked `client_connection` visible from outside: the read never
-ends. Outcomes:
+last copy of the server's socket is closed. That is what makes a leaked
+`client_connection` visible from outside: the read never ends. Outcomes:
 
 - ``ok``: the reply ended with EOF within the timeout;
 - ``failed``: the connection was refused or reset, or the reply was not a
@@ -23,58 +22,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
+from ..model.load import LoadResult, Outcome, _round
 
 LOOPBACK = "127.0.0.1"
 MAX_REQUESTS = 100_000
 MAX_CONCURRENCY = 256
 REQUEST = b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\nUser-Agent: reaper-doctor\r\n\r\n"
 MAX_REPLY_BYTES = 1 << 20  # a scenario reply is a few dozen bytes
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One request: "ok", "failed" or "hung"; latency in ms; error text or None."""
-
-    index: int
-    outcome: str
-    latency_ms: float
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class LoadResult:
-    """Counts and latencies of one `drive` run.
-
-    Latency percentiles are over the ``ok`` requests only (a hung request's
-    "latency" is just the timeout); None when no request succeeded.
-    """
-
-    sent: int
-    ok: int
-    failed: int
-    hung: int
-    p50_ms: float | None
-    p99_ms: float | None
-    duration_s: float
-    errors: dict[str, int] = field(default_factory=dict)  # error text -> count
-    outcomes: tuple[Outcome, ...] = ()
-
-    @property
-    def requests_per_s(self) -> float:
-        """Completed (ok) requests per second of wall time."""
-        return self.ok / self.duration_s if self.duration_s > 0 else 0.0
-
-    def as_dict(self) -> dict[str, object]:
-        """The `requests` and `latency_ms` parts of the scenario JSON, and more."""
-        return {
-            "requests": {"sent": self.sent, "ok": self.ok, "failed": self.failed,
-                         "hung": self.hung},
-            "latency_ms": {"p50": self.p50_ms, "p99": self.p99_ms},
-            "duration_s": round(self.duration_s, 3),
-            "requests_per_s": round(self.requests_per_s, 1),
-            "errors": dict(self.errors),
-        }
 
 
 def percentile(values: list[float], pct: float) -> float | None:
@@ -190,7 +145,3 @@ def drive(host: str, port: int, requests: int, concurrency: int, timeout_s: floa
         errors=dict(Counter(o.error for o in outcomes if o.error)),
         outcomes=tuple(outcomes),
     )
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)

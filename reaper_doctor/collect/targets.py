@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 from typing import NamedTuple, Sequence
 
-from . import procfs
-from .collect import PROC, read_bytes, read_stat
+from ..parse import procfs
+from .proc import PROC, read_bytes
+from .tasks import read_stat
 
 
 class Resolved(NamedTuple):

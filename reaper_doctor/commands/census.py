@@ -5,8 +5,8 @@ verdicts as `scan PID`), the orphans waiting on PID 1 or a subreaper, the
 processes nearest their ulimit -n, each UID's tasks against ulimit -u, the
 pids cgroups nearest pids.max, and the system-wide file and PID tables.
 
-Orchestration only: collect.py reads, diagnose.py judges (the same
-zombie_findings / limit_findings as `scan PID`), the renderers print.
+collect/machine.py reads, diagnose/ judges (the same zombie_findings /
+limit_findings as `scan PID`), the renderers print.
 """
 
 from __future__ import annotations
@@ -15,11 +15,30 @@ import time
 from collections import Counter
 from typing import Callable
 
-from . import collect
-from .diagnose import PID1_GRACE_S, WARN_RATIO, limit_findings, persistent_zombies, zombie_findings
-from .model import (
-    Finding, LimitUsage, MachineCensus, NofileUsage, NprocUsage, ProcessInfo, Report, Severity,
-    Snapshot, TargetReport, UidTasks, ZombieParent,
+from ..collect.cgroups import cgroup_member
+from ..collect.machine import (
+    MachineSample,
+    collect_census_target,
+    collect_machine,
+    read_processes,
+    resample_zombies,
+)
+from ..collect.process import has_cap_exemption
+from ..diagnose.limits import WARN_RATIO, limit_findings
+from ..diagnose.zombies import PID1_GRACE_S, persistent_zombies, zombie_findings
+from ..model import (
+    Finding,
+    LimitUsage,
+    MachineCensus,
+    NofileUsage,
+    NprocUsage,
+    ProcessInfo,
+    Report,
+    Severity,
+    Snapshot,
+    TargetReport,
+    UidTasks,
+    ZombieParent,
 )
 
 TOP_NOFILE = 10
@@ -36,9 +55,9 @@ def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep)
     """Sample the machine; with grace_s > 0 re-read its zombies `grace_s`
     later (PID1_GRACE_S when PID 1 or a subreaper holds some) and judge
     persistence by (PID, start time), as `scan PID` does."""
-    first = collect.collect_machine(fd_top=TOP_NOFILE, fd_floor=WARN_RATIO)
+    first = collect_machine(fd_top=TOP_NOFILE, fd_floor=WARN_RATIO)
     first_by_parent = _by_parent(first.zombies)
-    parents, parent_sessions = collect.read_processes(sorted(first_by_parent), first.table)
+    parents, parent_sessions = read_processes(sorted(first_by_parent), first.table)
     slow = _reapers(first_by_parent, parents, parent_sessions, first.sessions)
     later_zombies, later_at, samples = first.zombies, first.taken_at, 1
     if grace_s > 0 and first.zombies:
@@ -48,10 +67,10 @@ def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep)
         remaining = first.taken_at + wait_s - time.monotonic()
         if remaining > 0:
             sleep(remaining)
-        later_at, later_zombies = collect.resample_zombies(first.zombies)
+        later_at, later_zombies = resample_zombies(first.zombies)
         samples = 2
         # Parents may have changed their handler, or be new (orphans re-parented).
-        parents, _ = collect.read_processes(sorted({z.ppid for z in later_zombies.values()}),
+        parents, _ = read_processes(sorted({z.ppid for z in later_zombies.values()}),
                                             first.table)
     later_by_parent = _by_parent(later_zombies)
 
@@ -93,7 +112,7 @@ def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep)
         holder = row.soft_min_pid
         _, hard = first.limits[holder].get("Max processes", (None, None))
         usage = NprocUsage(used=row.tasks, soft=row.soft_min, hard=hard, uid=row.uid,
-                           enforced=not collect.has_cap_exemption(holder))
+                           enforced=not has_cap_exemption(holder))
         uid_zombies = {p: z for p, z in later_zombies.items() if z.uid == row.uid}
         findings += limit_findings(Snapshot(target=holder, taken_at=first.taken_at,
                                             processes=uid_zombies, nproc=usage))
@@ -102,7 +121,7 @@ def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep)
                      key=lambda c: -((c.current or 0) / c.max if c.max else 0))[:TOP_CGROUPS]
     for cg in cgroups:
         if cg.max and (cg.current or 0) / cg.max >= WARN_RATIO:
-            member = collect.cgroup_member(cg.path) if cg.path else None
+            member = cgroup_member(cg.path) if cg.path else None
             if member is not None:
                 findings += limit_findings(Snapshot(target=member, taken_at=first.taken_at,
                                                     processes={}, pids_cgroup=cg))
@@ -129,7 +148,7 @@ def _by_parent(zombies: dict[int, ProcessInfo]) -> dict[int, dict[int, ProcessIn
     return groups
 
 
-def _name(sample: collect.MachineSample, pid: int) -> str | None:
+def _name(sample: MachineSample, pid: int) -> str | None:
     brief = sample.table.get(pid)
     return brief.name if brief else None
 
@@ -155,7 +174,7 @@ def _reapers(by_parent: dict[int, dict[int, ProcessInfo]], parents: dict[int, Pr
     return slow
 
 
-def _uid_tasks(sample: collect.MachineSample) -> list[UidTasks]:
+def _uid_tasks(sample: MachineSample) -> list[UidTasks]:
     """Tasks per real UID, against the most common soft RLIMIT_NPROC of its
     processes (and the lowest, which fails first)."""
     tasks: Counter[int] = Counter()
@@ -186,21 +205,21 @@ def _uid_tasks(sample: collect.MachineSample) -> list[UidTasks]:
     return rows
 
 
-def _targets(findings: list[Finding], sample: collect.MachineSample,
+def _targets(findings: list[Finding], sample: MachineSample,
              parents: dict[int, ProcessInfo], zombies_by_parent: dict[int, dict[int, ProcessInfo]],
              samples: int, grace_s: float, elapsed_s: float) -> list[TargetReport]:
     by_pid: dict[int, list[Finding]] = {}
     for f in findings:
         by_pid.setdefault(f.pid, []).append(f)
     missing = [pid for pid in by_pid if pid not in parents]
-    infos = {**parents, **collect.read_processes(missing, sample.table)[0]}
+    infos = {**parents, **read_processes(missing, sample.table)[0]}
     ranked = sorted(by_pid, key=lambda pid: (-max(f.severity.rank for f in by_pid[pid]), pid))
     targets = []
     for pid in ranked:
         info = infos.get(pid)
         if info is None:
             continue  # gone since: nothing left to fix
-        snap = collect.collect_census_target(info, zombies_by_parent.get(pid, {}), sample)
+        snap = collect_census_target(info, zombies_by_parent.get(pid, {}), sample)
         found = sorted(by_pid[pid], key=lambda f: f.code)
         targets.append(TargetReport(pid=pid, snapshot=snap, findings=tuple(found),
                                     samples=samples, grace_s=grace_s,

@@ -11,9 +11,11 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from .collect import ProcessGone, TreeTracker, collect_snapshot, plan_watch, watch_sample
-from .diagnose import watch_etas, watch_fd_growth, watch_rates
-from .model import WatchLimits, WatchReport, WatchSample
+from ..collect.proc import ProcessGone
+from ..collect.snapshot import collect_snapshot
+from ..collect.watch import TreeTracker, plan_watch, watch_sample
+from ..diagnose.watch import watch_etas, watch_fd_growth, watch_rates
+from ..model import WatchLimits, WatchReport, WatchSample
 
 
 def watch(pid: int, *, interval_s: float = 1.0, duration_s: float | None = None,
