@@ -214,9 +214,9 @@ def listen_queues(pid: int, inodes: Iterable[int]) -> dict[int, int]:
     if _netns_key(pid) == _netns_key(os.getpid()):
         try:
             for family in (socket.AF_INET, socket.AF_INET6):
-                for row in inet_diag_dump(family, 1 << netlink.TCP_LISTEN):
-                    if row.inode in wanted:
-                        found[row.inode] = row.rqueue  # a listener's rqueue: its queue
+                for diag in inet_diag_dump(family, 1 << netlink.TCP_LISTEN):
+                    if diag.inode in wanted:
+                        found[diag.inode] = diag.rqueue  # a listener's rqueue: its queue
             return found
         except OSError:
             found.clear()  # no netlink here: read the tables
