@@ -32,6 +32,7 @@ from docs_reference import (
     relative_links,
 )
 from helpers import run_cli, run_json, wait_until, zombie_children
+from test_exporter import Exporter
 
 from reaper_doctor.catalog import CODES
 
@@ -167,6 +168,20 @@ def test_every_metric_printed_is_documented(spawner):
     assert "reaper_doctor_zombie_children" in families
     documented = documented_metrics()
     # prometheus_client names a counter's family without the `_total` of its samples.
+    undocumented = {f for f in families if f not in documented and f + "_total" not in documented}
+    assert not undocumented, f"add these to docs/prometheus.md: {sorted(undocumented)}"
+
+
+def test_every_metric_the_exporter_serves_is_documented():
+    ex = Exporter("--min-interval", "0")
+    try:
+        status, text = ex.get("/metrics")
+    finally:
+        code, err = ex.stop()
+    assert status == 200 and code == 0, err
+    families = set(re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE))
+    assert "reaper_doctor_scrapes_total" in families
+    documented = documented_metrics()
     undocumented = {f for f in families if f not in documented and f + "_total" not in documented}
     assert not undocumented, f"add these to docs/prometheus.md: {sorted(undocumented)}"
 
