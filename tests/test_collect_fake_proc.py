@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from helpers import as_nobody
 
 from reaper_doctor.collect import proc
 from reaper_doctor.collect.machine import collect_machine
@@ -142,22 +143,6 @@ def _unreadable_of(snap) -> list[str]:
 def _as_nobody(work):
     if os.geteuid() != 0:
         return work()
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the forked child
-        code = 3
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
-            os.write(w, json.dumps(work()).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r) as out:
-        text = out.read()
-    _, status = os.waitpid(child, 0)
-    assert os.WEXITSTATUS(status) == 0, text
+    code, text = as_nobody(lambda: print(json.dumps(work())))
+    assert code == 0, text
     return json.loads(text)
