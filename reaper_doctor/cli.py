@@ -589,7 +589,8 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
     kernel's signal tracepoints, in a private tracing instance."""
     from .collect.targets import live_target
     from .commands import trace as tracing
-    from .diagnose.trace import exit_code, trace_findings
+    from .diagnose.trace import trace_findings
+    from .model.report import exit_code
     from .model.signals import signal_name
     from .render import trace as trace_render
     from .system.tracefs import TracefsError
