@@ -138,7 +138,7 @@ class MachineCensus(NamedTuple):
 
 
 def exit_code(findings: Iterable[Finding]) -> int:
-    """0: no finding of severity warning or worse; 1: at least one (DESIGN.md)."""
+    """0: no finding of severity warning or worse; 1: at least one (docs/exit-codes.md)."""
     return 1 if any(f.severity.rank >= Severity.WARNING.rank for f in findings) else 0
 
 

@@ -1,4 +1,4 @@
-"""`scan --json`: the stable document of DESIGN.md (schema reaper-doctor/scan/1)."""
+"""`scan --json`: the stable document of docs/json.md (schema reaper-doctor/scan/1)."""
 
 from __future__ import annotations
 
