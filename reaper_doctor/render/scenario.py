@@ -1,6 +1,6 @@
 """`scenario run` and `scenario compare`: ScenarioRun -> text or JSON (str).
 
-JSON schema `reaper-doctor/scenario/1` (DESIGN.md) for one run,
+JSON schema `reaper-doctor/scenario/1` for one run,
 `reaper-doctor/scenario-compare/1` for compare (a list of the same runs).
 """
 
