@@ -13,13 +13,8 @@ from typing import (
     Sequence,
 )
 
-from ..parse import procfs
-
-if TYPE_CHECKING:
-    pass
-from typing import TYPE_CHECKING
-
 from ..model import FdCounts, FdDetail, FdTable, SocketFd
+from ..parse import procfs
 from . import proc
 from .proc import ProcessGone, check_gone, map_io, read_text
 from .process import _new_context

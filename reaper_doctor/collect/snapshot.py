@@ -8,10 +8,6 @@ from typing import (
     TYPE_CHECKING,
 )
 
-if TYPE_CHECKING:
-    pass
-from typing import TYPE_CHECKING
-
 from ..model import FdTable, LimitUsage, ProcessInfo, Snapshot, Unreadable
 from . import proc
 from .cgroups import pids_cgroup
