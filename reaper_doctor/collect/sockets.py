@@ -210,6 +210,34 @@ def inet_diag_dump(family: int, states: int) -> list[netlink.DiagRow]:
     return rows
 
 
+def close_wait_where_uid_listens(pid: int, uid: int) -> dict[int, int]:
+    """{port: sockets} in CLOSE_WAIT owned by `uid` on the ports where a
+    listening socket of `uid` listens, from sock_diag, which any user may
+    query: what can be said of another user's server whose descriptors may
+    not be read. Our network namespace only: {} when `pid` is seen in
+    another (its ns link is unreadable to a non-owner, which leaves ours as
+    the best guess), or when netlink is refused."""
+    theirs = _netns_key(pid)
+    if not theirs.startswith("pid:") and theirs != _netns_key(os.getpid()):
+        return {}
+    listening: set[int] = set()
+    waiting: dict[int, int] = {}
+    states = (1 << netlink.TCP_LISTEN) | (1 << netlink.TCP_CLOSE_WAIT)
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            rows = inet_diag_dump(family, states)
+        except OSError:
+            continue
+        for diag in rows:
+            if diag.uid != uid:
+                continue
+            if diag.state == netlink.TCP_LISTEN:
+                listening.add(diag.local_port)
+            else:
+                waiting[diag.local_port] = waiting.get(diag.local_port, 0) + 1
+    return {port: n for port, n in sorted(waiting.items()) if port in listening}
+
+
 def listen_queues(pid: int, inodes: Iterable[int]) -> dict[int, int]:
     """The accept-queue length of each listening socket in `inodes`, in
     `pid`'s network namespace: sock_diag's listeners when it is ours (a
