@@ -11,6 +11,7 @@ from typing import (
 )
 
 from ..parse import procfs
+from ..model.process import TaskBrief
 from . import proc
 from .proc import (
     ProcessGone,
@@ -21,19 +22,6 @@ from .proc import (
     read_small_or_none,
     read_text,
 )
-
-
-class TaskBrief(NamedTuple):
-    """Just enough of every process on the machine: ppid, real uid, threads.
-    `name` and `fd_size` (the FDSize line: the size of the descriptor
-    table, an upper bound of the open count) are filled for the census."""
-
-    ppid: int
-    uid: int | None
-    threads: int
-    state: str
-    name: str | None = None
-    fd_size: int | None = None
 
 
 def read_stat(pid: int) -> procfs.StatLine | None:
