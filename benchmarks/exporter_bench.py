@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from typing import Any, Callable
 
@@ -89,20 +90,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _get(url: str, timeout_s: float = 60.0) -> bytes:
+def _get(url: str, timeout_s: float = 300.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout_s) as r:
         return r.read()
 
 
-def _wait_http(url: str, timeout_s: float = 60.0) -> None:
+def _wait_listening(url: str, timeout_s: float = 60.0) -> None:
+    """Until the server accepts connections (its first scrape may take long)."""
+    host, port = urllib.parse.urlsplit(url).netloc.rsplit(":", 1)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            _get(url, 5)
+            socket.create_connection((host, int(port)), timeout=5).close()
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not answer in {timeout_s:g} s") from None
+                raise RuntimeError(f"{url} did not listen in {timeout_s:g} s") from None
             time.sleep(0.1)
 
 
@@ -126,7 +129,7 @@ class Servers:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
         self.procs.append(proc)
-        _wait_http(url)
+        _wait_listening(url)
         return proc
 
     def close(self) -> None:
