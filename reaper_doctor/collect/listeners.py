@@ -183,34 +183,48 @@ def _socket_fd(fd: int, row: procfs.SocketRow, backlog: int | None) -> SocketFd:
                     backlog=backlog)
 
 
+# Processes whose descriptors are read at a time while searching holders:
+# enough for both CPUs (map_io), few enough to stop soon after the last
+# holder is found.
+HOLDER_CHUNK = 256
+
+
 def find_holders(ns: NetnsSockets, wanted: frozenset[int], table: Mapping[int, TaskBrief],
                  owner_uids: Iterable[int], hint: Iterable[int] = ()
                  ) -> dict[int, dict[int, int]]:
     """pid -> {inode: fd} of the processes of `ns` that hold any of
     `wanted` (and of the namespace's listeners: a holder's listening ports
-    are part of its picture). The processes of `hint` (last time's holders)
-    are read first, then those of the owner UIDs, then the others, until
-    every wanted socket has a holder."""
+    are part of its picture). Read in order of likelihood until every
+    wanted socket has a holder and every port of theirs a listener: the
+    processes of `hint` (last time's holders), then those of the owner
+    UIDs, then the others; within each, the biggest descriptor tables
+    first (FDSize: a leak grows its table). Copies of a socket in
+    processes read after that are not looked for."""
     interesting = wanted | frozenset(ns.listeners)
+    ports = {s.local[1] for i in wanted for s in (ns.close_wait.get(i), ns.listeners.get(i))
+             if s is not None}
     uids = set(owner_uids)
     hinted = set(hint)
-    first = [pid for pid in ns.pids if pid in hinted]
-    second = [pid for pid in ns.pids if pid not in hinted and table[pid].uid in uids]
-    rest = [pid for pid in ns.pids if pid not in hinted and table[pid].uid not in uids]
+
+    def order(pid: int) -> tuple[int, int, int]:
+        brief = table[pid]
+        return (0 if pid in hinted else 1 if brief.uid in uids else 2,
+                -(brief.fd_size or 0), pid)
+
+    todo = sorted(ns.pids, key=order)
     holders: dict[int, dict[int, int]] = {}
-    for batch in (first, second, rest):
-        if not batch:
-            continue
-        for pid, held in zip(batch, map_io(lambda pid: _socket_inodes(pid, interesting), batch)):
+    placed: set[int] = set()
+    for start in range(0, len(todo), HOLDER_CHUNK):
+        chunk = todo[start:start + HOLDER_CHUNK]
+        for pid, held in zip(chunk, map_io(lambda pid: _socket_inodes(pid, interesting), chunk)):
             if held:
                 holders[pid] = held
-        placed = {inode for held in holders.values() for inode in held}
-        if wanted <= placed:
+                placed.update(held)
+        listening = {ns.listeners[i].local[1] for i in placed if i in ns.listeners}
+        if wanted <= placed and ports <= listening:
             break
     # A holder of only a listener matters when the listener's port is one
     # of the wanted sockets' ports: its port makes them accepted connections.
-    ports = {s.local[1] for i in wanted for s in (ns.close_wait.get(i), ns.listeners.get(i))
-             if s is not None}
     return {pid: held for pid, held in holders.items()
             if wanted & held.keys() or any(ns.listeners[i].local[1] in ports
                                            for i in held if i in ns.listeners)}

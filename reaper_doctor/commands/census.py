@@ -190,9 +190,11 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
                                                     processes={}, pids_cgroup=cg))
 
     fd_series = _fd_series(earlier, now)
-    findings += fd_growth_findings(fd_series, {
-        pid: LimitUsage(used=used, soft=first.limits[pid].get("Max open files", (None, None))[0],
-                        hard=None) for pid, used in now.fd_counts.items()})
+    if len(fd_series) >= 3:   # RD203 needs three counts at least
+        findings += fd_growth_findings(fd_series, {
+            pid: LimitUsage(used=used, hard=None,
+                            soft=first.limits[pid].get("Max open files", (None, None))[0])
+            for pid, used in now.fd_counts.items()})
 
     holders: list[SocketHolder] = []
     held_by: frozenset[int] = frozenset()
@@ -232,7 +234,9 @@ def _to_explain(sockets: SocketCensus | None) -> bool:
 def _fd_series(earlier: CensusState | None, now: MachineSample) -> tuple[FdCounts, ...]:
     """The descriptor counts of the last FD_HISTORY censuses, this one
     included, of the processes that are still there."""
-    series = [*(earlier.fd_series if earlier else ()), FdCounts(now.taken_at, now.fd_counts)]
+    if earlier is None:
+        return (FdCounts(now.taken_at, now.fd_counts),)
+    series = [*earlier.fd_series, FdCounts(now.taken_at, now.fd_counts)]
     alive = now.table
     return tuple(FdCounts(s.taken_at, {pid: n for pid, n in s.counts.items() if pid in alive})
                  for s in series[-FD_HISTORY:])

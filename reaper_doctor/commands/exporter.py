@@ -186,12 +186,22 @@ __all__ = ["CensusCollector", "SharedResult", "make_app", "make_server", "parse_
 
 
 def serve(host: str, port: int, run_census: Callable[[], Report], *, min_interval_s: float,
-          on_ready: Callable[[str, int], None] = lambda host, port: None) -> None:
+          on_ready: Callable[[str, int], None] = lambda host, port: None,
+          on_error: Callable[[BaseException], None] = lambda error: None) -> None:
     """Serve until SIGTERM or Ctrl-C, then close the listening socket and
-    return. Raises OSError if the address cannot be bound."""
+    return. A census that fails is counted, told to `on_error`, and its
+    scrape carries the exporter's own series only. Raises OSError if the
+    address cannot be bound."""
     from ..system.lifecycle import sigterm_raises_systemexit
 
-    shared: SharedResult[Report] = SharedResult(run_census, min_interval_s)
+    def census() -> Report:
+        try:
+            return run_census()
+        except Exception as e:
+            on_error(e)
+            raise
+
+    shared: SharedResult[Report] = SharedResult(census, min_interval_s)
     server = make_server(host, port, make_app(CensusCollector(shared)))
     try:
         with sigterm_raises_systemexit(0):
