@@ -1,7 +1,7 @@
 """The command line: parse, call, echo, exit. No logic lives here.
 
 Only click is imported at module level: `reaper-doctor --version` and
-`--help` must not pay for psutil or tabulate (issue 6). Each command
+`--help` must not pay for psutil or tabulate. Each command
 imports what it needs when it runs.
 """
 
@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
+from .collect.proc import ProcUnavailable
 
 PROG = "reaper-doctor"
 
@@ -33,7 +34,7 @@ def die(message: str, code: int = 2) -> NoReturn:
 class OneLineErrors(click.Group):
     """A group whose usage errors are one line on stderr and exit code 2.
 
-    Click prints a multi-line usage block; DESIGN.md wants exactly one line
+    Click prints a multi-line usage block; the contract is exactly one line
     and never a traceback, so every click error is caught here, in one place.
     """
 
@@ -61,6 +62,8 @@ class OneLineErrors(click.Group):
             die(click_message(e))
         except click.ClickException as e:
             die(click_message(e), e.exit_code if e.exit_code != 1 else 2)
+        except ProcUnavailable as e:
+            die(str(e))
         except click.exceptions.Abort:
             click.echo(error_line("interrupted"), err=True)
             sys.exit(130)
@@ -377,9 +380,9 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     import csv
 
     from .collect.proc import ProcessGone
+    from .collect.targets import live_target
     from .commands.watch import watch as run_watch
     from .render import watch as render
-    from .collect.targets import live_target
 
     pid, notes = live_target(pid, "watching")
     _echo_notes(notes)
@@ -496,23 +499,9 @@ def scenario() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def scenario_list(as_json: bool) -> None:
     """List the scenarios: what each reproduces and the findings it should get."""
-    from .model.scenario import SCENARIOS
+    from .render.scenario import render_list_json, render_list_text
 
-    if as_json:
-        import json
-
-        doc = {"schema": "reaper-doctor/scenario-list/1",
-               "scenarios": [{"name": s.name, "script": s.script, "reproduces": s.reproduces,
-                              "expected": list(s.expected), "fix": s.fix}
-                             for s in SCENARIOS.values()]}
-        click.echo(json.dumps(doc, indent=2))
-        return
-    from tabulate import tabulate
-
-    rows = [(s.name, s.reproduces, " ".join(s.expected) or "none")
-            for s in SCENARIOS.values()]
-    click.echo(tabulate(rows, headers=("scenario", "reproduces", "expected findings"),
-                        maxcolwidths=[None, 60, None]))
+    click.echo(render_list_json() if as_json else render_list_text())
 
 
 @main.command()
@@ -520,33 +509,20 @@ def scenario_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def explain(code: str | None, as_json: bool) -> None:
     """Teach finding CODE (RD101, or a slug such as zombie-leak); all codes if none."""
-    import json
-
-    from .catalog import CODES, EXPLAIN, lookup
+    from .catalog import CODES, lookup
+    from .render import explain as render
 
     if code is None:
-        if as_json:
-            doc = {"schema": "reaper-doctor/explain/1",
-                   "codes": [{"code": c.code, "slug": c.slug, "severity": c.severity,
-                              "summary": c.summary} for c in CODES.values()]}
-            click.echo(json.dumps(doc, indent=2))
-            return
-        from tabulate import tabulate
-
-        rows = [(c.code, c.slug, c.severity, c.summary) for c in CODES.values()]
-        click.echo(tabulate(rows, headers=("code", "slug", "severity", "summary")))
-        click.echo(f"\n{PROG} explain CODE  prints what a finding means and how to fix it.")
+        click.echo(render.codes_json() if as_json else render.codes_text(PROG))
         return
     found = lookup(code)
     if found is None:
         die(f"unknown finding code {code!r} (known: {', '.join(CODES)}; "
             f"run `{PROG} explain` for the list)")
-    text = EXPLAIN.get(found.code, found.summary + "\n")
     if as_json:
-        click.echo(json.dumps({"schema": "reaper-doctor/explain/1", "code": found.code,
-                               "slug": found.slug, "severity": found.severity,
-                               "summary": found.summary, "text": text}, indent=2))
+        click.echo(render.code_json(found))
         return
+    text = render.code_text(found)
     click.echo(text, nl=not text.endswith("\n"))
 
 
@@ -586,7 +562,8 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
     kernel's signal tracepoints, in a private tracing instance."""
     from .collect.targets import live_target
     from .commands import trace as tracing
-    from .diagnose.trace import exit_code, trace_findings
+    from .diagnose.trace import trace_findings
+    from .model.report import exit_code
     from .model.signals import signal_name
     from .render import trace as trace_render
     from .system.tracefs import TracefsError
@@ -679,7 +656,7 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     from .commands import scenario as runner
     from .model.scenario import RunSettings
     from .render.scenario import render_run_json, render_run_text
-    from .system.lifecycle import sigterm_raises_systemexit
+    from .system.lifecycle import signals_unwind
 
     if requests is None:
         requests = runner.default_requests(fd_limit, concurrency)
@@ -694,7 +671,7 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     except ValueError as e:
         die(str(e))
     show = not as_json and sys.stderr.isatty()
-    with sigterm_raises_systemexit(), \
+    with signals_unwind(), \
             _progress(f"{name}: requests", requests, show) as bar:
         try:
             run = runner.run_scenario(name, settings, on_result=lambda o: bar.update(1))
@@ -724,7 +701,7 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
     from .commands import scenario as runner
     from .model.scenario import SCENARIOS, RunSettings
     from .render.scenario import render_compare_json, render_compare_text
-    from .system.lifecycle import sigterm_raises_systemexit
+    from .system.lifecycle import signals_unwind
 
     if requests is None:
         requests = runner.default_requests(None, concurrency)
@@ -732,7 +709,7 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
                                   timeout_s=timeout_s, grace_s=grace_s)
     show = not as_json and sys.stderr.isatty()
     runs = []
-    with sigterm_raises_systemexit():
+    with signals_unwind():
         for name in SCENARIOS:
             with _progress(f"{name:>12}", requests, show) as bar:
                 try:

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 from typing import TYPE_CHECKING
 
 from ..model import NprocUsage, ProcessInfo, Unreadable
-from .proc import PROC, ProcessGone, _read_small, read_bytes, read_text
+from . import proc
+from .proc import ProcessGone, check_gone, read_bytes, read_small, read_text
 from .tasks import read_stat
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def _reason(err: BaseException) -> str:
 
 def _new_context(with_fd_list: bool = False) -> _Context:
     try:
-        uptime_s = float(read_text(f"{PROC}/uptime").split()[0])
+        uptime_s = float(read_text(f"{proc.ROOT}/uptime").split()[0])
     except OSError:
         uptime_s = 0.0
     return _Context(uptime_s=uptime_s, clock_ticks=os.sysconf("SC_CLK_TCK"),
@@ -78,21 +79,20 @@ def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
                   *, wants_sigchld: bool, stat: procfs.StatLine | None = None) -> ProcessInfo:
     """Read one process (from `stat` when the caller has read its stat
     already). Raises ProcessGone if it has vanished."""
-    base = f"{PROC}/{pid}"
+    base = f"{proc.ROOT}/{pid}"
     st = stat
     if st is None:
         try:
-            st = procfs.parse_stat(_read_small(f"{base}/stat"))
-        except (FileNotFoundError, ProcessLookupError):
-            raise ProcessGone(pid) from None
+            st = procfs.parse_stat(read_small(f"{base}/stat"))
         except OSError as e:
-            raise ProcessGone(pid) from e
+            check_gone(pid, e)
+            raise ProcessGone(pid) from e   # unreadable stat: nothing to report on
     uid = brief.uid if brief else None
     is_zombie = st.state == "Z"
     exit_status = None
     if is_zombie:
-        # The kernel shows 0 to a reader that may not ptrace-read the zombie
-        # (linux-facts 1): only root or the same UID can trust a 0.
+        # The kernel shows 0 to a reader that may not ptrace-read the zombie:
+        # only root or the same UID can trust a 0.
         hidden = not ctx.is_root and uid is not None and uid != ctx.my_uid
         exit_status = procfs.decode_wait_status(st.exit_code, hidden)  # lru_cache: positional keys are cheaper
     cmdline: tuple[str, ...] | None = None
@@ -103,9 +103,8 @@ def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
         try:
             raw = read_bytes(f"{base}/cmdline")
             cmdline = tuple(a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0")) if raw else ()
-        except (FileNotFoundError, ProcessLookupError):
-            raise ProcessGone(pid) from None
         except OSError as e:
+            check_gone(pid, e)
             ctx.note(pid, "cmdline", e)
         if wants_sigchld:
             sigchld, pending = _sigchld(pid, ctx, st.threads)
@@ -122,7 +121,7 @@ def _sigchld(pid: int, ctx: _Context, threads: int,
              bit: int = procfs.SIGCHLD_BIT) -> tuple[str | None, bool]:
     """SIGCHLD disposition (or that of the signal of mask bit `bit`) from
     the status masks, and whether it is pending; SigBlk is per thread, so
-    every task is checked when there is more than one (linux-facts 2)."""
+    every task is checked when there is more than one."""
     try:
         status = procfs.parse_status(_status_text(pid, ctx))
     except OSError as e:
@@ -134,8 +133,8 @@ def _sigchld(pid: int, ctx: _Context, threads: int,
     blocked = False
     if threads > 1:
         try:
-            for tid in os.listdir(f"{PROC}/{pid}/task"):
-                text = read_text(f"{PROC}/{pid}/task/{tid}/status")
+            for tid in os.listdir(f"{proc.ROOT}/{pid}/task"):
+                text = read_text(f"{proc.ROOT}/{pid}/task/{tid}/status")
                 if (procfs.parse_status(text).sig_blk or 0) & bit:
                     blocked = True
                     break
@@ -148,7 +147,7 @@ def _sigchld(pid: int, ctx: _Context, threads: int,
 def _status_text(pid: int, ctx: _Context) -> str:
     """/proc/<pid>/status, as read earlier in this sample if it was."""
     raw = ctx.statuses.get(pid)
-    return (raw if raw is not None else read_bytes(f"{PROC}/{pid}/status")).decode("utf-8", "replace")
+    return (raw if raw is not None else read_bytes(f"{proc.ROOT}/{pid}/status")).decode("utf-8", "replace")
 
 
 def disposition_of(pid: int, signum: int = signal.SIGCHLD) -> str | None:
@@ -167,9 +166,9 @@ def disposition_of(pid: int, signum: int = signal.SIGCHLD) -> str | None:
 
 def _limits(pid: int, ctx: _Context) -> dict[str, tuple[int | None, int | None]] | None:
     # /proc/<pid>/limits is 0444; psutil's rlimit() (prlimit) fails on other
-    # users' processes without CAP_SYS_RESOURCE (linux-facts 7).
+    # users' processes without CAP_SYS_RESOURCE.
     try:
-        return procfs.parse_limits(read_text(f"{PROC}/{pid}/limits"))
+        return procfs.parse_limits(read_text(f"{proc.ROOT}/{pid}/limits"))
     except OSError as e:
         ctx.note(pid, "limits", e)
         return None
@@ -179,27 +178,23 @@ def _nproc(pid: int, target: ProcessInfo, table: dict[int, TaskBrief],
            limits: dict[str, tuple[int | None, int | None]] | None,
            ctx: _Context) -> NprocUsage | None:
     """Tasks (threads and zombies count) of the target's real UID against
-    its soft RLIMIT_NPROC (linux-facts 6)."""
+    its soft RLIMIT_NPROC."""
     uid = target.uid
     if uid is None:
         return None
     used = sum(b.threads for b in table.values() if b.uid == uid)
     soft, hard = (limits or {}).get("Max processes", (None, None))
-    enforced = uid != 0
-    if enforced:
-        try:
-            cap_eff = procfs.parse_status(_status_text(pid, ctx)).cap_eff or 0
-            if cap_eff & ((1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_RESOURCE)):
-                enforced = False
-        except OSError:
-            pass
+    enforced = uid != 0 and not has_cap_exemption(pid, ctx)
     return NprocUsage(used=used, soft=soft, hard=hard, uid=uid, enforced=enforced)
 
 
-def has_cap_exemption(pid: int) -> bool:
-    """CAP_SYS_ADMIN or CAP_SYS_RESOURCE: RLIMIT_NPROC is not enforced (kernel/fork.c)."""
+def has_cap_exemption(pid: int, ctx: _Context | None = None) -> bool:
+    """CAP_SYS_ADMIN or CAP_SYS_RESOURCE: RLIMIT_NPROC is not enforced
+    (kernel/fork.c). False when the status cannot be read. With `ctx`, a
+    status read earlier in the sample serves."""
     try:
-        cap_eff = procfs.parse_status(read_text(f"{PROC}/{pid}/status")).cap_eff or 0
+        text = _status_text(pid, ctx) if ctx else read_text(f"{proc.ROOT}/{pid}/status")
+        cap_eff = procfs.parse_status(text).cap_eff or 0
     except OSError:
         return False
     return bool(cap_eff & ((1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_RESOURCE)))

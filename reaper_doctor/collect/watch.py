@@ -11,18 +11,14 @@ from typing import (
     NamedTuple,
 )
 
-from ..parse import procfs
-
-if TYPE_CHECKING:
-    pass
-from typing import TYPE_CHECKING
-
 from ..model import Snapshot, WatchSample
+from ..parse import procfs
+from . import proc
 from .cgroups import _cgroup_file_int
 from .fds import count_fds
-from .proc import PROC, ProcessGone, _int_file, read_bytes
+from .proc import ProcessGone, read_bytes, read_int
 from .sockets import close_wait_on_ports
-from .tasks import descendants, last_pid, process_table, read_brief
+from .tasks import descendants, last_pid, pids_since, process_table, read_brief
 
 if TYPE_CHECKING:
     from .tasks import TaskBrief
@@ -47,7 +43,7 @@ def plan_watch(snap: Snapshot) -> WatchPlan:
     ports = frozenset(s.local[1] for fds in snap.fds.values() for s in fds.listeners
                       if s.proto.startswith("tcp"))
     try:
-        same = os.readlink(f"{PROC}/self/ns/net") == os.readlink(f"{PROC}/{snap.target}/ns/net")
+        same = os.readlink(f"{proc.ROOT}/self/ns/net") == os.readlink(f"{proc.ROOT}/{snap.target}/ns/net")
     except OSError:
         same = False
     families = tuple(sorted({socket.AF_INET6 if s.proto == "tcp6" else socket.AF_INET
@@ -78,7 +74,7 @@ class TreeTracker:
         self.target, self.uid = target, uid
         self.members: dict[int, TaskBrief] = {}
         self.tasks: int | None = None
-        self.pid_max = _int_file(f"{PROC}/sys/kernel/pid_max") or 4194304
+        self.pid_max = read_int(f"{proc.ROOT}/sys/kernel/pid_max") or 4194304
         self.next_full = 0.0
         self.last: int | None = None
         self.full()
@@ -98,15 +94,8 @@ class TreeTracker:
             self.full()
             return
         now_last = last_pid()
-        if now_last is None or self.last is None:
-            self.full()
-            return
-        if now_last >= self.last:
-            new = range(self.last + 1, now_last + 1)
-            wrapped: range = range(0)
-        else:  # the PID counter wrapped around pid_max
-            new, wrapped = range(self.last + 1, self.pid_max), range(1, now_last + 1)
-        if len(new) + len(wrapped) > self.MAX_PROBE:
+        new = pids_since(self.last, now_last, self.pid_max, self.MAX_PROBE)
+        if new is None:
             self.full()
             return
         self.last = now_last
@@ -115,7 +104,7 @@ class TreeTracker:
             brief = read_brief(pid)
             if brief is not None and (pid == self.target or brief.ppid in members):
                 members[pid] = brief
-        for pid in (*new, *wrapped):       # allocation order: parents first
+        for pid in new:                    # allocation order: parents first
             if pid in members:
                 continue
             brief = read_brief(pid)
@@ -141,7 +130,7 @@ def watch_sample(plan: WatchPlan, tracker: TreeTracker, t0: float) -> WatchSampl
     """
     pid = plan.target
     try:
-        st = procfs.parse_stat(read_bytes(f"{PROC}/{pid}/stat"))
+        st = procfs.parse_stat(read_bytes(f"{proc.ROOT}/{pid}/stat"))
     except OSError:
         raise ProcessGone(pid) from None
     if st.state in ("Z", "X") or st.start_ticks != plan.start_ticks:

@@ -185,6 +185,10 @@ def make_server(host: str, port: int, app: Callable[..., Iterable[bytes]]) -> Th
 __all__ = ["CensusCollector", "SharedResult", "make_app", "make_server", "parse_listen"]
 
 
+def _stop_serving(signum: int) -> BaseException:
+    return SystemExit(0)   # SIGTERM is how a service manager stops the exporter
+
+
 def serve(host: str, port: int, run_census: Callable[[], Report], *, min_interval_s: float,
           on_ready: Callable[[str, int], None] = lambda host, port: None,
           on_error: Callable[[BaseException], None] = lambda error: None) -> None:
@@ -192,7 +196,7 @@ def serve(host: str, port: int, run_census: Callable[[], Report], *, min_interva
     return. A census that fails is counted, told to `on_error`, and its
     scrape carries the exporter's own series only. Raises OSError if the
     address cannot be bound."""
-    from ..system.lifecycle import sigterm_raises_systemexit
+    from ..system.lifecycle import signals_unwind
 
     def census() -> Report:
         try:
@@ -204,7 +208,7 @@ def serve(host: str, port: int, run_census: Callable[[], Report], *, min_interva
     shared: SharedResult[Report] = SharedResult(census, min_interval_s)
     server = make_server(host, port, make_app(CensusCollector(shared)))
     try:
-        with sigterm_raises_systemexit(0):
+        with signals_unwind(error=_stop_serving):
             bound = server.server_address
             on_ready(str(bound[0]), int(bound[1]))
             server.serve_forever(poll_interval=0.5)

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from ..collect.proc import ProcessGone
@@ -54,10 +54,11 @@ from ..model.scenario import (
 )
 from ..system.lifecycle import (
     MIN_FD_LIMIT,
-    _lower_nofile,
     become_subreaper,
     deferred_signals,
-    teardown,
+    end_session,
+    lower_nofile,
+    start_session,
 )
 from ..system.load import LOOPBACK, drive
 
@@ -163,10 +164,10 @@ def run_scenario(name: str, settings: RunSettings = RunSettings(), *,
     stdout = stderr = None
     try:
         started_at = time.monotonic()
-        proc = subprocess.Popen(
+        proc = start_session(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, close_fds=True,
-            preexec_fn=_lower_nofile(settings.fd_limit) if settings.fd_limit else None)
+            close_fds=True,
+            preexec_fn=lower_nofile(settings.fd_limit) if settings.fd_limit else None)
         run.server_pid = proc.pid
         stdout = _Lines(proc.stdout, "server-stdout")
         stderr = _Lines(proc.stderr, "server-stderr")
@@ -187,7 +188,7 @@ def run_scenario(name: str, settings: RunSettings = RunSettings(), *,
                 run.timeline = sampler.timeline()
             if proc is not None:
                 run.server_exit = proc.poll()
-                run.cleanup = teardown(proc, sampler.seen if sampler else set())
+                run.cleanup = end_session(proc, seen=sampler.seen if sampler else ())
                 if stderr is not None:
                     run.server_errors = _distinct(stderr.rest())
                 if stdout is not None:
@@ -282,19 +283,6 @@ def _distinct(lines: list[str]) -> list[str]:
         if line.strip() and line not in seen and len(seen) < MAX_SERVER_ERRORS:
             seen[line] = None
     return list(seen)
-
-
-# ----------------------------------------------------------------------------
-# compare
-
-
-def compare(settings: RunSettings, names: Sequence[str] | None = None, *,
-            on_started: Callable[[ScenarioRun], object] | None = None,
-            on_result: Callable[[Outcome], object] | None = None) -> list[ScenarioRun]:
-    """Run each scenario (all six by default) with the same settings, one
-    after the other; each run is torn down before the next starts."""
-    return [run_scenario(name, settings, on_started=on_started, on_result=on_result)
-            for name in (names or list(SCENARIOS))]
 
 
 def scripts_dir() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .kernel import ExitStatus
@@ -36,9 +37,33 @@ class ProcessInfo(NamedTuple):
         return self.pid, self.start_ticks
 
 
+class TaskBrief(NamedTuple):
+    """Just enough of every process on the machine: ppid, real uid, threads.
+    `name` and `fd_size` (the FDSize line: the size of the descriptor
+    table, an upper bound of the open count) are filled for the census."""
+
+    ppid: int
+    uid: int | None
+    threads: int
+    state: str
+    name: str | None = None
+    fd_size: int | None = None
+    ino: int | None = None      # inode of /proc/PID: a new process (or a reused PID) gets a new one
+
+
 class Unreadable(NamedTuple):
     """A field a sample could not read, and why."""
 
     pid: int
     field: str
     reason: str
+
+
+@dataclass
+class Teardown:
+    """What the clean-up did: processes signalled, reaped, and left over."""
+
+    killed: int = 0
+    reaped: int = 0
+    leftover_processes: int = 0
+    leftover_pids: list[int] = field(default_factory=list)

@@ -7,6 +7,7 @@ from typing import Any
 
 from .signals import signal_name
 
+
 @dataclass(frozen=True)
 class SignalCounts:
     """What happened to the traced signal. All counts are events.
@@ -35,9 +36,6 @@ class SignalCounts:
     def __sub__(self, other: SignalCounts) -> SignalCounts:
         return SignalCounts(**{f.name: getattr(self, f.name) - getattr(other, f.name)
                                for f in fields(self)})
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
