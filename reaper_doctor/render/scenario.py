@@ -13,7 +13,7 @@ from typing import Any
 import click
 from tabulate import tabulate
 
-from ..model.scenario import SCENARIOS, Sample, ScenarioRun
+from ..model.scenario import SCENARIOS, TimelinePoint, ScenarioRun
 from .common import sampling_phrase
 from .json import finding_document, target_document
 from .text import SEVERITY_COLORS, _finding_line
@@ -111,7 +111,7 @@ def sparkline(values: Sequence[int | None], width: int = SPARK_WIDTH) -> str:
     return "".join(BARS[(v - low) * (len(BARS) - 1) // (high - low)] for v in buckets)
 
 
-def _timeline(samples: Sequence[Sample]) -> str:
+def _timeline(samples: Sequence[TimelinePoint]) -> str:
     if not samples:
         return "Timeline: no sample"
     head = (f"Timeline ({len(samples)} samples over {samples[-1].t_s - samples[0].t_s:.1f} s, "
@@ -129,7 +129,7 @@ def _timeline(samples: Sequence[Sample]) -> str:
     return head + "\n" + tabulate(rows, tablefmt="plain", disable_numparse=True)
 
 
-def _interval(samples: Sequence[Sample]) -> str:
+def _interval(samples: Sequence[TimelinePoint]) -> str:
     if len(samples) < 2:
         return "-"
     return f"{(samples[-1].t_s - samples[0].t_s) / (len(samples) - 1):.2f} s"
