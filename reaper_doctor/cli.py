@@ -299,8 +299,10 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
         click.echo(render_json(report), nl=False)
     elif fmt == "text":
         from .render.text import render_text
+        from .render.width import terminal_width
 
-        click.echo(render_text(report, color=use_color(no_color)), nl=False)
+        click.echo(render_text(report, color=use_color(no_color), width=terminal_width()),
+                   nl=False)
     return report.exit_code
 
 
@@ -375,6 +377,7 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
 
     from .collect import ProcessGone
     from .render import watch as render
+    from .render.width import terminal_width
     from .targets import live_target
     from .watch import watch as run_watch
 
@@ -391,10 +394,12 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     if writer:
         writer.writerow(render.CSV_COLUMNS)
     color = use_color(no_color)
+    width = terminal_width()
 
     def on_start(name: str, limits: Any) -> None:
         if not as_json:
-            click.echo(render.header_line(pid, name, interval_s, duration_s))
+            click.echo(render.header_line(pid, name, interval_s, duration_s, width))
+            click.echo(render.sample_header())
 
     def on_sample(sample: Any) -> None:
         if writer and csv_file:
@@ -414,7 +419,7 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     if as_json:
         click.echo(render.render_watch_json(report), nl=False)
     else:
-        click.echo(render.summary_text(report, color=color), nl=False)
+        click.echo(render.summary_text(report, color=color, width=width), nl=False)
     return report.exit_code
 
 
@@ -475,7 +480,10 @@ def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json:
     if as_json:
         click.echo(lesson_mod.render_json(report))
     else:
-        click.echo(lesson_mod.render_text(report, color=use_color(no_color)))
+        from .render.width import terminal_width
+
+        click.echo(lesson_mod.render_text(report, color=use_color(no_color),
+                                          width=terminal_width()))
     if report.leftover_processes:
         click.echo(error_line(f"{report.leftover_processes} process(es) of the trials "
                               "were left over (killed)"), err=True)
@@ -502,12 +510,12 @@ def scenario_list(as_json: bool) -> None:
                              for s in SCENARIOS.values()]}
         click.echo(json.dumps(doc, indent=2))
         return
-    from tabulate import tabulate
+    from .render.width import fit_table, terminal_width
 
     rows = [(s.name, s.reproduces, " ".join(s.expected) or "none")
             for s in SCENARIOS.values()]
-    click.echo(tabulate(rows, headers=("scenario", "reproduces", "expected findings"),
-                        maxcolwidths=[None, 60, None]))
+    click.echo(fit_table(rows, ("scenario", "reproduces", "expected findings"),
+                         terminal_width()))
 
 
 @main.command()
@@ -518,7 +526,9 @@ def explain(code: str | None, as_json: bool) -> None:
     import json
 
     from .catalog import CODES, EXPLAIN, lookup
+    from .render.width import fill_prose, terminal_width
 
+    width = terminal_width()
     if code is None:
         if as_json:
             doc = {"schema": "reaper-doctor/explain/1",
@@ -526,11 +536,12 @@ def explain(code: str | None, as_json: bool) -> None:
                               "summary": c.summary} for c in CODES.values()]}
             click.echo(json.dumps(doc, indent=2))
             return
-        from tabulate import tabulate
+        from .render.width import fill, fit_table
 
         rows = [(c.code, c.slug, c.severity, c.summary) for c in CODES.values()]
-        click.echo(tabulate(rows, headers=("code", "slug", "severity", "summary")))
-        click.echo(f"\n{PROG} explain CODE  prints what a finding means and how to fix it.")
+        click.echo(fit_table(rows, ("code", "slug", "severity", "summary"), width))
+        click.echo("\n" + fill(f"{PROG} explain CODE  prints what a finding means and how to "
+                               "fix it.", width))
         return
     found = lookup(code)
     if found is None:
@@ -542,6 +553,7 @@ def explain(code: str | None, as_json: bool) -> None:
                                "slug": found.slug, "severity": found.severity,
                                "summary": found.summary, "text": text}, indent=2))
         return
+    text = fill_prose(text, width)
     click.echo(text, nl=not text.endswith("\n"))
 
 
@@ -694,7 +706,10 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     if as_json:
         click.echo(render_run_json(run), nl=False)
     else:
-        click.echo(render_run_text(run, color=use_color(no_color)), nl=False)
+        from .render.width import terminal_width
+
+        click.echo(render_run_text(run, color=use_color(no_color), width=terminal_width()),
+                   nl=False)
     return run.exit_code
 
 
@@ -732,7 +747,10 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
     if as_json:
         click.echo(render_compare_json(runs), nl=False)
     else:
-        click.echo(render_compare_text(runs, color=use_color(no_color)), nl=False)
+        from .render.width import terminal_width
+
+        click.echo(render_compare_text(runs, color=use_color(no_color), width=terminal_width()),
+                   nl=False)
     return 0 if all(r.as_expected for r in runs) else 1
 
 
