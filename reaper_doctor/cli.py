@@ -37,7 +37,8 @@ class OneLineErrors(click.Group):
     and never a traceback, so every click error is caught here, in one place.
     """
 
-    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+    def main(self, args: Any = None, prog_name: str | None = None,  # type: ignore[override]
+             **extra: Any) -> Any:
         extra.pop("standalone_mode", None)
         try:
             rv = super().main(args=args, prog_name=prog_name or PROG,
@@ -75,7 +76,7 @@ class OneLineErrors(click.Group):
 
 # click >= 8.2 raises this for a group run without a command; 8.1 prints
 # the help and exits 0 by itself.
-NO_ARGS_IS_HELP: type[Exception] = getattr(click.exceptions, "NoArgsIsHelpError", ())  # type: ignore[assignment]
+NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def click_message(e: click.ClickException) -> str:
@@ -243,7 +244,8 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
     """
     import time
 
-    from .scan import ProcessGone, scan as run_scan
+    from .commands.scan import ProcessGone
+    from .commands.scan import scan as run_scan
 
     if as_json:
         if fmt not in (None, "json"):
@@ -259,7 +261,7 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
         die("--trace needs at least one PID (the whole-machine census is not traced)")
     notes: list[str] = []
     if pids:
-        from .targets import scan_targets
+        from .collect.targets import scan_targets
 
         resolved = scan_targets(pids)
         pids, notes = tuple(resolved.pids), resolved.notes
@@ -273,7 +275,7 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
                 report = run_scan(list(pids), grace_s=grace_s,
                                   with_fd_list=list_fds)
             else:
-                from .census import census
+                from .commands.census import census
 
                 report = census(grace_s=grace_s)
         except ProcessGone as gone:
@@ -314,9 +316,10 @@ def _echo_notes(notes: list[str]) -> None:
 
 def _traced_scan(pids: list[int], grace_s: float, list_fds: bool, trace_s: float) -> Any:
     """`scan --trace S`: tracefs is imported only here; its errors are one line, exit 2."""
-    from .scan import ProcessGone, scan as run_scan
-    from .trace import SigchldTracer
-    from .tracefs import TracefsError, preflight
+    from .commands.scan import ProcessGone
+    from .commands.scan import scan as run_scan
+    from .system.tracefs import TracefsError, preflight
+    from .system.tracers import SigchldTracer
 
 
     def attached(pid: int, instance: str) -> None:
@@ -375,11 +378,11 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     """
     import csv
 
-    from .collect import ProcessGone
+    from .collect.proc import ProcessGone
+    from .collect.targets import live_target
+    from .commands.watch import watch as run_watch
     from .render import watch as render
     from .render.width import terminal_width
-    from .targets import live_target
-    from .watch import watch as run_watch
 
     pid, notes = live_target(pid, "watching")
     _echo_notes(notes)
@@ -423,8 +426,8 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     return report.exit_code
 
 
-# Names only: importing lesson.py here would be paid by every command.
-# tests/test_lesson.py checks they match lesson.STRATEGIES.
+# Names only: importing commands/lesson.py here would be paid by every command.
+# tests/test_lesson.py checks they match model.lesson.STRATEGIES.
 LESSON_STRATEGIES = ("wait-once", "waitpid-loop", "sig-ign", "pidfd")
 
 
@@ -459,11 +462,13 @@ def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json:
     Each trial runs in a fresh Python process; everything it forks is reaped.
     With --trace, the kernel's signal tracepoints show where the signals merged.
     """
-    from . import lesson as lesson_mod
+    from .commands import lesson as lesson_mod
+    from .model.lesson import STRATEGIES
+    from .render import lesson as lesson_render
 
     trace_errors: tuple[type[Exception], ...] = ()
     if trace:
-        from .tracefs import TracefsError, preflight
+        from .system.tracefs import TracefsError, preflight
 
         trace_errors = (TracefsError,)
         try:
@@ -472,18 +477,18 @@ def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json:
             die(str(e))
     try:
         report = lesson_mod.run_lesson(children, trials,
-                                       strategies or lesson_mod.STRATEGIES, trace=trace)
+                                       strategies or STRATEGIES, trace=trace)
     except lesson_mod.LessonError as e:
         die(str(e))
     except trace_errors as e:
         die(str(e))
     if as_json:
-        click.echo(lesson_mod.render_json(report))
+        click.echo(lesson_render.render_json(report))
     else:
         from .render.width import terminal_width
 
-        click.echo(lesson_mod.render_text(report, color=use_color(no_color),
-                                          width=terminal_width()))
+        click.echo(lesson_render.render_text(report, color=use_color(no_color),
+                                             width=terminal_width()))
     if report.leftover_processes:
         click.echo(error_line(f"{report.leftover_processes} process(es) of the trials "
                               "were left over (killed)"), err=True)
@@ -499,7 +504,7 @@ def scenario() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def scenario_list(as_json: bool) -> None:
     """List the scenarios: what each reproduces and the findings it should get."""
-    from .scenarios import SCENARIOS
+    from .model.scenario import SCENARIOS
 
     if as_json:
         import json
@@ -565,7 +570,7 @@ class SignalType(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        from .tracefs import parse_signal
+        from .model.signals import parse_signal
 
         try:
             return parse_signal(str(value))
@@ -591,9 +596,12 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
           as_json: bool, no_color: bool) -> None:
     """(root) Count SIGCHLD generated / merged / delivered for PID, from the
     kernel's signal tracepoints, in a private tracing instance."""
-    from . import trace as tracing
-    from .targets import live_target
-    from .tracefs import TracefsError, signal_name
+    from .collect.targets import live_target
+    from .commands import trace as tracing
+    from .diagnose.trace import exit_code, trace_findings
+    from .model.signals import signal_name
+    from .render import trace as trace_render
+    from .system.tracefs import TracefsError
 
     pid, notes = live_target(pid, "tracing")
     _echo_notes(notes)
@@ -603,11 +611,11 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
         click.echo(f"{PROG}: tracing {signal_name(signum)} of PID {pid} in {tr.instance} "
                    f"{until}", err=True)
         if not as_json:
-            click.echo(tracing.SAMPLE_HEADER)
+            click.echo(trace_render.SAMPLE_HEADER)
 
     def sampled(s: Any) -> None:
         if not as_json:
-            click.echo(tracing.render_sample(s))
+            click.echo(trace_render.render_sample(s))
 
     def target_exited(t_s: float) -> None:
         click.echo(f"{PROG}: PID {pid} exited after {t_s:.1f} s; trace ended", err=True)
@@ -618,8 +626,9 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
                                    on_target_exit=target_exited)
     except TracefsError as e:
         die(str(e))
-    click.echo(tracing.render_json(result) if as_json else tracing.render_text(result))
-    sys.exit(tracing.exit_code(tracing.trace_findings(result)))
+    click.echo(trace_render.render_json(result) if as_json
+               else trace_render.render_text(result, color=use_color(no_color)))
+    sys.exit(exit_code(trace_findings(result)))
 
 
 def load_options(func: Any) -> Any:
@@ -679,12 +688,14 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     Exit 0: the expected findings and no other warning, nothing left over;
     1: otherwise; 2: bad input (unknown scenario).
     """
-    from . import runner
+    from .commands import scenario as runner
+    from .model.scenario import RunSettings
     from .render.scenario import render_run_json, render_run_text
+    from .system.lifecycle import signals_unwind
 
     if requests is None:
         requests = runner.default_requests(fd_limit, concurrency)
-    settings = runner.RunSettings(requests=requests, concurrency=concurrency,
+    settings = RunSettings(requests=requests, concurrency=concurrency,
                                   timeout_s=timeout_s, grace_s=grace_s,
                                   lifetime_s=lifetime_s, fd_limit=fd_limit)
     try:
@@ -695,7 +706,7 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     except ValueError as e:
         die(str(e))
     show = not as_json and sys.stderr.isatty()
-    with runner.sigterm_raises_systemexit(), \
+    with signals_unwind(), \
             _progress(f"{name}: requests", requests, show) as bar:
         try:
             run = runner.run_scenario(name, settings, on_result=lambda o: bar.update(1))
@@ -725,17 +736,19 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
 
     Exit 0 when every scenario behaved as expected and nothing was left over.
     """
-    from . import runner
+    from .commands import scenario as runner
+    from .model.scenario import SCENARIOS, RunSettings
     from .render.scenario import render_compare_json, render_compare_text
+    from .system.lifecycle import signals_unwind
 
     if requests is None:
         requests = runner.default_requests(None, concurrency)
-    settings = runner.RunSettings(requests=requests, concurrency=concurrency,
+    settings = RunSettings(requests=requests, concurrency=concurrency,
                                   timeout_s=timeout_s, grace_s=grace_s)
     show = not as_json and sys.stderr.isatty()
     runs = []
-    with runner.sigterm_raises_systemexit():
-        for name in runner.SCENARIOS:
+    with signals_unwind():
+        for name in SCENARIOS:
             with _progress(f"{name:>12}", requests, show) as bar:
                 try:
                     runs.append(runner.run_scenario(name, settings,
@@ -752,6 +765,48 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
         click.echo(render_compare_text(runs, color=use_color(no_color), width=terminal_width()),
                    nl=False)
     return 0 if all(r.as_expected for r in runs) else 1
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:9563", show_default=True, metavar="HOST:PORT",
+              help="Address to serve /metrics on ([::1]:9563 for IPv6; port 0: any free "
+                   "port). Only this machine by default.")
+@click.option("--min-interval", "min_interval_s",
+              type=SecondsType("--min-interval", 3600, minimum=0), default=5.0,
+              show_default=True,
+              help="Seconds a census is served before a scrape takes a new one; scrapes "
+                   "during a census share it.")
+@click.option("--grace", "grace_s", type=GraceType(), default=1.0, show_default=True,
+              help="A zombie, CLOSE_WAIT socket or queued connection counts when it was "
+                   "there in two censuses at least this far apart.")
+def exporter(listen: str, min_interval_s: float, grace_s: float) -> None:
+    """Serve the whole-machine census to Prometheus at /metrics.
+
+    The same census as `scan` with no PID (zombies by parent, descriptor
+    leaks, limits), as Prometheus series with pid and comm labels, plus the
+    exporter's own (census duration, errors, scrapes). It keeps a short
+    history of each process between censuses, so persistence and RD203
+    (steady descriptor growth) work across scrapes. Runs until SIGTERM or
+    Ctrl-C.
+    """
+    from .commands.exporter import CensusHistory, parse_listen, serve
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as e:
+        die(str(e))
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        click.echo(f"{PROG}: serving http://{shown}:{bound_port}/metrics "
+                   f"(a census at most {min_interval_s:g} s old)", err=True)
+
+    history = CensusHistory(grace_s=grace_s)
+    try:
+        serve(host, port, history.run, min_interval_s=min_interval_s, on_ready=ready)
+    except OSError as e:
+        die(f"cannot listen on {listen}: {e.strerror or e}")
+    click.echo(f"{PROG}: exporter stopped", err=True)
 
 
 def run() -> NoReturn:

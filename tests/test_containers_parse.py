@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from reaper_doctor.containers import (
+from reaper_doctor.parse.containers import (
     HOST_PID_NS_INODE, Container, container_from_cgroup, parse_ns_inode, parse_nspid,
     sigterm_disposition, waits_for_signals,
 )

@@ -10,10 +10,19 @@ import signal
 import subprocess
 
 import pytest
-from helpers import (Spawner, cli_argv, proc_stats, run_cli, run_json, stat_fields, wait_until,
-                     zombie_children)
+from helpers import (
+    Spawner,
+    cli_argv,
+    proc_stats,
+    run_cli,
+    run_json,
+    stat_fields,
+    wait_until,
+    zombie_children,
+)
 
-from reaper_doctor.scenarios import SCENARIOS, script_path
+from reaper_doctor.commands.scenario import script_path
+from reaper_doctor.model.scenario import SCENARIOS
 
 # A fd-leak request never ends (no EOF): a short timeout keeps the run short.
 # Other requests take about 50 ms; a generous timeout keeps a busy machine
@@ -111,6 +120,20 @@ def test_blocking_run_finds_rd401() -> None:
     assert doc["peak"]["accept_queue"] >= 1
     assert "RD401" in codes(doc)
     assert doc["as_expected"] and code == 0
+
+
+def test_a_run_that_misbehaves_says_why_in_run_and_compare() -> None:
+    from reaper_doctor.commands.scenario import run_scenario
+    from reaper_doctor.model.scenario import RunSettings
+    from reaper_doctor.render.scenario import render_compare_text, run_document
+
+    # One request never fills the blocking server's queue: no RD401.
+    run = run_scenario("blocking", RunSettings(requests=1, concurrency=1, grace_s=0.3))
+    assert not run.as_expected and run.leftover_processes == 0
+    assert run.why_not == ["missing RD401 (expected, not found)"]
+    assert run_document(run)["why_not"] == run.why_not
+    text = render_compare_text([run])
+    assert "Not as expected\n  blocking: missing RD401 (expected, not found)" in text, text
 
 
 def test_fd_leak_with_a_low_fd_limit_reaches_errno_24() -> None:
@@ -250,9 +273,9 @@ def test_sparkline() -> None:
 
 
 def test_compare_text_table_from_hand_built_runs() -> None:
-    from reaper_doctor.load import LoadResult
+    from reaper_doctor.model.load import LoadResult
+    from reaper_doctor.model.scenario import RunSettings, Sample, ScenarioRun, Teardown
     from reaper_doctor.render.scenario import render_compare_text
-    from reaper_doctor.runner import RunSettings, Sample, ScenarioRun, Teardown
 
     settings = RunSettings(requests=10, concurrency=2, timeout_s=1.0)
     runs = []

@@ -8,11 +8,16 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from ..diagnose import exit_status_describer
+from ..diagnose.zombies import exit_status_describer
 from ..model import (
-    Finding, FdTable, MachineCensus, Report, Snapshot, TargetReport,
+    FdTable,
+    Finding,
+    MachineCensus,
+    Report,
+    Snapshot,
+    TargetReport,
 )
-from ..procfs import STATE_NAMES
+from ..parse.procfs import STATE_NAMES
 from .common import children_map, state_word, zombie_groups
 
 SCHEMA = "reaper-doctor/scan/1"
@@ -88,6 +93,13 @@ def machine_document(m: MachineCensus) -> dict[str, Any]:
             for u in m.uids],
         "pids_cgroups": [{"path": c.path, "current": c.current, "max": c.max,
                           "refusals": c.refusals} for c in m.pids_cgroups],
+        "descriptor_leaks": [
+            {"pid": h.pid, "name": h.name, "uid": h.uid, "close_wait": h.close_wait,
+             "listeners": [{"port": q.port, "queue": q.queue, "backlog": q.backlog}
+                           for q in h.listeners],
+             "verdicts": list(h.verdicts)}
+            for h in m.socket_holders],
+        "netns_read": m.netns_read,
         "samples": m.samples, "grace_s": m.grace_s, "elapsed_s": m.elapsed_s,
     }
 
@@ -118,7 +130,7 @@ def target_document(t: TargetReport) -> dict[str, Any]:
         "fds": fds_document(fds),
         "limits": {
             "nofile": _usage(nofile),
-            "nproc": ({**_usage(snap.nproc), "uid": snap.nproc.uid,
+            "nproc": ({**(_usage(snap.nproc) or {}), "uid": snap.nproc.uid,
                        "enforced": snap.nproc.enforced} if snap.nproc else None),
             "pids_cgroup": (snap.pids_cgroup._asdict() if snap.pids_cgroup else None),
             "pid_max": {"used": snap.pids_in_use, "max": snap.pid_max},

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..runner import Sample, ScenarioRun
+from ..model.scenario import Sample, ScenarioRun
 from .common import sampling_phrase
 from .json import finding_document, target_document
 from .text import SEVERITY_COLORS, _finding_line, _styler, explained_line
@@ -49,6 +49,7 @@ def run_document(run: ScenarioRun) -> dict[str, Any]:
         "missing": run.missing,
         "unexpected": [f.code for f in run.unexpected],
         "as_expected": run.as_expected,
+        "why_not": run.why_not,
         "fix": s.fix,
         "scanned": run.scanned,
         "scan_error": run.scan_error,
@@ -213,9 +214,15 @@ def _cleanup(run: ScenarioRun, style: Callable[..., str], width: int = DEFAULT_W
     text = fill(f"Clean-up: killed {c.killed}, reaped {c.reaped}; {over}"
                 + (f" (PIDs {' '.join(map(str, c.leftover_pids[:20]))})" if left else ""),
                 width, hang="  ").replace(over, style(over, fg="green" if left == 0 else "red"), 1)
-    verdict = (style("behaved as expected", fg="green", bold=True) if run.as_expected
-               else style("did NOT behave as expected", fg="red", bold=True))
-    return text + f"\nVerdict: {run.scenario.name} {verdict}"
+    if run.as_expected:
+        verdict = f"Verdict: {run.scenario.name} " + style("behaved as expected", fg="green",
+                                                           bold=True)
+    else:
+        verdict = fill(f"Verdict: {run.scenario.name} did NOT behave as expected: "
+                       + "; ".join(run.why_not), width, hang="  ").replace(
+            "did NOT behave as expected", style("did NOT behave as expected", fg="red",
+                                                bold=True), 1)
+    return text + "\n" + verdict
 
 
 def render_compare_text(runs: Sequence[ScenarioRun], *, color: bool = False,
@@ -248,6 +255,11 @@ def render_compare_text(runs: Sequence[ScenarioRun], *, color: bool = False,
                 width)
     left = sum(r.leftover_processes for r in runs)
     tail = f"Left over after all runs: {left} processes"
+    why = [fill(f"{run.scenario.name}: {'; '.join(run.why_not)}", width, indent="  ",
+                hang="    ") for run in runs if run.why_not]
+    if why:
+        tail = style("Not as expected", fg="red", bold=True) + "\n" + "\n".join(why) \
+            + "\n\n" + tail
     return f"{head}\n\n{table}\n\n{tail}\n"
 
 

@@ -12,9 +12,18 @@ from typing import Callable, Iterable
 
 import click
 
-from ..diagnose import PID1_GRACE_S, exit_status_describer
-from ..model import Finding, FdTable, LimitUsage, ProcessInfo, Report, Severity, Snapshot, TargetReport
-from ..procfs import ExitStatus
+from ..diagnose.zombies import PID1_GRACE_S, exit_status_describer
+from ..model import (
+    FdTable,
+    Finding,
+    LimitUsage,
+    ProcessInfo,
+    Report,
+    Severity,
+    Snapshot,
+    TargetReport,
+)
+from ..model.kernel import ExitStatus
 from .common import (
     children_map, command_line, pid_list, safe, sampling_phrase, state_word, zombie_groups,
 )
@@ -83,6 +92,21 @@ def render_census(report: Report, style: Callable[..., str], width: int = DEFAUL
             width, sep=", ", indent=title + " ", hang="  "))
     else:
         parts.append(fill(f"{title} none", width, hang="  "))
+
+    if m.socket_holders:
+        rows = [[f"{h.pid} {safe(h.name or '?')}", h.close_wait or "-",
+                 ", ".join(f"{q.port}: {q.queue}" + (f" of {q.backlog}" if q.backlog else "")
+                           for q in h.listeners) or "-",
+                 " ".join(h.verdicts) or "-"] for h in m.socket_holders[:MAX_CENSUS_ROWS]]
+        parts.append(fill(f"Descriptor leaks ({m.netns_read} network namespace"
+                          f"{'s' if m.netns_read != 1 else ''} read)", width, hang="  ") + "\n"
+                     + fit_table(rows, ["process", "CLOSE_WAIT", "accept queue", "verdict"],
+                                 width)
+                     + _more(len(m.socket_holders), "processes"))
+    else:
+        parts.append(fill(f"Descriptor leaks: no CLOSE_WAIT socket on a listening port, no "
+                          f"accept queue waiting ({m.netns_read} network namespace"
+                          f"{'s' if m.netns_read != 1 else ''} read)", width, hang="  "))
 
     if m.nofile_top:
         rows = [[f"{r.pid} {safe(r.name or '?')}", r.used, r.soft, f"{r.ratio:.0%}"]
@@ -374,7 +398,7 @@ def _num(value: int | None) -> str:
 
 
 def _limits(snap: Snapshot, width: int = DEFAULT_WIDTH) -> str:
-    rows = []
+    rows: list[list[object]] = []
     nofile = snap.nofile.get(snap.target)
     if nofile:
         rows.append(["open files (ulimit -n)", _num(nofile.used), _num(nofile.soft),
