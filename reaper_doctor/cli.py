@@ -148,6 +148,21 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
+def terminal_width() -> int:
+    """The width text output wraps to: COLUMNS when it holds a number, else
+    the width of the terminal on stdout, else 80; never below 40."""
+    from .render.width import DEFAULT_WIDTH, MIN_WIDTH
+
+    env = os.environ.get("COLUMNS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return max(MIN_WIDTH, int(env))
+    try:
+        columns = os.get_terminal_size(sys.stdout.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return DEFAULT_WIDTH
+    return max(MIN_WIDTH, columns) if columns > 0 else DEFAULT_WIDTH
+
+
 def use_color(no_color: bool) -> bool:
     """Colour only on a terminal, never with NO_COLOR or --no-color."""
     if no_color or os.environ.get("NO_COLOR"):
@@ -301,7 +316,6 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
         click.echo(render_json(report), nl=False)
     elif fmt == "text":
         from .render.text import render_text
-        from .render.width import terminal_width
 
         click.echo(render_text(report, color=use_color(no_color), width=terminal_width()),
                    nl=False)
@@ -382,7 +396,6 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     from .collect.targets import live_target
     from .commands.watch import watch as run_watch
     from .render import watch as render
-    from .render.width import terminal_width
 
     pid, notes = live_target(pid, "watching")
     _echo_notes(notes)
@@ -485,7 +498,6 @@ def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json:
     if as_json:
         click.echo(lesson_render.render_json(report))
     else:
-        from .render.width import terminal_width
 
         click.echo(lesson_render.render_text(report, color=use_color(no_color),
                                              width=terminal_width()))
@@ -515,7 +527,7 @@ def scenario_list(as_json: bool) -> None:
                              for s in SCENARIOS.values()]}
         click.echo(json.dumps(doc, indent=2))
         return
-    from .render.width import fit_table, terminal_width
+    from .render.width import fit_table
 
     rows = [(s.name, s.reproduces, " ".join(s.expected) or "none")
             for s in SCENARIOS.values()]
@@ -531,7 +543,7 @@ def explain(code: str | None, as_json: bool) -> None:
     import json
 
     from .catalog import CODES, EXPLAIN, lookup
-    from .render.width import fill_prose, terminal_width
+    from .render.width import fill_prose
 
     width = terminal_width()
     if code is None:
@@ -717,7 +729,6 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     if as_json:
         click.echo(render_run_json(run), nl=False)
     else:
-        from .render.width import terminal_width
 
         click.echo(render_run_text(run, color=use_color(no_color), width=terminal_width()),
                    nl=False)
@@ -760,7 +771,6 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
     if as_json:
         click.echo(render_compare_json(runs), nl=False)
     else:
-        from .render.width import terminal_width
 
         click.echo(render_compare_text(runs, color=use_color(no_color), width=terminal_width()),
                    nl=False)

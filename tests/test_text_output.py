@@ -163,7 +163,7 @@ def test_scan_header_gives_the_real_wait_for_zombies_of_pid_1():
     head = " ".join(out.split("\n\n")[0].split())
     assert " apart (--grace 0.5; zombies of PID 1 get 3 s)" in head, out
     apart = float(head.split(" samples ")[1].split(" s apart")[0])
-    assert apart >= 3.0, sampling
+    assert apart >= 3.0, head
 
 
 # --- Fitting the terminal --------------------------------------------------

@@ -1,4 +1,4 @@
-"""Text that fits the terminal: its width, filled paragraphs, narrowed tables.
+"""Text that fits a terminal of a given width: filled paragraphs, narrowed tables.
 
 Every text renderer lays its lines out with these, so a report reads the
 same at 80 columns as on a wide screen. Words are never broken: a token
@@ -8,15 +8,11 @@ only thing that may run past the edge.
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import textwrap
 from typing import Any, Iterable, Sequence
 
-from tabulate import tabulate
-
-DEFAULT_WIDTH = 80   # when neither COLUMNS nor a terminal says
+DEFAULT_WIDTH = 80   # when neither COLUMNS nor a terminal says (the CLI measures it)
 MIN_WIDTH = 40       # narrower than this, the layout wraps too much to read
 COLUMN_GAP = 2       # tabulate's "simple" and "plain" put two spaces between columns
 COMFORTABLE = 16     # a wrapped column this wide still reads well
@@ -24,19 +20,6 @@ COMFORTABLE = 16     # a wrapped column this wide still reads well
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # "PID 12", "UID 0", "port 8080", "exit 3": a line never ends between the two.
 _GLUED = re.compile(r"\b(PIDs?|pids?|UID|uid|port|fd|fds|exit|returns) (?=\d)|\b(ulimit) (?=-)")
-
-
-def terminal_width() -> int:
-    """COLUMNS when it holds a number, else the width of the terminal on
-    stdout, else DEFAULT_WIDTH; never below MIN_WIDTH."""
-    env = os.environ.get("COLUMNS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return max(MIN_WIDTH, int(env))
-    try:
-        columns = os.get_terminal_size(sys.stdout.fileno()).columns
-    except (AttributeError, ValueError, OSError):
-        return DEFAULT_WIDTH
-    return max(MIN_WIDTH, columns) if columns > 0 else DEFAULT_WIDTH
 
 
 def visible_len(text: str) -> int:
@@ -122,6 +105,8 @@ def fit_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] = (), width:
     it fits, the columns in `last` only when the others are as narrow as
     they go. A cell is never narrower than its longest word, and a column
     with colour is never wrapped."""
+    from tabulate import tabulate   # here: `reaper-doctor --version` must not pay for it
+
     options.setdefault("disable_numparse", True)
     table = tabulate(rows, headers=headers, tablefmt=tablefmt, **options)
     if widest_line(table) <= width or tablefmt not in ("simple", "plain"):
@@ -185,5 +170,5 @@ def _wrap_cell(text: str, width: int) -> str:
     return "\n".join(fill(line, width) for line in text.split("\n"))
 
 
-__all__ = ["terminal_width", "visible_len", "widest_line", "fill", "join_fitted", "fill_prose",
+__all__ = ["visible_len", "widest_line", "fill", "join_fitted", "fill_prose",
            "fit_table", "DEFAULT_WIDTH"]
