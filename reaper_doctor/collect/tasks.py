@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import os
 from typing import (
-    TYPE_CHECKING,
     Iterable,
     Iterator,
     NamedTuple,
 )
 
 from ..parse import procfs
-
-if TYPE_CHECKING:
-    pass
+from ..model.process import TaskBrief
 from . import proc
 from .proc import (
     ProcessGone,
@@ -25,19 +22,6 @@ from .proc import (
     read_small_or_none,
     read_text,
 )
-
-
-class TaskBrief(NamedTuple):
-    """Just enough of every process on the machine: ppid, real uid, threads.
-    `name` and `fd_size` (the FDSize line: the size of the descriptor
-    table, an upper bound of the open count) are filled for the census."""
-
-    ppid: int
-    uid: int | None
-    threads: int
-    state: str
-    name: str | None = None
-    fd_size: int | None = None
 
 
 def read_stat(pid: int) -> procfs.StatLine | None:
@@ -81,7 +65,7 @@ def process_table(*, details: bool = False) -> dict[int, TaskBrief]:
     each /proc/<pid>/status (searched, not fully parsed: this runs over
     thousands of processes).
 
-    RLIMIT_NPROC counts tasks per *real* UID (linux-facts 6), and the only
+    RLIMIT_NPROC counts tasks per *real* UID, and the only
     per-process source of the real UID is `status` (the owner of /proc/<pid>
     is the effective UID, and root for non-dumpable processes), so every
     process's status is read once: the cheapest correct way.

@@ -29,6 +29,14 @@ class Finding(NamedTuple):
     evidence: Mapping[str, object] = MappingProxyType({})
 
 
+class Coverage(NamedTuple):
+    """What a sample could not read, and so which findings went unchecked."""
+
+    missing: tuple[str, ...]     # "the descriptors of PID 10763 (permission denied)"
+    unchecked: tuple[str, ...]   # finding codes that could not be checked
+    to_complete: str             # "run as root, or as UID 0 (its owner)"
+
+
 class TargetReport(NamedTuple):
     """What a scan says about one target: its latest sample and the findings."""
 
@@ -138,7 +146,7 @@ class MachineCensus(NamedTuple):
 
 
 def exit_code(findings: Iterable[Finding]) -> int:
-    """0: no finding of severity warning or worse; 1: at least one (DESIGN.md)."""
+    """0: no finding of severity warning or worse; 1: at least one (docs/exit-codes.md)."""
     return 1 if any(f.severity.rank >= Severity.WARNING.rank for f in findings) else 0
 
 

@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 
 import click
 
+from ..diagnose.coverage import coverage
 from ..diagnose.zombies import PID1_GRACE_S, exit_status_describer
 from ..model import (
     FdTable,
@@ -32,7 +33,8 @@ from .width import DEFAULT_WIDTH, fill, fit_table, join_fitted
 SEVERITY_COLORS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 MAX_LIVE_LINES = 30   # live siblings shown one per line before they are summarised
 MAX_LISTENERS = 5     # listening sockets shown
-MAX_SOCKET_LINES = 5  # TCP connections of the target shown one per line
+MAX_SOCKET_LINES = 5
+MAX_UID_PORTS = 5     # ports of another UID's CLOSE_WAIT sockets named (sock_diag)  # TCP connections of the target shown one per line
 
 
 def render_text(report: Report, *, color: bool = False, width: int = DEFAULT_WIDTH) -> str:
@@ -396,7 +398,8 @@ def _limits(snap: Snapshot, width: int = DEFAULT_WIDTH) -> str:
     rows: list[list[object]] = []
     nofile = snap.nofile.get(snap.target)
     if nofile:
-        rows.append(["open files (ulimit -n)", _num(nofile.used), _num(nofile.soft),
+        used = "unreadable" if nofile.used is None else nofile.used
+        rows.append(["open files (ulimit -n)", used, _num(nofile.soft),
                      _num(nofile.hard), _pct(nofile)])
     worst_child = max((u for pid, u in snap.nofile.items() if pid != snap.target and u.ratio),
                       key=lambda u: u.ratio or 0, default=None)
@@ -431,14 +434,32 @@ def _limits(snap: Snapshot, width: int = DEFAULT_WIDTH) -> str:
 def _findings(t: TargetReport, style: Callable[..., str], width: int = DEFAULT_WIDTH) -> str:
     if t.gone and not t.findings:
         return "Findings: none (the process exited before a second sample)"
-    if not t.findings:
+    gaps = coverage(t.snapshot)
+    if not t.findings and gaps is None:
         return style("Findings: none", fg="green") + " — no leak seen" + (
             f" over {t.elapsed_s:.1f} s" if t.samples > 1 else "")
-    lines = [f"Findings: {len(t.findings)}"]
-    for f in t.findings:
-        lines.append(_finding_line(f, style, width))
-    codes = sorted({f.code for f in t.findings})
-    lines.append(explained_line(codes, width))
+    if not t.findings:
+        lines = [style("Findings: none seen, but the scan is incomplete", fg="yellow",
+                       bold=True)]
+    else:
+        lines = [f"Findings: {len(t.findings)}"]
+        lines += [_finding_line(f, style, width) for f in t.findings]
+        lines.append(explained_line(sorted({f.code for f in t.findings}), width))
+    if gaps is not None:
+        lines.append(fill("Incomplete: could not read " + "; ".join(gaps.missing)
+                          + f", so {' '.join(gaps.unchecked)} went unchecked; "
+                          + gaps.to_complete, width, hang="  ").replace(
+            "Incomplete:", style("Incomplete:", fg="yellow", bold=True), 1))
+    waiting = sorted(t.snapshot.close_wait_of_uid.items(), key=lambda kv: (-kv[1], kv[0]))
+    if waiting:
+        uid = t.snapshot.processes[t.pid].uid
+        ports = ", ".join(f"{n} on port {port}" for port, n in waiting[:MAX_UID_PORTS])
+        more = f" and {len(waiting) - MAX_UID_PORTS} more ports" if len(waiting) > \
+            MAX_UID_PORTS else ""
+        lines.append(fill(f"sock_diag (open to any user) shows sockets of UID {uid} in "
+                          f"CLOSE_WAIT on ports where UID {uid} listens: {ports}{more}; some "
+                          "may be this process's (RD201), which its descriptors would tell",
+                          width, hang="  "))
     return "\n".join(lines)
 
 
