@@ -263,6 +263,25 @@ def last_pid() -> int | None:
         return None
 
 
+def pids_since(last: int | None, now: int | None, pid_max: int,
+               most: int) -> list[int] | None:
+    """The PIDs allocated after the reading `last` of last_pid() up to the
+    reading `now`, in allocation order (the counter wraps at `pid_max` and
+    starts again above 1); None when either reading is missing or there
+    are more than `most` (a walk of every process is cheaper then). The
+    processes created between the two readings are among them."""
+    if last is None or now is None:
+        return None
+    if now >= last:
+        new = range(last + 1, now + 1)
+        wrapped: range = range(0)
+    else:  # the PID counter wrapped around pid_max
+        new, wrapped = range(last + 1, pid_max), range(1, now + 1)
+    if len(new) + len(wrapped) > most:
+        return None
+    return [*new, *wrapped]
+
+
 def task_children(pid: int) -> list[int] | None:
     """Children of every thread of `pid` from /proc/<pid>/task/*/children;
     None when the kernel lacks it (CONFIG_PROC_CHILDREN is off)."""
