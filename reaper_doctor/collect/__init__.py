@@ -18,6 +18,7 @@ the sample.
   snapshot    one full sample of a target: a Snapshot
   machine     the whole machine, for the census
   watch       light samples for `watch`
-  timeline    the scenario run's sampler
+  timeline    a server run's sampler
+  listeners   the TCP listening sockets of a server's processes
   psutil_fallback   a Snapshot where there is no /proc
 """

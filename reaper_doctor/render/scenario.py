@@ -1,6 +1,7 @@
-"""`scenario run` and `scenario compare`: ScenarioRun -> text or JSON (str).
+"""`run`, `scenario run` and `scenario compare`: ServerRun -> text or JSON (str).
 
-JSON schema `reaper-doctor/scenario/1` (DESIGN.md) for one run,
+JSON schema `reaper-doctor/scenario/1` for one run, of a scenario or of
+any command (`scenario` is then null and `command` says what ran);
 `reaper-doctor/scenario-compare/1` for compare (a list of the same runs).
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 import click
 from tabulate import tabulate
 
-from ..model.scenario import Sample, ScenarioRun
+from ..model.scenario import Sample, ServerRun
 from .json import finding_document, target_document
 from .text import SEVERITY_COLORS, _finding_line
 
@@ -27,30 +28,36 @@ SPARK_WIDTH = 32
 # JSON
 
 
-def run_document(run: ScenarioRun) -> dict[str, Any]:
+def run_document(run: ServerRun) -> dict[str, Any]:
     s = run.scenario
+    spec = run.spec
     load = run.load.as_dict() if run.load else {
         "requests": {"sent": 0, "ok": 0, "failed": 0, "hung": 0},
         "latency_ms": {"p50": None, "p99": None}}
     cleanup = run.cleanup
+    request = spec.request
     return {
         "schema": SCHEMA,
-        "scenario": s.name,
-        "reproduces": s.reproduces,
-        "server": {"pid": run.server_pid, "port": run.port, "script": run.script,
+        "scenario": s.name if s else None,
+        "command": list(spec.argv),
+        "reproduces": s.reproduces if s else None,
+        "server": {"pid": run.server_pid, "port": run.port, "host": run.host,
+                   "bound": run.bound, "scanned_pid": run.target_pid,
+                   "script": spec.argv[1] if s else None,
                    "fd_limit": run.settings.fd_limit,
-                   "lifetime_s": run.settings.server_lifetime_s(),
+                   "lifetime_s": run.settings.server_lifetime_s() if s else None,
                    "exit_status": run.server_exit},
         "load": {"requests": run.settings.requests, "concurrency": run.settings.concurrency,
-                 "timeout_s": run.settings.timeout_s},
+                 "timeout_s": run.settings.timeout_s,
+                 "request": "http-get" if request is None else request.decode("latin-1")},
         **load,
-        "expected": list(s.expected),
-        "also_allowed": list(s.also_allowed),
+        "expected": list(spec.expected),
+        "also_allowed": list(spec.also_allowed),
         "findings": [finding_document(f) for f in run.findings],
         "missing": run.missing,
         "unexpected": [f.code for f in run.unexpected],
         "as_expected": run.as_expected,
-        "fix": s.fix,
+        "fix": s.fix if s else None,
         "scanned": run.scanned,
         "scan_error": run.scan_error,
         "scan": target_document(run.scan) if run.scan else None,
@@ -58,6 +65,7 @@ def run_document(run: ScenarioRun) -> dict[str, Any]:
                                                    "processes", "accept_queue")},
         "timeline": [sample.as_dict() for sample in run.timeline],
         "server_errors": list(run.server_errors),
+        "output_tail": list(run.output_tail),
         "cleanup": ({"killed": cleanup.killed, "reaped": cleanup.reaped,
                      "leftover_pids": cleanup.leftover_pids} if cleanup else None),
         "leftover_processes": run.leftover_processes,
@@ -65,11 +73,11 @@ def run_document(run: ScenarioRun) -> dict[str, Any]:
     }
 
 
-def render_run_json(run: ScenarioRun) -> str:
+def render_run_json(run: ServerRun) -> str:
     return json.dumps(run_document(run), indent=2) + "\n"
 
 
-def compare_document(runs: Sequence[ScenarioRun]) -> dict[str, Any]:
+def compare_document(runs: Sequence[ServerRun]) -> dict[str, Any]:
     first = runs[0].settings if runs else None
     return {
         "schema": COMPARE_SCHEMA,
@@ -81,7 +89,7 @@ def compare_document(runs: Sequence[ScenarioRun]) -> dict[str, Any]:
     }
 
 
-def render_compare_json(runs: Sequence[ScenarioRun]) -> str:
+def render_compare_json(runs: Sequence[ServerRun]) -> str:
     return json.dumps(compare_document(runs), indent=2) + "\n"
 
 
@@ -133,7 +141,7 @@ def _interval(samples: Sequence[Sample]) -> str:
     return f"{(samples[-1].t_s - samples[0].t_s) / (len(samples) - 1):.2f} s"
 
 
-def _load_line(run: ScenarioRun) -> str:
+def _load_line(run: ServerRun) -> str:
     st = run.settings
     if run.load is None:
         return f"Load: not sent ({st.requests} requests planned)"
@@ -146,13 +154,19 @@ def _load_line(run: ScenarioRun) -> str:
             f"in {r.duration_s:.1f} s ({r.requests_per_s:.1f} req/s); {lat}")
 
 
-def render_run_text(run: ScenarioRun, *, color: bool = False) -> str:
+def render_run_text(run: ServerRun, *, color: bool = False) -> str:
     style = _styler(color)
     s = run.scenario
-    parts = [style(f"Scenario {s.name}", bold=True) + f" — {s.reproduces}"]
     limit = f", ulimit -n {run.settings.fd_limit}" if run.settings.fd_limit else ""
-    parts[0] += (f"\nserver PID {run.server_pid} on 127.0.0.1:{run.port}{limit}"
-                 f" ({run.script})")
+    if s is not None:
+        parts = [style(f"Scenario {s.name}", bold=True) + f" — {s.reproduces}"
+                 + f"\nserver PID {run.server_pid} on 127.0.0.1:{run.port}{limit}"
+                 f" ({run.spec.argv[1]})"]
+    else:
+        held = (f"PID {run.target_pid} " if run.target_pid != run.server_pid else "")
+        parts = [style(f"Server {run.spec.label}", bold=True)
+                 + f"\nPID {run.server_pid}; {held}listening on {run.bound}, load sent to "
+                 f"{_address(run.host, run.port)}{limit}"]
     parts.append(_load_line(run))
     if run.load and run.load.errors:
         top = sorted(run.load.errors.items(), key=lambda kv: -kv[1])[:3]
@@ -165,11 +179,20 @@ def render_run_text(run: ScenarioRun, *, color: bool = False) -> str:
         more = len(run.server_errors) - len(shown)
         parts.append("Server stderr\n" + "\n".join(f"  {line}" for line in shown)
                      + (f"\n  … {more} more distinct lines" if more > 0 else ""))
+    if run.output_tail and (run.server_exit is not None or run.scan is None):
+        ended = ("" if run.server_exit is None
+                 else f" (it exited by itself, status {run.server_exit})")
+        parts.append(f"Server output, last lines{ended}\n"
+                     + "\n".join(f"  {line}" for line in run.output_tail[-10:]))
     parts.append(_cleanup(run, style))
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def _findings(run: ScenarioRun, style: Callable[..., str]) -> str:
+def _address(host: str | None, port: int | None) -> str:
+    return f"[{host}]:{port}" if host and ":" in host else f"{host}:{port}"
+
+
+def _findings(run: ServerRun, style: Callable[..., str]) -> str:
     when = "during the load" if run.scanned == "during-load" else "after the load"
     if run.scan is None:
         return style(f"Scan: {run.scan_error or 'not run'}", fg="red")
@@ -182,25 +205,30 @@ def _findings(run: ScenarioRun, style: Callable[..., str]) -> str:
     return "\n".join(lines)
 
 
-def _verdict(run: ScenarioRun, style: Callable[..., str]) -> str:
-    s = run.scenario
-    expected = " ".join(s.expected) or "none"
+def _verdict(run: ServerRun, style: Callable[..., str]) -> str:
+    s, spec = run.scenario, run.spec
+    expected = " ".join(spec.expected) or "none"
     found = " ".join(run.found_codes) or "none"
-    lines = [f"Expected {expected} · found {found}"
-             + (f" (by-products allowed: {' '.join(s.also_allowed)})" if s.also_allowed else "")]
+    allowed = spec.also_allowed
+    if s is None and not spec.expected:
+        lines = [f"Found {found}"]      # judged by severity alone (see _verdict_words)
+    else:
+        lines = [f"Expected {expected} · found {found}"
+                 + (f" (by-products allowed: {' '.join(allowed)})" if allowed else "")]
     if run.missing:
         lines.append(style(f"Missing: {' '.join(run.missing)}", fg="red"))
-    if run.unexpected:
+    if run.unexpected and (s is not None or spec.expected):
         lines.append(style("Unexpected: " + " ".join(sorted({f.code for f in run.unexpected})),
                            fg="red"))
-    lines.append(f"Fix: {s.fix}")
+    if s is not None:
+        lines.append(f"Fix: {s.fix}")
     codes = [c for c in run.found_codes]
     if codes:
         lines.append("Explained: " + ", ".join(f"reaper-doctor explain {c}" for c in codes))
     return "\n".join(lines)
 
 
-def _cleanup(run: ScenarioRun, style: Callable[..., str]) -> str:
+def _cleanup(run: ServerRun, style: Callable[..., str]) -> str:
     c = run.cleanup
     if c is None:
         return ""
@@ -209,12 +237,27 @@ def _cleanup(run: ScenarioRun, style: Callable[..., str]) -> str:
             + style(f"{left} process{'es' if left != 1 else ''} left over",
                     fg="green" if left == 0 else "red")
             + (f" (PIDs {' '.join(map(str, c.leftover_pids[:20]))})" if left else ""))
-    verdict = (style("behaved as expected", fg="green", bold=True) if run.as_expected
-               else style("did NOT behave as expected", fg="red", bold=True))
-    return text + f"\nVerdict: {run.scenario.name} {verdict}"
+    return text + f"\nVerdict: {run.spec.label} {_verdict_words(run, style)}"
 
 
-def render_compare_text(runs: Sequence[ScenarioRun], *, color: bool = False) -> str:
+def _verdict_words(run: ServerRun, style: Callable[..., str]) -> str:
+    """What the run proved, in a few words: a scenario (or a run with
+    --expect) behaved as expected or not; any other run leaks or not."""
+    if run.scenario is not None or run.spec.expected:
+        return (style("behaved as expected", fg="green", bold=True) if run.as_expected
+                else style("did NOT behave as expected", fg="red", bold=True))
+    if run.as_expected:
+        return style("shows no leak (no finding of severity warning or worse)",
+                     fg="green", bold=True)
+    if run.scan is None:
+        return style("could not be judged: the scan failed", fg="red", bold=True)
+    if run.unexpected:
+        codes = " ".join(sorted({f.code for f in run.unexpected}))
+        return style(f"leaks: {codes}", fg="red", bold=True)
+    return style("did not end cleanly", fg="red", bold=True)
+
+
+def render_compare_text(runs: Sequence[ServerRun], *, color: bool = False) -> str:
     style = _styler(color)
     if not runs:
         return "No scenario run.\n"
@@ -229,7 +272,7 @@ def render_compare_text(runs: Sequence[ScenarioRun], *, color: bool = False) -> 
         if worst is not None:
             findings = style(findings, fg=SEVERITY_COLORS[worst])
         rows.append([
-            run.scenario.name,
+            run.spec.label,
             r.ok if r else "-", r.failed if r else "-", r.hung if r else "-",
             _ms(r.p50_ms) if r else "-",
             f"{r.requests_per_s:.1f}" if r else "-",
