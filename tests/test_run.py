@@ -276,6 +276,40 @@ def test_several_ports_need_port(server: Path) -> None:
     assert processes_running(str(server)) == []
 
 
+# An iterative server: one connection at a time, 200 ms each, so the others
+# wait in the accept queue.
+ITERATIVE_SERVER = r'''
+import socket, time
+
+srv = socket.create_server(("127.0.0.1", 0), backlog=16)
+srv.settimeout(1.0)
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    try:
+        conn, _ = srv.accept()
+    except socket.timeout:
+        continue
+    with conn:
+        conn.settimeout(10)
+        conn.recv(1024)
+        time.sleep(0.2)
+        conn.sendall(b"HTTP/1.1 200 OK\r\n\r\nslow\n")
+'''
+
+
+def test_an_iterative_server_is_scanned_during_the_load_rd401(tmp_path: Path) -> None:
+    # Its accept queue stays non-empty only while the load runs: run sees it
+    # stay in the timeline and scans then, as scenario run does for blocking.
+    script = tmp_path / "iterative.py"
+    script.write_text(ITERATIVE_SERVER)
+    code, doc = run_doc("--requests", "24", "--concurrency", "8", "--timeout", "10",
+                        "--grace", "0.5", "--json", "--", sys.executable, str(script))
+    assert doc["scanned"] == "during-load", doc["timeline"]
+    assert doc["peak"]["accept_queue"] >= 2
+    assert "RD401" in codes(doc) and code == 1
+    assert doc["leftover_processes"] == 0 and processes_running(str(script)) == []
+
+
 # -- bad input: exit 2, one line ----------------------------------------------------
 
 def test_command_not_found_is_exit_2() -> None:
