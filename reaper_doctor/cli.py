@@ -8,6 +8,7 @@ imports what it needs when it runs.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -42,17 +43,24 @@ class OneLineErrors(click.Group):
         try:
             rv = super().main(args=args, prog_name=prog_name or PROG,
                               standalone_mode=False, **extra)
+        except NO_ARGS_IS_HELP as e:
+            # `reaper-doctor`, `reaper-doctor scenario`: asking what there is
+            # to run is not an error.
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
         except click.BadParameter as e:
             # Our own parameter types say the whole thing ("no process with
             # PID 9"); click's need the parameter named to make sense.
-            die(e.message if getattr(e, "one_line", False) else e.format_message())
+            if getattr(e, "one_line", False):
+                die(e.message)
+            die(click_message(e))
         except click.NoSuchOption as e:
             # `scan -1` reads as an option to click; to the user it is a PID.
             if _looks_numeric(e.option_name):
                 die(f"PID must be a positive integer, not {e.option_name!r}")
-            die(e.format_message())
+            die(click_message(e))
         except click.ClickException as e:
-            die(e.format_message(), e.exit_code if e.exit_code != 1 else 2)
+            die(click_message(e), e.exit_code if e.exit_code != 1 else 2)
         except click.exceptions.Abort:
             click.echo(error_line("interrupted"), err=True)
             sys.exit(130)
@@ -64,6 +72,34 @@ class OneLineErrors(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+# click >= 8.2 raises this for a group run without a command; 8.1 prints
+# the help and exits 0 by itself.
+NO_ARGS_IS_HELP: type[Exception] = getattr(click.exceptions, "NoArgsIsHelpError", ())  # type: ignore[assignment]
+
+
+def click_message(e: click.ClickException) -> str:
+    """Click's message in the style of ours: sentences joined by "; ", each
+    starting lower case, no full stop at the end; a usage error names the
+    help of the command it came from.
+
+    "No such option '--formt'. Did you mean '--format'?" becomes
+    "no such option '--formt'; did you mean '--format'? (see reaper-doctor scan --help)".
+    """
+    sentences = re.split(r"(?<=[.?!])\s+(?=[A-Z])", " ".join(e.format_message().split()))
+    text = "; ".join(_lower_first(s.rstrip(".") if s.endswith(".") else s) for s in sentences)
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError) and ctx is not None:
+        text += f" (see {ctx.command_path} --help)"
+    return text
+
+
+def _lower_first(sentence: str) -> str:
+    """"Missing argument" -> "missing argument"; "PID ..." stays."""
+    if len(sentence) > 1 and sentence[0].isupper() and not sentence[1].isupper():
+        return sentence[0].lower() + sentence[1:]
+    return sentence
 
 
 def _looks_numeric(text: str) -> bool:
@@ -184,7 +220,9 @@ FORMATS = ("text", "json", "prometheus")
 @click.option("--textfile", type=click.Path(dir_okay=False), default=None,
               help="Also write the Prometheus text to this file, atomically (for "
                    "node_exporter's textfile collector). Alone, nothing goes to stdout.")
-@click.option("--list-fds", is_flag=True, help="JSON: include every descriptor (fd, link).")
+@click.option("--list-fds", is_flag=True,
+              help="List every descriptor (fd, link) of each process: a line each in text, "
+                   "a `list` per process in JSON.")
 @click.option("--trace", "trace_s", type=SecondsType("--trace", 3600), default=None, metavar="S",
               help="(root, tracefs) Trace SIGCHLD for S seconds between the samples (the "
                    "grace becomes at least S): each parent with zombies that catches SIGCHLD "
@@ -210,6 +248,8 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
     from .commands.scan import scan as run_scan
 
     if as_json:
+        if fmt not in (None, "json"):
+            die(f"--json and --format {fmt} ask for two formats; give one")
         fmt = "json"
     if fmt is None:
         fmt = None if textfile else "text"
@@ -219,13 +259,20 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
             die(problem)
     if trace_s is not None and not pids:
         die("--trace needs at least one PID (the whole-machine census is not traced)")
+    notes: list[str] = []
+    if pids:
+        from .collect.targets import scan_targets
+
+        resolved = scan_targets(pids)
+        pids, notes = tuple(resolved.pids), resolved.notes
+        _echo_notes(notes)
     started = time.perf_counter()
     if trace_s is not None:
-        report = _traced_scan(list(dict.fromkeys(pids)), grace_s, list_fds, trace_s)
+        report = _traced_scan(list(pids), grace_s, list_fds, trace_s)
     else:
         try:
             if pids:
-                report = run_scan(list(dict.fromkeys(pids)), grace_s=grace_s,
+                report = run_scan(list(pids), grace_s=grace_s,
                                   with_fd_list=list_fds)
             else:
                 from .commands.census import census
@@ -233,18 +280,21 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
                 report = census(grace_s=grace_s)
         except ProcessGone as gone:
             die(str(gone))
-    report = report._replace(duration_s=time.perf_counter() - started)
+    report = report._replace(duration_s=time.perf_counter() - started, notes=tuple(notes))
     if textfile is not None or fmt == "prometheus":
-        from .render.prometheus import render_prometheus
+        from .render.prometheus import ReportCollector, registry_of, render_prometheus
 
-        metrics = render_prometheus(report)
         if textfile is not None:
+            from prometheus_client import write_to_textfile
+
             try:
-                _write_atomically(textfile, metrics)
+                # A temporary file beside it, then rename(2): node_exporter's
+                # textfile collector never reads a half-written file.
+                write_to_textfile(textfile, registry_of(ReportCollector(report)))
             except OSError as e:
                 die(f"cannot write --textfile {textfile}: {e.strerror or e}")
         if fmt == "prometheus":
-            click.echo(metrics, nl=False)
+            click.echo(render_prometheus(report), nl=False)
     if fmt == "json":
         from .render.json import render_json
 
@@ -254,6 +304,12 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
 
         click.echo(render_text(report, color=use_color(no_color)), nl=False)
     return report.exit_code
+
+
+def _echo_notes(notes: list[str]) -> None:
+    """What became of the PIDs given (a thread, a zombie, a repeat), on stderr."""
+    for note in notes:
+        click.echo(f"{PROG}: {note}", err=True)
 
 
 def _traced_scan(pids: list[int], grace_s: float, list_fds: bool, trace_s: float) -> Any:
@@ -297,33 +353,6 @@ def _textfile_problem(path: str) -> str | None:
     return None
 
 
-def _write_atomically(path: str, text: str) -> None:
-    """A temporary file in the same directory, then os.replace: a scraper
-    never reads a half-written file (node_exporter textfile collector). The
-    temporary name does not end in .prom, so the collector ignores it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd = -1
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        data = text.encode("utf-8")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 @main.command()
 @click.argument("pid", type=PidType())
 @click.option("--interval", "interval_s", type=SecondsType("--interval", 86400, minimum=0.05), default=1.0,
@@ -350,6 +379,10 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     from .collect.proc import ProcessGone
     from .commands.watch import watch as run_watch
     from .render import watch as render
+    from .collect.targets import live_target
+
+    pid, notes = live_target(pid, "watching")
+    _echo_notes(notes)
 
     csv_file = None
     if csv_path:
@@ -551,11 +584,15 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
           as_json: bool, no_color: bool) -> None:
     """(root) Count SIGCHLD generated / merged / delivered for PID, from the
     kernel's signal tracepoints, in a private tracing instance."""
+    from .collect.targets import live_target
     from .commands import trace as tracing
     from .diagnose.trace import exit_code, trace_findings
     from .model.signals import signal_name
     from .render import trace as trace_render
     from .system.tracefs import TracefsError
+
+    pid, notes = live_target(pid, "tracing")
+    _echo_notes(notes)
 
     def started(tr: Any) -> None:
         until = f"for {duration:g} s" if duration is not None else "until Ctrl-C"
@@ -584,8 +621,9 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
 def load_options(func: Any) -> Any:
     """The load shared by `scenario run` and `scenario compare`."""
     for option in reversed((
-        click.option("--requests", "-n", type=BoundedInt(1, 5000), default=60,
-                     show_default=True, help="Requests to send (to 127.0.0.1 or ::1 only)."),
+        click.option("--requests", "-n", type=BoundedInt(1, 5000), default=None,
+                     help="Requests to send (to 127.0.0.1 or ::1 only)  [default: 60; with "
+                          "--fd-limit N, N + concurrency: enough to reach the limit]"),
         click.option("--concurrency", "-c", type=BoundedInt(1, 64), default=8,
                      show_default=True, help="Requests in flight at once."),
         click.option("--timeout", "timeout_s", type=SecondsType("--timeout", 60), default=2.0,
@@ -627,7 +665,8 @@ def _progress(label: str, total: int, enabled: bool) -> Any:
                    "make fd-leak reach [Errno 24].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @no_color_option
-def scenario_run(name: str, requests: int, concurrency: int, timeout_s: float, grace_s: float,
+def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: float,
+                 grace_s: float,
                  lifetime_s: float | None, fd_limit: int | None, as_json: bool,
                  no_color: bool) -> int:
     """Start scenario NAME on 127.0.0.1, load it, sample it, scan it, kill and
@@ -640,6 +679,8 @@ def scenario_run(name: str, requests: int, concurrency: int, timeout_s: float, g
     from .commands.run import ServerStartError
     from .model.scenario import RunSettings
 
+    if requests is None:
+        requests = runner.default_requests(fd_limit, concurrency)
     settings = RunSettings(requests=requests, concurrency=concurrency,
                                   timeout_s=timeout_s, grace_s=grace_s,
                                   lifetime_s=lifetime_s, fd_limit=fd_limit)
@@ -688,7 +729,7 @@ def _run_and_report(label: str, requests: int, as_json: bool, no_color: bool,
 @load_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @no_color_option
-def scenario_compare(requests: int, concurrency: int, timeout_s: float, grace_s: float,
+def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, grace_s: float,
                      as_json: bool, no_color: bool) -> int:
     """Run all six scenarios under the same load, one after the other, and
     compare them in one table: ok / failed / hung requests, median latency,
@@ -702,6 +743,8 @@ def scenario_compare(requests: int, concurrency: int, timeout_s: float, grace_s:
     from .render.scenario import render_compare_json, render_compare_text
     from .system.lifecycle import sigterm_raises_systemexit
 
+    if requests is None:
+        requests = runner.default_requests(None, concurrency)
     settings = RunSettings(requests=requests, concurrency=concurrency,
                                   timeout_s=timeout_s, grace_s=grace_s)
     show = not as_json and sys.stderr.isatty()
@@ -743,7 +786,7 @@ def scenario_compare(requests: int, concurrency: int, timeout_s: float, grace_s:
               help="Lower the server's soft RLIMIT_NOFILE (ulimit -n) to this.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @no_color_option
-def run_command(command: tuple[str, ...], requests: int, concurrency: int, timeout_s: float,
+def run_command(command: tuple[str, ...], requests: int | None, concurrency: int, timeout_s: float,
                 grace_s: float, port: int | None, request_text: str | None,
                 request_file: str | None, startup_timeout_s: float, expect: tuple[str, ...],
                 fd_limit: int | None, as_json: bool, no_color: bool) -> int:
@@ -759,9 +802,11 @@ def run_command(command: tuple[str, ...], requests: int, concurrency: int, timeo
     bad input, the command was not found, it exited before listening, or
     nothing listened within --startup-timeout.
     """
-    from .commands.run import ServerStartError, check_settings, run_server
+    from .commands.run import ServerStartError, check_settings, default_requests, run_server
     from .model.scenario import RunSettings, ServerSpec
 
+    if requests is None:
+        requests = default_requests(fd_limit, concurrency)
     settings = RunSettings(requests=requests, concurrency=concurrency,
                            timeout_s=timeout_s, grace_s=grace_s, fd_limit=fd_limit)
     try:

@@ -155,7 +155,8 @@ try:
     main([{arg!r}])
 except SystemExit:
     pass
-heavy = sorted(m for m in ("psutil", "tabulate", "json", "socket") if m in sys.modules)
+heavy = sorted(m for m in ("psutil", "tabulate", "json", "socket", "prometheus_client")
+               if m in sys.modules)
 print("HEAVY", heavy, file=sys.stderr)
 """
 

@@ -113,7 +113,8 @@ def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
         age = max(0.0, ctx.uptime_s - st.start_ticks / ctx.clock_ticks)
     # Positional, in field order: half the cost of keywords, once per process.
     return ProcessInfo(pid, st.ppid, st.comm, st.state, st.start_ticks, age, st.threads,
-                       uid, cmdline, num_fds, exit_status, sigchld, pending)
+                       uid, cmdline, num_fds, exit_status, sigchld, pending,
+                       bool(st.flags & procfs.PF_KTHREAD), st.child_faults > 0)
 
 
 def _sigchld(pid: int, ctx: _Context, threads: int) -> tuple[str | None, bool]:

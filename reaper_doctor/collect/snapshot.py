@@ -64,7 +64,7 @@ def _collect_snapshot(target: int, ctx: _Context, *, with_fds: bool) -> Snapshot
                                  wants_sigchld=pid == target or pid in parents)
             if pid == target:
                 target_limits = _limits(pid, ctx)
-            if not info.is_zombie:
+            if not info.is_zombie and not info.is_kernel_thread:
                 limits = target_limits if pid == target else _limits(pid, ctx)
                 table_fds = read_fds(pid, ctx) if with_fds else None
                 if table_fds is not None:

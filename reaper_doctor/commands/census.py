@@ -126,7 +126,8 @@ def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep)
                 findings += limit_findings(Snapshot(target=member, taken_at=first.taken_at,
                                                     processes={}, pids_cgroup=cg))
 
-    targets = _targets(findings, first, parents, later_by_parent, samples, grace_s)
+    elapsed_s = round(later_at - first.taken_at, 3)
+    targets = _targets(findings, first, parents, later_by_parent, samples, grace_s, elapsed_s)
     files_open = None
     if first.file_nr:
         files_open = first.file_nr[0] - first.file_nr[1]
@@ -136,7 +137,7 @@ def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep)
         zombie_parents=tuple(zombie_parents), nofile_top=tuple(nofile_rows[:TOP_NOFILE]),
         nofile_counted=len(first.fd_counts), nofile_unreadable=first.fds_unreadable,
         uids=tuple(uids), pids_cgroups=tuple(cgroups), samples=samples, grace_s=grace_s,
-        elapsed_s=round(later_at - first.taken_at, 3))
+        elapsed_s=elapsed_s)
     return Report(targets=tuple(targets), machine=machine)
 
 
@@ -206,7 +207,7 @@ def _uid_tasks(sample: MachineSample) -> list[UidTasks]:
 
 def _targets(findings: list[Finding], sample: MachineSample,
              parents: dict[int, ProcessInfo], zombies_by_parent: dict[int, dict[int, ProcessInfo]],
-             samples: int, grace_s: float) -> list[TargetReport]:
+             samples: int, grace_s: float, elapsed_s: float) -> list[TargetReport]:
     by_pid: dict[int, list[Finding]] = {}
     for f in findings:
         by_pid.setdefault(f.pid, []).append(f)
@@ -221,7 +222,8 @@ def _targets(findings: list[Finding], sample: MachineSample,
         snap = collect_census_target(info, zombies_by_parent.get(pid, {}), sample)
         found = sorted(by_pid[pid], key=lambda f: f.code)
         targets.append(TargetReport(pid=pid, snapshot=snap, findings=tuple(found),
-                                    samples=samples, grace_s=grace_s))
+                                    samples=samples, grace_s=grace_s,
+                                    elapsed_s=elapsed_s))
     targets.sort(key=lambda t: t.pid)
     return targets
 

@@ -36,6 +36,8 @@ from ..collect.timeline import Sampler
 from ..model import Report
 from ..model.load import Outcome
 from ..model.scenario import (
+    DEFAULT_REQUESTS,
+    MAX_REQUESTS,
     SETTLE_TIMEOUT_S,
     Endpoint,
     Listener,
@@ -116,6 +118,15 @@ class _Output:
     def errors(self) -> list[str]:
         with self._lock:
             return list(self.distinct)
+
+
+def default_requests(fd_limit: int | None, concurrency: int) -> int:
+    """The load when --requests is not given: DEFAULT_REQUESTS, or with a
+    descriptor limit enough requests to exceed it (a leaked connection costs
+    the server one descriptor): the limit plus a round of `concurrency`."""
+    if fd_limit is None:
+        return DEFAULT_REQUESTS
+    return min(MAX_REQUESTS, max(DEFAULT_REQUESTS, fd_limit + concurrency))
 
 
 def check_settings(settings: RunSettings) -> None:

@@ -20,7 +20,10 @@ from pathlib import Path
 
 from ..model.load import Outcome
 from ..model.scenario import SCENARIOS, RunSettings, Scenario, ServerRun, ServerSpec, get
-from .run import check_settings, run_server
+from .run import check_settings, default_requests, run_server
+
+__all__ = ["check_settings", "compare", "default_requests", "resolve", "run_scenario",
+           "script_path", "scripts_dir"]
 
 
 def resolve(name: str) -> Scenario:

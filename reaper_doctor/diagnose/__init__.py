@@ -31,10 +31,9 @@ def diagnose(samples: Sequence[Snapshot], *, grace_s: float,
     the full samples' counts included, for RD203.
     """
     earlier, later = samples[0], samples[-1]
-    found = [*zombie_findings(earlier, later, grace_s),
-             *close_wait_findings(earlier, later),
+    leaks = [*close_wait_findings(earlier, later), *fd_growth_findings(fd_series, later.nofile)]
+    found = [*zombie_findings(earlier, later, grace_s), *leaks,
              *inherited_listener_findings(earlier, later),
-             *fd_growth_findings(fd_series, later.nofile),
-             *accept_backlog_findings(earlier, later),
+             *accept_backlog_findings(earlier, later, leaks=leaks),
              *limit_findings(later)]
     return sorted(found, key=lambda f: (f.pid, f.code))

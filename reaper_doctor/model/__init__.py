@@ -12,10 +12,12 @@ from .limits import LimitUsage, NprocUsage, PidsCgroup
 from .process import ProcessInfo, Unreadable
 from .report import (
     Finding,
+    ListenerQueue,
     MachineCensus,
     NofileUsage,
     Report,
     Severity,
+    SocketHolder,
     TargetReport,
     UidTasks,
     ZombieParent,
@@ -24,8 +26,8 @@ from .snapshot import FdCounts, Snapshot
 from .watch import WATCH_SERIES, WatchLimits, WatchReport, WatchSample
 
 __all__ = [
-    "FdCounts", "FdDetail", "FdTable", "Finding", "LimitUsage", "MachineCensus", "NofileUsage",
-    "NprocUsage", "PidsCgroup", "ProcessInfo", "Report", "Severity", "Snapshot", "SocketFd",
-    "TargetReport", "UidTasks", "Unreadable", "WATCH_SERIES", "WatchLimits", "WatchReport",
-    "WatchSample", "ZombieParent",
+    "FdCounts", "FdDetail", "FdTable", "Finding", "LimitUsage", "ListenerQueue", "MachineCensus",
+    "NofileUsage", "NprocUsage", "PidsCgroup", "ProcessInfo", "Report", "Severity", "Snapshot",
+    "SocketFd", "SocketHolder", "TargetReport", "UidTasks", "Unreadable", "WATCH_SERIES",
+    "WatchLimits", "WatchReport", "WatchSample", "ZombieParent",
 ]

@@ -38,6 +38,8 @@ class TargetReport(NamedTuple):
     samples: int = 1
     grace_s: float = 0.0
     gone: bool = False           # the target exited during the scan
+    elapsed_s: float = 0.0       # between the first and the last sample (0 with one)
+    pid1_wait: bool = False      # the wait was stretched for zombies of PID 1 (PID1_GRACE_S)
 
     @property
     def worst(self) -> Severity | None:
@@ -93,6 +95,27 @@ class UidTasks(NamedTuple):
         return self.tasks / self.soft if self.soft else None
 
 
+class ListenerQueue(NamedTuple):
+    """One listening TCP port of a process and its accept queue."""
+
+    port: int
+    queue: int                   # connections waiting for accept()
+    backlog: int | None          # the configured backlog; None: not read
+
+
+class SocketHolder(NamedTuple):
+    """A process the census saw holding accepted sockets in CLOSE_WAIT on a
+    listening port of its network namespace, or a listener with queued
+    connections."""
+
+    pid: int
+    name: str | None
+    uid: int | None
+    close_wait: int                         # accepted sockets in CLOSE_WAIT
+    listeners: tuple[ListenerQueue, ...]    # its listeners with a non-empty queue
+    verdicts: tuple[str, ...] = ()          # "RD201", "RD401" when they persisted
+
+
 class MachineCensus(NamedTuple):
     """What `scan` with no PID saw on the whole machine."""
 
@@ -110,12 +133,15 @@ class MachineCensus(NamedTuple):
     samples: int
     grace_s: float
     elapsed_s: float                            # between the two samples (0 with one)
+    socket_holders: tuple[SocketHolder, ...] = ()  # CLOSE_WAIT / accept queues, worst first
+    netns_read: int = 0                         # network namespaces whose sockets were read
 
 
 class Report(NamedTuple):
     targets: tuple[TargetReport, ...]
     machine: MachineCensus | None = None   # `scan` with no PID
     duration_s: float | None = None        # wall time of the scan, when measured
+    notes: tuple[str, ...] = ()            # what became of the PIDs given (threads, repeats)
 
     @property
     def exit_code(self) -> int:

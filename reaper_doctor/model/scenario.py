@@ -13,6 +13,7 @@ from .report import Finding, Severity, TargetReport
 from .load import LoadResult
 
 DEFAULT_REQUESTS = 60
+MAX_REQUESTS = 5000           # the load stays bounded (--requests accepts no more)
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_GRACE_S = 1.0

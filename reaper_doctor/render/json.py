@@ -61,6 +61,8 @@ def report_document(report: Report) -> dict[str, Any]:
         doc["machine"] = machine_document(report.machine)
     if report.duration_s is not None:
         doc["duration_s"] = round(report.duration_s, 4)
+    if report.notes:
+        doc["notes"] = list(report.notes)
     return doc
 
 
@@ -109,6 +111,7 @@ def target_document(t: TargetReport) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "pid": me.pid, "name": me.name, "cmdline": list(me.cmdline) if me.cmdline else [],
         "ppid": me.ppid, "uid": me.uid, "state": state_word(me), "threads": me.threads,
+        "kernel_thread": me.is_kernel_thread,
         "age_s": _round(me.age_s), "sigchld": me.sigchld,
         "tree": tree_document(snap),
         "zombies": {
@@ -127,7 +130,8 @@ def target_document(t: TargetReport) -> dict[str, Any]:
         },
         "findings": [finding_document(f) for f in t.findings],
         "unreadable": [u._asdict() for u in snap.unreadable],
-        "samples": t.samples, "grace_s": t.grace_s, "gone": t.gone,
+        "samples": t.samples, "grace_s": t.grace_s, "elapsed_s": round(t.elapsed_s, 3),
+        "gone": t.gone,
     }
     return doc
 
