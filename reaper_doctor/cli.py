@@ -38,7 +38,8 @@ class OneLineErrors(click.Group):
     and never a traceback, so every click error is caught here, in one place.
     """
 
-    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+    def main(self, args: Any = None, prog_name: str | None = None,  # type: ignore[override]
+             **extra: Any) -> Any:
         extra.pop("standalone_mode", None)
         try:
             rv = super().main(args=args, prog_name=prog_name or PROG,
@@ -76,7 +77,7 @@ class OneLineErrors(click.Group):
 
 # click >= 8.2 raises this for a group run without a command; 8.1 prints
 # the help and exits 0 by itself.
-NO_ARGS_IS_HELP: type[Exception] = getattr(click.exceptions, "NoArgsIsHelpError", ())  # type: ignore[assignment]
+NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def click_message(e: click.ClickException) -> str:
@@ -614,7 +615,8 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
                                    on_target_exit=target_exited)
     except TracefsError as e:
         die(str(e))
-    click.echo(trace_render.render_json(result) if as_json else trace_render.render_text(result))
+    click.echo(trace_render.render_json(result) if as_json
+               else trace_render.render_text(result, color=use_color(no_color)))
     sys.exit(exit_code(trace_findings(result)))
 
 

@@ -243,7 +243,7 @@ class LeakChecker:
         found = Leaks()
         if "fds" in state.checks:
             for fd, link in after.fds.items():
-                key = ("fd", fd, link)
+                key: Key = ("fd", fd, link)
                 if key in owned:
                     continue
                 if before.fds.get(fd) != link or key in state.released:
@@ -326,7 +326,7 @@ class LeakChecker:
             return
         block = item.stash.get(_RESULT, "")
         info: dict[str, Any] = {"checks": sorted(state.checks), "leaked": bool(block)}
-        report.reaper_doctor = info  # travels with the report to an xdist controller
+        report.reaper_doctor = info  # type: ignore[attr-defined]  # travels to an xdist controller
         if not block or self.settings.mode != "fail":
             return
         if report.passed and not state.failed:

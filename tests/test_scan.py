@@ -349,7 +349,9 @@ def test_unprivileged_scan_of_a_root_process_is_partial_not_an_error(spawner):
         code = 3
         try:
             os.close(r)
-            os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
             os.dup2(w, 1)
             sys.stdout = os.fdopen(1, "w")
             try:

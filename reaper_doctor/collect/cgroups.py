@@ -49,9 +49,9 @@ def pids_cgroup(pid: int, ctx: _Context) -> PidsCgroup | None:
             if line.hierarchy == 0:  # v2 unified
                 for m in mounts:
                     if m.fstype == "cgroup2":
-                        candidate = _join_cgroup(m, line.path)
+                        path = _join_cgroup(m, line.path)
                         if _v2_has_pids(m.mount_point):
-                            directory = candidate
+                            directory = path
                         break
     if directory is None:
         return PidsCgroup(path=None, current=None, max=None)

@@ -229,8 +229,8 @@ def describe_fds(pid: int, fds: Iterable[int]) -> list[FdDetail]:
         except OSError:
             unix = {}
     by_pipe: dict[int, list[int]] = {}
-    for fd, link in links.items():
-        kind, inode = procfs.fd_link_kind(link)
+    for fd, text in links.items():
+        kind, inode = procfs.fd_link_kind(text)
         if kind == "pipe" and inode is not None:
             by_pipe.setdefault(inode, []).append(fd)
     details = []

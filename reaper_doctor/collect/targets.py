@@ -59,7 +59,7 @@ def as_process(pid: int) -> tuple[int, str | None]:
 def _ancestors(pid: int, limit: int = 4096) -> list[int]:
     """The parent, grandparent, ... of `pid`, up to PID 1 or a process with
     no parent (kernel threads hang from PID 2, whose parent is 0)."""
-    chain = []
+    chain: list[int] = []
     st = read_stat(pid)
     while st is not None and st.ppid > 0 and len(chain) < limit:
         chain.append(st.ppid)

@@ -80,7 +80,7 @@ class TreeTracker:
         self.tasks: int | None = None
         self.pid_max = _int_file(f"{PROC}/sys/kernel/pid_max") or 4194304
         self.next_full = 0.0
-        self.last = None
+        self.last: int | None = None
         self.full()
 
     def full(self) -> None:

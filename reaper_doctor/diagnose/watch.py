@@ -52,7 +52,7 @@ def watch_fd_growth(pid: int, samples: Sequence[WatchSample],
     points = [(s.t_s, s.fds) for s in samples if s.fds is not None]
     if len(points) < WATCH_MIN_SAMPLES:
         return None
-    ts, ys = [p[0] for p in points], [float(p[1]) for p in points]  # type: ignore[arg-type]
+    ts, ys = [p[0] for p in points], [float(p[1]) for p in points]
     slope, r2 = linear_fit(ts, ys)
     span = ts[-1] - ts[0]
     growth = slope * span

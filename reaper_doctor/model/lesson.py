@@ -71,7 +71,8 @@ class Trial:
     def from_json(cls, doc: Mapping[str, Any], leftover_processes: int = 0) -> Trial:
         known = {"strategy", "children", "pid", "handler_runs", "reaped", "zombies_left",
                  "still_alive", "cleanup_reaped", "settle_s", "skipped"}
-        return cls(**{k: doc.get(k) for k in known},
+        fields: dict[str, Any] = {k: doc.get(k) for k in known}
+        return cls(**fields,
                    leftover_processes=leftover_processes,
                    extra={k: v for k, v in doc.items() if k not in known})
 

@@ -72,7 +72,9 @@ _CONVERSION_RE = {
 
 def _split_args(text: str) -> list[str]:
     """Split the argument list of a print fmt at commas outside brackets."""
-    args, depth, current = [], 0, []
+    args: list[str] = []
+    current: list[str] = []
+    depth = 0
     for ch in text:
         if ch in "([{":
             depth += 1
@@ -122,7 +124,9 @@ def parse_event_format(text: str) -> EventFormat:
                     e.group(1), e.group(1)), m.group(1))
                 rest = m.group(2)
     exprs = _split_args(rest)
-    pieces, args, pos = [], [], 0
+    pieces: list[str] = []
+    args: list[str] = []
+    pos = 0
     for m in _CONVERSION.finditer(print_fmt):
         pieces.append(re.escape(print_fmt[pos:m.start()]))
         pos = m.end()

@@ -35,7 +35,7 @@ class ZombieGroup(NamedTuple):
     exit_statuses: dict[str, int]   # "exit 0" -> 412
 
     @property
-    def count(self) -> int:
+    def count(self) -> int:  # type: ignore[override]  # a field-like name, not tuple.count
         return len(self.pids)
 
 

@@ -123,7 +123,7 @@ def target_document(t: TargetReport) -> dict[str, Any]:
         "fds": fds_document(fds),
         "limits": {
             "nofile": _usage(nofile),
-            "nproc": ({**_usage(snap.nproc), "uid": snap.nproc.uid,
+            "nproc": ({**(_usage(snap.nproc) or {}), "uid": snap.nproc.uid,
                        "enforced": snap.nproc.enforced} if snap.nproc else None),
             "pids_cgroup": (snap.pids_cgroup._asdict() if snap.pids_cgroup else None),
             "pid_max": {"used": snap.pids_in_use, "max": snap.pid_max},

@@ -58,6 +58,7 @@ def run_document(run: ServerRun) -> dict[str, Any]:
         "missing": run.missing,
         "unexpected": [f.code for f in run.unexpected],
         "as_expected": run.as_expected,
+        "why_not": run.why_not,
         "fix": s.fix if s else None,
         "scanned": run.scanned,
         "scan_error": run.scan_error,
@@ -246,7 +247,8 @@ def _verdict_words(run: ServerRun, style: Callable[..., str]) -> str:
     --expect) behaved as expected or not; any other run leaks or not."""
     if run.scenario is not None or run.spec.expected:
         return (style("behaved as expected", fg="green", bold=True) if run.as_expected
-                else style("did NOT behave as expected", fg="red", bold=True))
+                else style("did NOT behave as expected", fg="red", bold=True)
+                + ": " + "; ".join(run.why_not))
     if run.as_expected:
         return style("shows no leak (no finding of severity warning or worse)",
                      fg="green", bold=True)
@@ -255,7 +257,7 @@ def _verdict_words(run: ServerRun, style: Callable[..., str]) -> str:
     if run.unexpected:
         codes = " ".join(sorted({f.code for f in run.unexpected}))
         return style(f"leaks: {codes}", fg="red", bold=True)
-    return style("did not end cleanly", fg="red", bold=True)
+    return style("did not end cleanly", fg="red", bold=True) + ": " + "; ".join(run.why_not)
 
 
 def render_compare_text(runs: Sequence[ServerRun], *, color: bool = False) -> str:
@@ -287,6 +289,10 @@ def render_compare_text(runs: Sequence[ServerRun], *, color: bool = False) -> st
             f"timeout {st.timeout_s:g} s each; hung = no end of reply within the timeout")
     left = sum(r.leftover_processes for r in runs)
     tail = f"Left over after all runs: {left} processes"
+    why = [f"  {run.spec.label}: {'; '.join(run.why_not)}" for run in runs if run.why_not]
+    if why:
+        tail = style("Not as expected", fg="red", bold=True) + "\n" + "\n".join(why) \
+            + "\n\n" + tail
     return f"{head}\n\n{table}\n\n{tail}\n"
 
 

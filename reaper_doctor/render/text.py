@@ -361,7 +361,7 @@ def _num(value: int | None) -> str:
 
 
 def _limits(snap: Snapshot) -> str:
-    rows = []
+    rows: list[list[object]] = []
     nofile = snap.nofile.get(snap.target)
     if nofile:
         rows.append(["open files (ulimit -n)", _num(nofile.used), _num(nofile.soft),

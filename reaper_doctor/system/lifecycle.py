@@ -99,8 +99,8 @@ def teardown(proc: subprocess.Popen[bytes], seen: set[tuple[int, int]]) -> Teard
     left |= {st.pid for st in stat_lines()
              if st.ppid == me and st.state == "Z" and st.session == sid}
     for pid, start in seen:
-        st = read_stat(pid)
-        if st is not None and st.start_ticks == start:
+        now = read_stat(pid)
+        if now is not None and now.start_ticks == start:
             left.add(pid)
     result.leftover_pids = sorted(left)
     result.leftover_processes = len(left)
