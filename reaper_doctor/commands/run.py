@@ -6,8 +6,8 @@ left behind. A scenario is this on a built-in script with its expectations.
    stdout and stderr drained by threads (their last lines are kept, and
    stderr's distinct lines: the server's own errors, like `[Errno 24]`).
 2. Find the port: poll, bounded by `startup_timeout_s`, until a process of
-   the session holds a TCP listening socket (collect/listeners.py reads it
-   from /proc). Load goes to 127.0.0.1 or ::1 only (`choose_endpoint`).
+   the session holds a TCP listening socket (collect/fds.py reads it from
+   /proc). Load goes to 127.0.0.1 or ::1 only (`choose_endpoint`).
 3. Load (system/load.py), sampled every 0.25 s for the timeline; the scan after
    the load (lost-sigchld's zombies only hold still once it stops), or
    during it when the accept queue is what stays (a blocking server's
@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from ..collect.listeners import listening_sockets
+from ..collect.fds import listening_sockets
 from ..collect.proc import ProcessGone
 from ..collect.tasks import session_members, stat_lines
 from ..collect.timeline import Sampler
@@ -48,10 +48,11 @@ from ..model.scenario import (
 )
 from ..system.lifecycle import (
     MIN_FD_LIMIT,
-    _lower_nofile,
     become_subreaper,
     deferred_signals,
-    teardown,
+    end_session,
+    lower_nofile,
+    start_session,
 )
 from ..system.load import drive
 
@@ -188,7 +189,7 @@ def run_server(spec: ServerSpec, settings: RunSettings = RunSettings(), *,
                 seen |= sampler.seen
             if proc is not None:
                 run.server_exit = proc.poll()
-                run.cleanup = teardown(proc, seen)
+                run.cleanup = end_session(proc, seen=seen)
                 if output is not None:
                     output.finish(timeout_s=1.0)
                     run.server_errors = output.errors()
@@ -201,10 +202,10 @@ def run_server(spec: ServerSpec, settings: RunSettings = RunSettings(), *,
 
 def _start(spec: ServerSpec, settings: RunSettings) -> subprocess.Popen[bytes]:
     try:
-        return subprocess.Popen(
+        return start_session(
             spec.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-            preexec_fn=_lower_nofile(settings.fd_limit) if settings.fd_limit else None)
+            stderr=subprocess.PIPE, close_fds=True,
+            preexec_fn=lower_nofile(settings.fd_limit) if settings.fd_limit else None)
     except FileNotFoundError:
         raise ServerStartError(f"command not found: {spec.argv[0]}") from None
     except PermissionError:

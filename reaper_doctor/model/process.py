@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .kernel import ExitStatus
@@ -42,3 +43,13 @@ class Unreadable(NamedTuple):
     pid: int
     field: str
     reason: str
+
+
+@dataclass
+class Teardown:
+    """What the clean-up did: processes signalled, reaped, and left over."""
+
+    killed: int = 0
+    reaped: int = 0
+    leftover_processes: int = 0
+    leftover_pids: list[int] = field(default_factory=list)

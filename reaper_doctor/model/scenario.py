@@ -9,8 +9,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .report import Finding, Severity, TargetReport
 from .load import LoadResult
+from .process import Teardown
+from .report import Finding, Severity, TargetReport
 
 DEFAULT_REQUESTS = 60
 MAX_REQUESTS = 5000           # the load stays bounded (--requests accepts no more)
@@ -19,16 +20,6 @@ DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_GRACE_S = 1.0
 SETTLE_TIMEOUT_S = 3.0        # after the load: children finish, tick-synchronised exits land
 START_TIMEOUT_S = 20.0        # to listen: a Python start-up on a busy 2-core machine
-
-
-@dataclass
-class Teardown:
-    """What the clean-up did: processes signalled, reaped, and left over."""
-
-    killed: int = 0
-    reaped: int = 0
-    leftover_processes: int = 0
-    leftover_pids: list[int] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------
