@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from docs_reference import assert_documented
 from helpers import Spawner, cli_argv, one_error_line, run_cli, stat_fields, wait_until
 
 # A fork-per-connection HTTP server in the style of "Let's Build A Web
@@ -128,6 +129,7 @@ def run_server_json(server: Path, *server_args: str, options: tuple[str, ...] = 
                     ) -> tuple[int, dict]:
     code, doc = run_doc(*options, "--json", "--", sys.executable, str(server), *server_args)
     assert doc["schema"] == "reaper-doctor/scenario/1"
+    assert_documented(doc)                      # docs/json.md#scenario-run, key by key
     assert doc["scenario"] is None
     assert doc["command"] == [sys.executable, str(server), *server_args]
     assert doc["leftover_processes"] == 0, doc["cleanup"]
