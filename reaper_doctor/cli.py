@@ -1,7 +1,7 @@
 """The command line: parse, call, echo, exit. No logic lives here.
 
 Only click is imported at module level: `reaper-doctor --version` and
-`--help` must not pay for psutil or tabulate (issue 6). Each command
+`--help` must not pay for psutil or tabulate. Each command
 imports what it needs when it runs.
 """
 
@@ -35,7 +35,7 @@ def die(message: str, code: int = 2) -> NoReturn:
 class OneLineErrors(click.Group):
     """A group whose usage errors are one line on stderr and exit code 2.
 
-    Click prints a multi-line usage block; DESIGN.md wants exactly one line
+    Click prints a multi-line usage block; the contract is exactly one line
     and never a traceback, so every click error is caught here, in one place.
     """
 
@@ -590,7 +590,8 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
     kernel's signal tracepoints, in a private tracing instance."""
     from .collect.targets import live_target
     from .commands import trace as tracing
-    from .diagnose.trace import exit_code, trace_findings
+    from .diagnose.trace import trace_findings
+    from .model.report import exit_code
     from .model.signals import signal_name
     from .render import trace as trace_render
     from .system.tracefs import TracefsError

@@ -267,8 +267,8 @@ def trace_instance_ready(instance: Path) -> bool:
 
 def http_request(port: int, timeout_s: float = 5.0, close: bool = True) -> socket.socket | bytes:
     """One request to 127.0.0.1:`port`, reading a Content-Length framed
-    response (never to EOF: EOF readers hang on a leaked socket, linux-facts
-    4). Returns the body, or the open socket when `close` is False."""
+    response (never to EOF: EOF readers hang on a leaked socket). Returns
+    the body, or the open socket when `close` is False."""
     import socket
 
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)

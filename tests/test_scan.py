@@ -355,7 +355,7 @@ def test_unprivileged_scan_of_a_root_process_is_partial_not_an_error(spawner):
 def test_portable_fallback_through_psutil_sees_the_tree_and_zombies(spawner):
     """Where there is no /proc, collect falls back to psutil: the tree,
     zombies and descriptor counts, with the /proc-only fields reported as
-    unavailable (DESIGN.md). psutil works on Linux too, so it is checked here."""
+    unavailable. psutil works on Linux too, so it is checked here."""
     from reaper_doctor.collect.psutil_fallback import (
         UNAVAILABLE,
         collect_snapshot_psutil,

@@ -33,7 +33,7 @@ def _netns_key(pid: int) -> str:
 
 def _socket_table(pid: int, ctx: _Context) -> tuple[_SocketRows, set[int]]:
     """The inet and unix socket tables of `pid`'s network namespace, read
-    once per namespace per sample and shared (linux-facts 10)."""
+    once per namespace per sample and shared."""
     if ctx.reading_sockets is not None:
         ctx.reading_sockets.join()   # read ahead (_read_socket_table_ahead)
         ctx.reading_sockets = None

@@ -81,7 +81,7 @@ def process_table(*, details: bool = False) -> dict[int, TaskBrief]:
     each /proc/<pid>/status (searched, not fully parsed: this runs over
     thousands of processes).
 
-    RLIMIT_NPROC counts tasks per *real* UID (linux-facts 6), and the only
+    RLIMIT_NPROC counts tasks per *real* UID, and the only
     per-process source of the real UID is `status` (the owner of /proc/<pid>
     is the effective UID, and root for non-dumpable processes), so every
     process's status is read once: the cheapest correct way.

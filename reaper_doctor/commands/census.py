@@ -56,7 +56,7 @@ from ..model import (
 TOP_NOFILE = 10
 TOP_CGROUPS = 5
 # Parents known to reap orphans for a living (they are PID 1 or subreapers):
-# their zombies come and go, so they get PID 1's longer grace (linux-facts 8).
+# their zombies come and go, so they get PID 1's longer grace.
 INIT_LIKE = frozenset({
     "systemd", "init", "tini", "dumb-init", "catatonit", "docker-init", "s6-svscan",
     "runsvdir", "containerd-shim", "containerd-shim-runc-v2", "conmon",
@@ -276,7 +276,7 @@ def _name(sample: MachineSample, pid: int) -> str | None:
 def _reapers(by_parent: dict[int, dict[int, ProcessInfo]], parents: dict[int, ProcessInfo],
              parent_sessions: dict[int, int], zombie_sessions: dict[int, int]) -> set[int]:
     """PID 1 and the parents that look like subreapers: /proc does not show
-    the subreaper flag (linux-facts 8), so infer it from a known init-like
+    the subreaper flag, so infer it from a known init-like
     name, or from adopted children: most of its zombies are in another
     session than the parent, which a plain fork() does not do."""
     slow = {1}

@@ -35,6 +35,7 @@ from ..collect.tasks import session_members, stat_lines
 from ..collect.timeline import Sampler
 from ..model import Report
 from ..model.load import Outcome
+from ..render.common import address_text
 from ..model.scenario import (
     DEFAULT_REQUESTS,
     MAX_REQUESTS,
@@ -333,11 +334,6 @@ def _settle(pid: int, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
 # Where to send the load: pure
 
 
-def address_text(host: str, port: int) -> str:
-    """`host:port`, with an IPv6 host in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def loopback_for(host: str) -> str | None:
     """The loopback address that reaches a socket bound to `host`: 127.0.0.1
     for 127.0.0.1 and the IPv4 wildcard 0.0.0.0 (`''` in Python), ::1 for
@@ -371,7 +367,7 @@ def choose_endpoint(listeners: Sequence[Listener], parents: Mapping[int, int],
     reachable = sorted(((loopback_for(s.host), s) for s in listeners if loopback_for(s.host)),
                        key=lambda pair: (pair[0] != "127.0.0.1", pair[1].pid))
     if not reachable:
-        bound = ", ".join(sorted({address_text(s.host, s.port) for s in listeners}))
+        bound = ", ".join(sorted({address_text((s.host, s.port)) for s in listeners}))
         raise ListenerRefused(
             f"the server listens on {bound} only, not on loopback: reaper-doctor sends "
             "load to 127.0.0.1 or ::1 only (bind 127.0.0.1, or 0.0.0.0 to test it)")
@@ -380,7 +376,7 @@ def choose_endpoint(listeners: Sequence[Listener], parents: Mapping[int, int],
     holders = {s.pid for s in listeners}
     owner = min((pid for pid in holders if not _has_ancestor_in(pid, holders, parents)),
                 default=first.pid)
-    return Endpoint(host, first.port, owner, address_text(first.host, first.port))
+    return Endpoint(host, first.port, owner, address_text((first.host, first.port)))
 
 
 def _has_ancestor_in(pid: int, holders: set[int], parents: Mapping[int, int]) -> bool:

@@ -56,7 +56,7 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
     light: dict[int, list[FdCounts]] = {pid: [_counts_of(snap)] for pid, snap in first.items()}
     if grace_s > 0:
         if any(z.ppid == 1 for snap in first.values() for z in snap.zombies):
-            wait_s = max(wait_s, PID1_GRACE_S)  # PID 1 reaps lazily (linux-facts 8)
+            wait_s = max(wait_s, PID1_GRACE_S)  # PID 1 reaps lazily
         traced_at = _attach_tracer(tracer, first)
         live = {pid: [p.pid for p in snap.processes.values() if not p.is_zombie]
                 for pid, snap in first.items()}

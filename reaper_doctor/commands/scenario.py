@@ -1,8 +1,9 @@
-"""`scenario run` and `scenario compare`: `run` (commands/run.py) on a
-built-in script, judged by the scenario's expectations: its findings, the
-by-products it allows, and whether it is scanned during the load
-(`Scenario.scan_during_load`: blocking, whose finding only exists under
-load). Start, load, timeline, scan and the clean-up contract are run's.
+"""`scenario run` (and `scenario compare`, each scenario in turn): `run`
+(commands/run.py) on a built-in script, judged by the scenario's
+expectations: its findings, the by-products it allows, and whether it is
+scanned during the load (`Scenario.scan_during_load`: blocking, whose
+finding only exists under load). Start, load, timeline, scan and the
+clean-up contract are run's.
 
 Side effect: the calling process stays a child subreaper afterwards.
 
@@ -15,15 +16,15 @@ back to the checkout (editable or dev runs).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from ..model.load import Outcome
 from ..model.scenario import SCENARIOS, RunSettings, Scenario, ServerRun, ServerSpec, get
 from .run import check_settings, default_requests, run_server
 
-__all__ = ["check_settings", "compare", "default_requests", "resolve", "run_scenario",
-           "script_path", "scripts_dir"]
+__all__ = ["check_settings", "default_requests", "resolve", "run_scenario", "script_path",
+           "scripts_dir"]
 
 
 def resolve(name: str) -> Scenario:
@@ -50,19 +51,6 @@ def run_scenario(name: str, settings: RunSettings = RunSettings(), *,
                       also_allowed=scenario.also_allowed,
                       scan_during_load=scenario.scan_during_load)
     return run_server(spec, settings, on_result=on_result, on_started=on_started)
-
-
-# ----------------------------------------------------------------------------
-# compare
-
-
-def compare(settings: RunSettings, names: Sequence[str] | None = None, *,
-            on_started: Callable[[ServerRun], object] | None = None,
-            on_result: Callable[[Outcome], object] | None = None) -> list[ServerRun]:
-    """Run each scenario (all six by default) with the same settings, one
-    after the other; each run is torn down before the next starts."""
-    return [run_scenario(name, settings, on_started=on_started, on_result=on_result)
-            for name in (names or list(SCENARIOS))]
 
 
 def scripts_dir() -> Path:

@@ -249,7 +249,7 @@ def _backlog_finding(pid: int, now: SocketFd, then: SocketFd, waited: int | None
     if waited:
         text += f" ({waited} waited the whole time)"
     # accept() needs a free descriptor below the soft limit: with none,
-    # it fails with EMFILE and the connection stays queued (linux-facts 7).
+    # it fails with EMFILE and the connection stays queued.
     at_limit = bool(nofile and nofile.used is not None and nofile.soft
                     and nofile.used >= nofile.soft)
     if at_limit and nofile is not None:

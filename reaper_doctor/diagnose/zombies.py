@@ -14,7 +14,7 @@ from ..model import (
 from ..model.kernel import ExitStatus
 from .findings import MAX_EVIDENCE_PIDS, finding
 
-# PID 1 on some machines reaps orphans only every ~1-2 s (linux-facts 8):
+# PID 1 on some machines reaps orphans only every ~1-2 s:
 # its zombies must persist longer before they count.
 PID1_GRACE_S = 3.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple
 
 if TYPE_CHECKING:
     from .limits import PidsCgroup
@@ -137,6 +137,11 @@ class MachineCensus(NamedTuple):
     netns_read: int = 0                         # network namespaces whose sockets were read
 
 
+def exit_code(findings: Iterable[Finding]) -> int:
+    """0: no finding of severity warning or worse; 1: at least one (docs/exit-codes.md)."""
+    return 1 if any(f.severity.rank >= Severity.WARNING.rank for f in findings) else 0
+
+
 class Report(NamedTuple):
     targets: tuple[TargetReport, ...]
     machine: MachineCensus | None = None   # `scan` with no PID
@@ -145,6 +150,4 @@ class Report(NamedTuple):
 
     @property
     def exit_code(self) -> int:
-        """0: no finding of severity warning or worse; 1: at least one (DESIGN.md)."""
-        worst = [t.worst for t in self.targets if t.worst is not None]
-        return 1 if any(s.rank >= Severity.WARNING.rank for s in worst) else 0
+        return exit_code(f for t in self.targets for f in t.findings)

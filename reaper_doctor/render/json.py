@@ -1,4 +1,4 @@
-"""`scan --json`: the stable document of DESIGN.md (schema reaper-doctor/scan/1)."""
+"""`scan --json`: the stable document of docs/json.md (schema reaper-doctor/scan/1)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ..model import (
     TargetReport,
 )
 from ..parse.procfs import STATE_NAMES
-from .common import children_map, state_word, zombie_groups
+from .common import address_text, children_map, state_word, zombie_groups
 
 SCHEMA = "reaper-doctor/scan/1"
 
@@ -155,7 +155,7 @@ def fds_document(fds: FdTable | None) -> dict[str, Any] | None:
         "closed_tcp": len(fds.closed_tcp),
         "tcp_states": dict(Counter(s.state for s in fds.sockets
                                    if s.proto.startswith("tcp")).most_common()),
-        "listening": [{"fd": s.fd, "address": _addr(s.local), "proto": s.proto,
+        "listening": [{"fd": s.fd, "address": address_text(s.local), "proto": s.proto,
                        "accept_queue": s.rx_queue, "backlog": s.backlog}
                       for s in fds.listeners],
         "top_paths": [{"path": p, "count": n} for p, n in fds.top_paths],
@@ -163,15 +163,10 @@ def fds_document(fds: FdTable | None) -> dict[str, Any] | None:
     if fds.listed:
         doc["list"] = [{"fd": fd, "target": link} for fd, link in fds.listed]
         doc["sockets"] = [{"fd": s.fd, "inode": s.inode, "proto": s.proto,
-                           "local": _addr(s.local), "remote": _addr(s.remote),
+                           "local": address_text(s.local), "remote": address_text(s.remote),
                            "state": s.state, "rx_queue": s.rx_queue, "tx_queue": s.tx_queue}
                           for s in fds.sockets]
     return doc
-
-
-def _addr(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def tree_document(snap: Snapshot) -> dict[str, Any]:

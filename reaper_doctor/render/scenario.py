@@ -15,7 +15,7 @@ import click
 from tabulate import tabulate
 
 from ..model.scenario import Sample, ServerRun
-from .common import sampling_phrase
+from .common import address_text, sampling_phrase
 from .json import finding_document, target_document
 from .text import SEVERITY_COLORS, _finding_line
 
@@ -168,7 +168,7 @@ def render_run_text(run: ServerRun, *, color: bool = False) -> str:
         held = (f"PID {run.target_pid} " if run.target_pid != run.server_pid else "")
         parts = [style(f"Server {run.spec.label}", bold=True)
                  + f"\nPID {run.server_pid}; {held}listening on {run.bound}, load sent to "
-                 f"{_address(run.host, run.port)}{limit}"]
+                 f"{address_text((run.host or '-', run.port or 0))}{limit}"]
     parts.append(_load_line(run))
     if run.load and run.load.errors:
         top = sorted(run.load.errors.items(), key=lambda kv: -kv[1])[:3]
@@ -188,10 +188,6 @@ def render_run_text(run: ServerRun, *, color: bool = False) -> str:
                      + "\n".join(f"  {line}" for line in run.output_tail[-10:]))
     parts.append(_cleanup(run, style))
     return "\n\n".join(p for p in parts if p) + "\n"
-
-
-def _address(host: str | None, port: int | None) -> str:
-    return f"[{host}]:{port}" if host and ":" in host else f"{host}:{port}"
 
 
 def _findings(run: ServerRun, style: Callable[..., str]) -> str:

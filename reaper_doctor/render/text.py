@@ -26,7 +26,7 @@ from ..model import (
 )
 from ..model.kernel import ExitStatus
 from .common import (
-    children_map, command_line, pid_list, safe, sampling_phrase, state_word, zombie_groups,
+    address_text, children_map, command_line, pid_list, safe, sampling_phrase, state_word, zombie_groups,
 )
 
 SEVERITY_COLORS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -305,12 +305,12 @@ def _descriptors(snap: Snapshot) -> str:
         backlog = f" of backlog {s.backlog}" if s.backlog is not None else ""
         holders = sum(1 for fds in snap.fds.values() if any(x.inode == s.inode for x in fds.listeners))
         shared = f", held by {holders} processes" if holders > 1 else ""
-        lines.append(f"  listening {_address(s.local)} ({s.proto}, PID {pid}): "
+        lines.append(f"  listening {address_text(s.local)} ({s.proto}, PID {pid}): "
                      f"accept queue {s.rx_queue}{backlog}{shared}")
     if target_fds:
         conns = [s for s in target_fds.sockets if s.proto.startswith("tcp") and s.state != "LISTEN"]
         for s in conns[:MAX_SOCKET_LINES]:
-            lines.append(f"  fd {s.fd} {s.proto} {_address(s.local)} → {_address(s.remote)} {s.state}")
+            lines.append(f"  fd {s.fd} {s.proto} {address_text(s.local)} → {address_text(s.remote)} {s.state}")
         if len(conns) > MAX_SOCKET_LINES:
             lines.append(f"  … {len(conns) - MAX_SOCKET_LINES} more TCP connections "
                          "(all of them: scan --list-fds)")
@@ -337,20 +337,15 @@ def _fd_list(snap: Snapshot) -> str:
             text = safe(link)
             s = inet.get(fd)
             if s is not None:
-                text += f" {s.proto} {_address(s.local)}"
+                text += f" {s.proto} {address_text(s.local)}"
                 text += f" {s.state}" if s.state == "LISTEN" else \
-                    f" → {_address(s.remote)} {s.state}"
+                    f" → {address_text(s.remote)} {s.state}"
             elif fd in closed:
                 text += " TCP shut down but open (in no socket table)"
             elif fd in unlisted:
                 text += " (in no socket table)"
             lines.append(f"    {fd:>{width}}  {text}")
     return "\n".join(lines)
-
-
-def _address(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _fd_summary(fds: FdTable) -> str:
