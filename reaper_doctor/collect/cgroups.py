@@ -8,13 +8,8 @@ from typing import (
     TYPE_CHECKING,
 )
 
-from ..parse import procfs
-
-if TYPE_CHECKING:
-    pass
-from typing import TYPE_CHECKING
-
 from ..model import PidsCgroup
+from ..parse import procfs
 from . import proc
 from .proc import read_text
 

@@ -14,14 +14,9 @@ from typing import (
     Sequence,
 )
 
-from ..parse import procfs
-
-if TYPE_CHECKING:
-    pass
-from typing import TYPE_CHECKING
-
 from ..model import FdCounts, FdDetail, FdTable, SocketFd
 from ..model.scenario import Listener
+from ..parse import procfs
 from . import proc
 from .proc import ProcessGone, check_gone, map_io, read_text
 from .process import _new_context

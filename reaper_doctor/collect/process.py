@@ -184,21 +184,17 @@ def _nproc(pid: int, target: ProcessInfo, table: dict[int, TaskBrief],
         return None
     used = sum(b.threads for b in table.values() if b.uid == uid)
     soft, hard = (limits or {}).get("Max processes", (None, None))
-    enforced = uid != 0
-    if enforced:
-        try:
-            cap_eff = procfs.parse_status(_status_text(pid, ctx)).cap_eff or 0
-            if cap_eff & ((1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_RESOURCE)):
-                enforced = False
-        except OSError:
-            pass
+    enforced = uid != 0 and not has_cap_exemption(pid, ctx)
     return NprocUsage(used=used, soft=soft, hard=hard, uid=uid, enforced=enforced)
 
 
-def has_cap_exemption(pid: int) -> bool:
-    """CAP_SYS_ADMIN or CAP_SYS_RESOURCE: RLIMIT_NPROC is not enforced (kernel/fork.c)."""
+def has_cap_exemption(pid: int, ctx: _Context | None = None) -> bool:
+    """CAP_SYS_ADMIN or CAP_SYS_RESOURCE: RLIMIT_NPROC is not enforced
+    (kernel/fork.c). False when the status cannot be read. With `ctx`, a
+    status read earlier in the sample serves."""
     try:
-        cap_eff = procfs.parse_status(read_text(f"{proc.ROOT}/{pid}/status")).cap_eff or 0
+        text = _status_text(pid, ctx) if ctx else read_text(f"{proc.ROOT}/{pid}/status")
+        cap_eff = procfs.parse_status(text).cap_eff or 0
     except OSError:
         return False
     return bool(cap_eff & ((1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_RESOURCE)))

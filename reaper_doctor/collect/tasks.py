@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import os
 from typing import (
-    TYPE_CHECKING,
     Iterable,
     Iterator,
     NamedTuple,
 )
 
 from ..parse import procfs
-
-if TYPE_CHECKING:
-    pass
 from . import proc
 from .proc import (
     ProcessGone,

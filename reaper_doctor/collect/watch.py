@@ -11,13 +11,8 @@ from typing import (
     NamedTuple,
 )
 
-from ..parse import procfs
-
-if TYPE_CHECKING:
-    pass
-from typing import TYPE_CHECKING
-
 from ..model import Snapshot, WatchSample
+from ..parse import procfs
 from . import proc
 from .cgroups import _cgroup_file_int
 from .fds import count_fds

@@ -14,7 +14,7 @@ from typing import Any
 import click
 from tabulate import tabulate
 
-from ..model.scenario import Sample, ServerRun
+from ..model.scenario import SCENARIOS, Sample, ServerRun
 from .common import address_text, sampling_phrase
 from .json import finding_document, target_document
 from .text import SEVERITY_COLORS, _finding_line
@@ -298,3 +298,19 @@ def _ms(value: float | None) -> str:
 
 def _num(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+def render_list_json() -> str:
+    """`scenario list --json`: every scenario, what it reproduces, what it expects."""
+    doc = {"schema": "reaper-doctor/scenario-list/1",
+           "scenarios": [{"name": s.name, "script": s.script, "reproduces": s.reproduces,
+                          "expected": list(s.expected), "fix": s.fix}
+                         for s in SCENARIOS.values()]}
+    return json.dumps(doc, indent=2)
+
+
+def render_list_text() -> str:
+    rows = [(s.name, s.reproduces, " ".join(s.expected) or "none")
+            for s in SCENARIOS.values()]
+    return tabulate(rows, headers=("scenario", "reproduces", "expected findings"),
+                    maxcolwidths=[None, 60, None])

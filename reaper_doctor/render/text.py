@@ -13,6 +13,7 @@ from typing import Callable
 import click
 from tabulate import tabulate
 
+from ..diagnose.coverage import coverage
 from ..diagnose.zombies import PID1_GRACE_S, exit_status_describer
 from ..model import (
     FdTable,
@@ -32,7 +33,8 @@ from .common import (
 SEVERITY_COLORS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 MAX_LIVE_LINES = 30   # live siblings shown one per line before they are summarised
 MAX_LISTENERS = 5     # listening sockets shown
-MAX_SOCKET_LINES = 5  # TCP connections of the target shown one per line
+MAX_SOCKET_LINES = 5
+MAX_UID_PORTS = 5     # ports of another UID's CLOSE_WAIT sockets named (sock_diag)  # TCP connections of the target shown one per line
 
 
 def render_text(report: Report, *, color: bool = False) -> str:
@@ -374,7 +376,8 @@ def _limits(snap: Snapshot) -> str:
     rows: list[list[object]] = []
     nofile = snap.nofile.get(snap.target)
     if nofile:
-        rows.append(["open files (ulimit -n)", _num(nofile.used), _num(nofile.soft),
+        used = "unreadable" if nofile.used is None else nofile.used
+        rows.append(["open files (ulimit -n)", used, _num(nofile.soft),
                      _num(nofile.hard), _pct(nofile)])
     worst_child = max((u for pid, u in snap.nofile.items() if pid != snap.target and u.ratio),
                       key=lambda u: u.ratio or 0, default=None)
@@ -409,14 +412,31 @@ def _limits(snap: Snapshot) -> str:
 def _findings(t: TargetReport, style: Callable[..., str]) -> str:
     if t.gone and not t.findings:
         return "Findings: none (the process exited before a second sample)"
-    if not t.findings:
+    gaps = coverage(t.snapshot)
+    if not t.findings and gaps is None:
         return style("Findings: none", fg="green") + " — no leak seen" + (
             f" over {t.elapsed_s:.1f} s" if t.samples > 1 else "")
-    lines = [f"Findings: {len(t.findings)}"]
-    for f in t.findings:
-        lines.append(_finding_line(f, style))
-    codes = sorted({f.code for f in t.findings})
-    lines.append("Explained: " + ", ".join(f"reaper-doctor explain {c}" for c in codes))
+    if not t.findings:
+        lines = [style("Findings: none seen, but the scan is incomplete", fg="yellow",
+                       bold=True)]
+    else:
+        lines = [f"Findings: {len(t.findings)}"]
+        lines += [_finding_line(f, style) for f in t.findings]
+        codes = sorted({f.code for f in t.findings})
+        lines.append("Explained: " + ", ".join(f"reaper-doctor explain {c}" for c in codes))
+    if gaps is not None:
+        lines.append(style("Incomplete:", fg="yellow", bold=True) + " could not read "
+                     + "; ".join(gaps.missing) + f", so {' '.join(gaps.unchecked)} went "
+                     f"unchecked; {gaps.to_complete}")
+    waiting = sorted(t.snapshot.close_wait_of_uid.items(), key=lambda kv: (-kv[1], kv[0]))
+    if waiting:
+        uid = t.snapshot.processes[t.pid].uid
+        ports = ", ".join(f"{n} on port {port}" for port, n in waiting[:MAX_UID_PORTS])
+        more = f" and {len(waiting) - MAX_UID_PORTS} more ports" if len(waiting) > \
+            MAX_UID_PORTS else ""
+        lines.append(f"sock_diag (open to any user) shows sockets of UID {uid} in CLOSE_WAIT "
+                     f"on ports where UID {uid} listens: {ports}{more}; some may be this "
+                     "process's (RD201), which its descriptors would tell")
     return "\n".join(lines)
 
 
