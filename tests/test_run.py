@@ -413,8 +413,10 @@ def test_interrupted_in_the_middle_of_the_load_leaves_nothing(
 # -- text ---------------------------------------------------------------------------
 
 def test_text_output_tells_the_story(server: Path) -> None:
+    # Wide enough that the temporary paths do not wrap.
     result = run_cli("run", *SMALL, "--no-color", "--", sys.executable, str(server),
-                     "noreap", "close", "127.0.0.1", timeout_s=120)
+                     "noreap", "close", "127.0.0.1", timeout_s=120,
+                     env={**os.environ, "COLUMNS": "400"})
     assert result.returncode == 1, result.stderr
     out = result.stdout
     for text in (f"Server {sys.executable} {server} noreap close 127.0.0.1",
