@@ -43,7 +43,7 @@ from ..model.scenario import (
     Endpoint,
     Listener,
     RunSettings,
-    Sample,
+    TimelinePoint,
     ServerRun,
     ServerSpec,
 )
@@ -315,7 +315,7 @@ def _load_and_scan(run: ServerRun, endpoint: Endpoint, sampler: Sampler,
         run.scan_error = str(outcome_box.get("error", "the scan did not finish"))
 
 
-def _queue_stays(samples: list[Sample]) -> bool:
+def _queue_stays(samples: list[TimelinePoint]) -> bool:
     last = samples[-2:]
     return len(last) == 2 and all(s.accept_queue > 0 for s in last)
 

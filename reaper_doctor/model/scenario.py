@@ -27,7 +27,7 @@ START_TIMEOUT_S = 20.0        # to listen: a Python start-up on a busy 2-core ma
 
 
 @dataclass(frozen=True)
-class Sample:
+class TimelinePoint:
     """One point of the timeline: the server's tree at `t_s` seconds after it started."""
 
     t_s: float
@@ -119,7 +119,7 @@ class ServerRun:
     scan: TargetReport | None = None
     scanned: str = "after-load"               # or "during-load"
     scan_error: str | None = None             # e.g. the server exited before the scan
-    timeline: list[Sample] = field(default_factory=list)
+    timeline: list[TimelinePoint] = field(default_factory=list)
     server_errors: list[str] = field(default_factory=list)   # distinct stderr lines
     output_tail: list[str] = field(default_factory=list)     # last lines, stderr else stdout
     server_exit: int | None = None            # its exit status if it ended by itself
