@@ -158,7 +158,7 @@ def listening_sockets(pids: Iterable[int]) -> list[Listener]:
     """The TCP listening sockets held by each of `pids` (processes that have
     exited meanwhile, or whose descriptors cannot be read, are skipped):
     where a server `run` started listens."""
-    ctx = _new_context()  # one socket table per network namespace, shared
+    ctx = new_context()  # one socket table per network namespace, shared
     found: list[Listener] = []
     for pid in pids:
         try:
