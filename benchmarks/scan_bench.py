@@ -51,7 +51,7 @@ SIZES = {
     "small": {"m": (50, 3, 300), "l": 200},
 }
 
-GOALS = {  # ratio name -> the most it may be (issue 2 / issue 6)
+GOALS = {  # ratio name -> the most it may be
     "M scan/lsof": 0.5,
     "L scan/pstree": 0.25,
     "version/click": 1.3,
@@ -465,7 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)
     try:

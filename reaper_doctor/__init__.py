@@ -17,6 +17,6 @@ def adopt(obj: T) -> T:
     """Tell the pytest plugin that `obj` (a file, socket, descriptor number,
     Popen or multiprocessing.Process) lives across tests on purpose: it is
     never reported as a leak. Returns `obj`."""
-    from .pytest_plugin import adopt as _adopt
+    from .collect.adopted import adopt as _adopt
 
     return _adopt(obj)

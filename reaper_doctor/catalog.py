@@ -1,7 +1,7 @@
 """The finding codes: slug, default severity, a one-line summary, and the
 teaching text `reaper-doctor explain CODE` prints.
 
-The codes, slugs and severities are a public contract (DESIGN.md): never
+The codes, slugs and severities are a public contract (docs/findings.md): never
 renumber, never reuse.
 """
 
@@ -27,7 +27,7 @@ CODES: dict[str, Code] = {
         Code("RD103", "sigchld-blocked", "error",
              "zombies persist and SIGCHLD is blocked in the parent"),
         Code("RD201", "close-wait-leak", "error",
-             "accepted sockets held in CLOSE_WAIT: the parent never closed client_connection"),
+             "accepted sockets held in CLOSE_WAIT: the peer closed, the server never did"),
         Code("RD202", "inherited-listener", "info",
              "per-connection children hold a copy of the listening socket they never use"),
         Code("RD203", "fd-growth", "warning",

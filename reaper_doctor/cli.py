@@ -1,19 +1,21 @@
 """The command line: parse, call, echo, exit. No logic lives here.
 
 Only click is imported at module level: `reaper-doctor --version` and
-`--help` must not pay for psutil or tabulate (issue 6). Each command
+`--help` must not pay for psutil or tabulate. Each command
 imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any, NoReturn
 
 import click
 
 from . import __version__
+from .collect.proc import ProcUnavailable
 
 PROG = "reaper-doctor"
 
@@ -32,26 +34,36 @@ def die(message: str, code: int = 2) -> NoReturn:
 class OneLineErrors(click.Group):
     """A group whose usage errors are one line on stderr and exit code 2.
 
-    Click prints a multi-line usage block; DESIGN.md wants exactly one line
+    Click prints a multi-line usage block; the contract is exactly one line
     and never a traceback, so every click error is caught here, in one place.
     """
 
-    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+    def main(self, args: Any = None, prog_name: str | None = None,  # type: ignore[override]
+             **extra: Any) -> Any:
         extra.pop("standalone_mode", None)
         try:
             rv = super().main(args=args, prog_name=prog_name or PROG,
                               standalone_mode=False, **extra)
+        except NO_ARGS_IS_HELP as e:
+            # `reaper-doctor`, `reaper-doctor scenario`: asking what there is
+            # to run is not an error.
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
         except click.BadParameter as e:
             # Our own parameter types say the whole thing ("no process with
             # PID 9"); click's need the parameter named to make sense.
-            die(e.message if getattr(e, "one_line", False) else e.format_message())
+            if getattr(e, "one_line", False):
+                die(e.message)
+            die(click_message(e))
         except click.NoSuchOption as e:
             # `scan -1` reads as an option to click; to the user it is a PID.
             if _looks_numeric(e.option_name):
                 die(f"PID must be a positive integer, not {e.option_name!r}")
-            die(e.format_message())
+            die(click_message(e))
         except click.ClickException as e:
-            die(e.format_message(), e.exit_code if e.exit_code != 1 else 2)
+            die(click_message(e), e.exit_code if e.exit_code != 1 else 2)
+        except ProcUnavailable as e:
+            die(str(e))
         except click.exceptions.Abort:
             click.echo(error_line("interrupted"), err=True)
             sys.exit(130)
@@ -63,6 +75,34 @@ class OneLineErrors(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+# click >= 8.2 raises this for a group run without a command; 8.1 prints
+# the help and exits 0 by itself.
+NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def click_message(e: click.ClickException) -> str:
+    """Click's message in the style of ours: sentences joined by "; ", each
+    starting lower case, no full stop at the end; a usage error names the
+    help of the command it came from.
+
+    "No such option '--formt'. Did you mean '--format'?" becomes
+    "no such option '--formt'; did you mean '--format'? (see reaper-doctor scan --help)".
+    """
+    sentences = re.split(r"(?<=[.?!])\s+(?=[A-Z])", " ".join(e.format_message().split()))
+    text = "; ".join(_lower_first(s.rstrip(".") if s.endswith(".") else s) for s in sentences)
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError) and ctx is not None:
+        text += f" (see {ctx.command_path} --help)"
+    return text
+
+
+def _lower_first(sentence: str) -> str:
+    """"Missing argument" -> "missing argument"; "PID ..." stays."""
+    if len(sentence) > 1 and sentence[0].isupper() and not sentence[1].isupper():
+        return sentence[0].lower() + sentence[1:]
+    return sentence
 
 
 def _looks_numeric(text: str) -> bool:
@@ -183,7 +223,9 @@ FORMATS = ("text", "json", "prometheus")
 @click.option("--textfile", type=click.Path(dir_okay=False), default=None,
               help="Also write the Prometheus text to this file, atomically (for "
                    "node_exporter's textfile collector). Alone, nothing goes to stdout.")
-@click.option("--list-fds", is_flag=True, help="JSON: include every descriptor (fd, link).")
+@click.option("--list-fds", is_flag=True,
+              help="List every descriptor (fd, link) of each process: a line each in text, "
+                   "a `list` per process in JSON.")
 @click.option("--trace", "trace_s", type=SecondsType("--trace", 3600), default=None, metavar="S",
               help="(root, tracefs) Trace SIGCHLD for S seconds between the samples (the "
                    "grace becomes at least S): each parent with zombies that catches SIGCHLD "
@@ -205,9 +247,12 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
     """
     import time
 
-    from .scan import ProcessGone, scan as run_scan
+    from .commands.scan import ProcessGone
+    from .commands.scan import scan as run_scan
 
     if as_json:
+        if fmt not in (None, "json"):
+            die(f"--json and --format {fmt} ask for two formats; give one")
         fmt = "json"
     if fmt is None:
         fmt = None if textfile else "text"
@@ -217,32 +262,42 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
             die(problem)
     if trace_s is not None and not pids:
         die("--trace needs at least one PID (the whole-machine census is not traced)")
+    notes: list[str] = []
+    if pids:
+        from .collect.targets import scan_targets
+
+        resolved = scan_targets(pids)
+        pids, notes = tuple(resolved.pids), resolved.notes
+        _echo_notes(notes)
     started = time.perf_counter()
     if trace_s is not None:
-        report = _traced_scan(list(dict.fromkeys(pids)), grace_s, list_fds, trace_s)
+        report = _traced_scan(list(pids), grace_s, list_fds, trace_s)
     else:
         try:
             if pids:
-                report = run_scan(list(dict.fromkeys(pids)), grace_s=grace_s,
+                report = run_scan(list(pids), grace_s=grace_s,
                                   with_fd_list=list_fds)
             else:
-                from .census import census
+                from .commands.census import census
 
                 report = census(grace_s=grace_s)
         except ProcessGone as gone:
             die(str(gone))
-    report = report._replace(duration_s=time.perf_counter() - started)
+    report = report._replace(duration_s=time.perf_counter() - started, notes=tuple(notes))
     if textfile is not None or fmt == "prometheus":
-        from .render.prometheus import render_prometheus
+        from .render.prometheus import ReportCollector, registry_of, render_prometheus
 
-        metrics = render_prometheus(report)
         if textfile is not None:
+            from prometheus_client import write_to_textfile
+
             try:
-                _write_atomically(textfile, metrics)
+                # A temporary file beside it, then rename(2): node_exporter's
+                # textfile collector never reads a half-written file.
+                write_to_textfile(textfile, registry_of(ReportCollector(report)))
             except OSError as e:
                 die(f"cannot write --textfile {textfile}: {e.strerror or e}")
         if fmt == "prometheus":
-            click.echo(metrics, nl=False)
+            click.echo(render_prometheus(report), nl=False)
     if fmt == "json":
         from .render.json import render_json
 
@@ -254,11 +309,18 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
     return report.exit_code
 
 
+def _echo_notes(notes: list[str]) -> None:
+    """What became of the PIDs given (a thread, a zombie, a repeat), on stderr."""
+    for note in notes:
+        click.echo(f"{PROG}: {note}", err=True)
+
+
 def _traced_scan(pids: list[int], grace_s: float, list_fds: bool, trace_s: float) -> Any:
     """`scan --trace S`: tracefs is imported only here; its errors are one line, exit 2."""
-    from .scan import ProcessGone, scan as run_scan
-    from .trace import SigchldTracer
-    from .tracefs import TracefsError, preflight
+    from .commands.scan import ProcessGone
+    from .commands.scan import scan as run_scan
+    from .system.tracefs import TracefsError, preflight
+    from .system.tracers import SigchldTracer
 
 
     def attached(pid: int, instance: str) -> None:
@@ -294,33 +356,6 @@ def _textfile_problem(path: str) -> str | None:
     return None
 
 
-def _write_atomically(path: str, text: str) -> None:
-    """A temporary file in the same directory, then os.replace: a scraper
-    never reads a half-written file (node_exporter textfile collector). The
-    temporary name does not end in .prom, so the collector ignores it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd = -1
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        data = text.encode("utf-8")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 @main.command()
 @click.argument("pid", type=PidType())
 @click.option("--interval", "interval_s", type=SecondsType("--interval", 86400, minimum=0.05), default=1.0,
@@ -344,9 +379,13 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     """
     import csv
 
-    from .collect import ProcessGone
+    from .collect.proc import ProcessGone
+    from .collect.targets import live_target
+    from .commands.watch import watch as run_watch
     from .render import watch as render
-    from .watch import watch as run_watch
+
+    pid, notes = live_target(pid, "watching")
+    _echo_notes(notes)
 
     csv_file = None
     if csv_path:
@@ -385,8 +424,8 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     return report.exit_code
 
 
-# Names only: importing lesson.py here would be paid by every command.
-# tests/test_lesson.py checks they match lesson.STRATEGIES.
+# Names only: importing commands/lesson.py here would be paid by every command.
+# tests/test_lesson.py checks they match model.lesson.STRATEGIES.
 LESSON_STRATEGIES = ("wait-once", "waitpid-loop", "sig-ign", "pidfd")
 
 
@@ -421,11 +460,13 @@ def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json:
     Each trial runs in a fresh Python process; everything it forks is reaped.
     With --trace, the kernel's signal tracepoints show where the signals merged.
     """
-    from . import lesson as lesson_mod
+    from .commands import lesson as lesson_mod
+    from .model.lesson import STRATEGIES
+    from .render import lesson as lesson_render
 
     trace_errors: tuple[type[Exception], ...] = ()
     if trace:
-        from .tracefs import TracefsError, preflight
+        from .system.tracefs import TracefsError, preflight
 
         trace_errors = (TracefsError,)
         try:
@@ -434,15 +475,15 @@ def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json:
             die(str(e))
     try:
         report = lesson_mod.run_lesson(children, trials,
-                                       strategies or lesson_mod.STRATEGIES, trace=trace)
+                                       strategies or STRATEGIES, trace=trace)
     except lesson_mod.LessonError as e:
         die(str(e))
     except trace_errors as e:
         die(str(e))
     if as_json:
-        click.echo(lesson_mod.render_json(report))
+        click.echo(lesson_render.render_json(report))
     else:
-        click.echo(lesson_mod.render_text(report, color=use_color(no_color)))
+        click.echo(lesson_render.render_text(report, color=use_color(no_color)))
     if report.leftover_processes:
         click.echo(error_line(f"{report.leftover_processes} process(es) of the trials "
                               "were left over (killed)"), err=True)
@@ -458,7 +499,7 @@ def scenario() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def scenario_list(as_json: bool) -> None:
     """List the scenarios: what each reproduces and the findings it should get."""
-    from .scenarios import SCENARIOS
+    from .model.scenario import SCENARIOS
 
     if as_json:
         import json
@@ -520,7 +561,7 @@ class SignalType(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        from .tracefs import parse_signal
+        from .model.signals import parse_signal
 
         try:
             return parse_signal(str(value))
@@ -546,19 +587,27 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
           as_json: bool, no_color: bool) -> None:
     """(root) Count SIGCHLD generated / merged / delivered for PID, from the
     kernel's signal tracepoints, in a private tracing instance."""
-    from . import trace as tracing
-    from .tracefs import TracefsError, signal_name
+    from .collect.targets import live_target
+    from .commands import trace as tracing
+    from .diagnose.trace import trace_findings
+    from .model.report import exit_code
+    from .model.signals import signal_name
+    from .render import trace as trace_render
+    from .system.tracefs import TracefsError
+
+    pid, notes = live_target(pid, "tracing")
+    _echo_notes(notes)
 
     def started(tr: Any) -> None:
         until = f"for {duration:g} s" if duration is not None else "until Ctrl-C"
         click.echo(f"{PROG}: tracing {signal_name(signum)} of PID {pid} in {tr.instance} "
                    f"{until}", err=True)
         if not as_json:
-            click.echo(tracing.SAMPLE_HEADER)
+            click.echo(trace_render.SAMPLE_HEADER)
 
     def sampled(s: Any) -> None:
         if not as_json:
-            click.echo(tracing.render_sample(s))
+            click.echo(trace_render.render_sample(s))
 
     def target_exited(t_s: float) -> None:
         click.echo(f"{PROG}: PID {pid} exited after {t_s:.1f} s; trace ended", err=True)
@@ -569,15 +618,17 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
                                    on_target_exit=target_exited)
     except TracefsError as e:
         die(str(e))
-    click.echo(tracing.render_json(result) if as_json else tracing.render_text(result))
-    sys.exit(tracing.exit_code(tracing.trace_findings(result)))
+    click.echo(trace_render.render_json(result) if as_json
+               else trace_render.render_text(result, color=use_color(no_color)))
+    sys.exit(exit_code(trace_findings(result)))
 
 
 def load_options(func: Any) -> Any:
     """The load shared by `scenario run` and `scenario compare`."""
     for option in reversed((
-        click.option("--requests", "-n", type=BoundedInt(1, 5000), default=60,
-                     show_default=True, help="Requests to send (to 127.0.0.1 only)."),
+        click.option("--requests", "-n", type=BoundedInt(1, 5000), default=None,
+                     help="Requests to send (to 127.0.0.1 only)  [default: 60; with "
+                          "--fd-limit N, N + concurrency: enough to reach the limit]"),
         click.option("--concurrency", "-c", type=BoundedInt(1, 64), default=8,
                      show_default=True, help="Requests in flight at once."),
         click.option("--timeout", "timeout_s", type=SecondsType("--timeout", 60), default=2.0,
@@ -619,7 +670,8 @@ def _progress(label: str, total: int, enabled: bool) -> Any:
                    "make fd-leak reach [Errno 24].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @no_color_option
-def scenario_run(name: str, requests: int, concurrency: int, timeout_s: float, grace_s: float,
+def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: float,
+                 grace_s: float,
                  lifetime_s: float | None, fd_limit: int | None, as_json: bool,
                  no_color: bool) -> int:
     """Start scenario NAME on 127.0.0.1, load it, sample it, scan it, kill and
@@ -628,10 +680,14 @@ def scenario_run(name: str, requests: int, concurrency: int, timeout_s: float, g
     Exit 0: the expected findings and no other warning, nothing left over;
     1: otherwise; 2: bad input (unknown scenario).
     """
-    from . import runner
+    from .commands import scenario as runner
+    from .model.scenario import RunSettings
     from .render.scenario import render_run_json, render_run_text
+    from .system.lifecycle import signals_unwind
 
-    settings = runner.RunSettings(requests=requests, concurrency=concurrency,
+    if requests is None:
+        requests = runner.default_requests(fd_limit, concurrency)
+    settings = RunSettings(requests=requests, concurrency=concurrency,
                                   timeout_s=timeout_s, grace_s=grace_s,
                                   lifetime_s=lifetime_s, fd_limit=fd_limit)
     try:
@@ -642,7 +698,7 @@ def scenario_run(name: str, requests: int, concurrency: int, timeout_s: float, g
     except ValueError as e:
         die(str(e))
     show = not as_json and sys.stderr.isatty()
-    with runner.sigterm_raises_systemexit(), \
+    with signals_unwind(), \
             _progress(f"{name}: requests", requests, show) as bar:
         try:
             run = runner.run_scenario(name, settings, on_result=lambda o: bar.update(1))
@@ -661,7 +717,7 @@ def scenario_run(name: str, requests: int, concurrency: int, timeout_s: float, g
 @load_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @no_color_option
-def scenario_compare(requests: int, concurrency: int, timeout_s: float, grace_s: float,
+def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, grace_s: float,
                      as_json: bool, no_color: bool) -> int:
     """Run all six scenarios under the same load, one after the other, and
     compare them in one table: ok / failed / hung requests, median latency,
@@ -669,15 +725,19 @@ def scenario_compare(requests: int, concurrency: int, timeout_s: float, grace_s:
 
     Exit 0 when every scenario behaved as expected and nothing was left over.
     """
-    from . import runner
+    from .commands import scenario as runner
+    from .model.scenario import SCENARIOS, RunSettings
     from .render.scenario import render_compare_json, render_compare_text
+    from .system.lifecycle import signals_unwind
 
-    settings = runner.RunSettings(requests=requests, concurrency=concurrency,
+    if requests is None:
+        requests = runner.default_requests(None, concurrency)
+    settings = RunSettings(requests=requests, concurrency=concurrency,
                                   timeout_s=timeout_s, grace_s=grace_s)
     show = not as_json and sys.stderr.isatty()
     runs = []
-    with runner.sigterm_raises_systemexit():
-        for name in runner.SCENARIOS:
+    with signals_unwind():
+        for name in SCENARIOS:
             with _progress(f"{name:>12}", requests, show) as bar:
                 try:
                     runs.append(runner.run_scenario(name, settings,
@@ -691,6 +751,48 @@ def scenario_compare(requests: int, concurrency: int, timeout_s: float, grace_s:
     else:
         click.echo(render_compare_text(runs, color=use_color(no_color)), nl=False)
     return 0 if all(r.as_expected for r in runs) else 1
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:9563", show_default=True, metavar="HOST:PORT",
+              help="Address to serve /metrics on ([::1]:9563 for IPv6; port 0: any free "
+                   "port). Only this machine by default.")
+@click.option("--min-interval", "min_interval_s",
+              type=SecondsType("--min-interval", 3600, minimum=0), default=5.0,
+              show_default=True,
+              help="Seconds a census is served before a scrape takes a new one; scrapes "
+                   "during a census share it.")
+@click.option("--grace", "grace_s", type=GraceType(), default=1.0, show_default=True,
+              help="A zombie, CLOSE_WAIT socket or queued connection counts when it was "
+                   "there in two censuses at least this far apart.")
+def exporter(listen: str, min_interval_s: float, grace_s: float) -> None:
+    """Serve the whole-machine census to Prometheus at /metrics.
+
+    The same census as `scan` with no PID (zombies by parent, descriptor
+    leaks, limits), as Prometheus series with pid and comm labels, plus the
+    exporter's own (census duration, errors, scrapes). It keeps a short
+    history of each process between censuses, so persistence and RD203
+    (steady descriptor growth) work across scrapes. Runs until SIGTERM or
+    Ctrl-C.
+    """
+    from .commands.exporter import CensusHistory, parse_listen, serve
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as e:
+        die(str(e))
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        click.echo(f"{PROG}: serving http://{shown}:{bound_port}/metrics "
+                   f"(a census at most {min_interval_s:g} s old)", err=True)
+
+    history = CensusHistory(grace_s=grace_s)
+    try:
+        serve(host, port, history.run, min_interval_s=min_interval_s, on_ready=ready)
+    except OSError as e:
+        die(f"cannot listen on {listen}: {e.strerror or e}")
+    click.echo(f"{PROG}: exporter stopped", err=True)
 
 
 def run() -> NoReturn:

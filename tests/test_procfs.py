@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from reaper_doctor import procfs
+import signal
+
+from reaper_doctor.model.kernel import UnixSocketRow
+from reaper_doctor.parse import procfs
 
 # A zombie whose comm holds ") (" — a naive split reads the wrong fields.
 STAT_ZOMBIE = (b"4711 (a) b (c) Z 4242 4242 4242 0 -1 4227180 63 0 0 0 0 0 0 0 20 0 1 0 "
@@ -132,9 +135,9 @@ UNIX = """Num       RefCount Protocol Flags    Type St Inode Path
 def test_unix_table_rows():
     rows = list(procfs.parse_unix_table(UNIX))
     assert rows == [
-        procfs.UnixSocketRow(1001, "stream", "LISTEN", "/run/app.sock"),
-        procfs.UnixSocketRow(1002, "stream", "CONNECTED", None),
-        procfs.UnixSocketRow(1003, "dgram", "UNCONNECTED", "@abstract name"),
+        UnixSocketRow(1001, "stream", "LISTEN", "/run/app.sock"),
+        UnixSocketRow(1002, "stream", "CONNECTED", None),
+        UnixSocketRow(1003, "dgram", "UNCONNECTED", "@abstract name"),
     ]
     assert procfs.parse_unix_inodes(UNIX) == {1001, 1002, 1003}
 
@@ -144,3 +147,13 @@ def test_children_and_last_pid():
     assert procfs.parse_children("") == []
     assert procfs.parse_loadavg_last_pid("0.20 0.18 0.12 1/80 11206\n") == 11206
     assert procfs.parse_loadavg_last_pid("") is None
+
+
+def test_exit_status_names_signals_as_trace_does():
+    """One signal_name for exit statuses and traces: a real-time signal is
+    SIGRTMIN+N in both."""
+    from reaper_doctor.model.signals import signal_name
+
+    rt = int(signal.SIGRTMIN) + 1
+    assert procfs.decode_wait_status(rt).describe() == "SIGRTMIN+1" == signal_name(rt)
+    assert procfs.decode_wait_status(9 | 0x80).describe() == "SIGKILL (core)"

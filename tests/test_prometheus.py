@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 
 import pytest
+from helpers import one_error_line, run_cli, wait_until, zombie_children
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import one_error_line, run_cli, wait_until, zombie_children
 from reaper_doctor.model import (
-    LimitUsage, ProcessInfo, Report, Snapshot, TargetReport,
+    LimitUsage,
+    ProcessInfo,
+    Report,
+    Snapshot,
+    TargetReport,
 )
 from reaper_doctor.render.prometheus import render_prometheus
 
@@ -142,3 +148,19 @@ def test_label_values_are_escaped():
     assert value(fams, "process_open_fds", pid="42", comm=name) == 7
     assert value(fams, "process_max_fds", pid="42", comm=name) == 1024
     assert value(fams, "reaper_doctor_findings", code="RD101", severity="error") == 0
+
+
+PROMTOOL = shutil.which("promtool")
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian: prometheus)")
+def test_promtool_check_metrics_passes_on_scan_and_census(spawner):
+    parent = spawner.python(LEAKY_PARENT)
+    wait_until(lambda: _close_wait_count(parent.pid) == 3, what="3 CLOSE_WAIT sockets")
+    for args in ((str(parent.pid),), ()):
+        result = run_cli("scan", *args, "--grace", "0", "--format", "prometheus")
+        assert result.returncode == 1, result.stderr
+        check = subprocess.run([PROMTOOL, "check", "metrics"], input=result.stdout,
+                               capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert check.stdout + check.stderr == ""   # not even a lint warning

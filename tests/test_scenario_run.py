@@ -10,10 +10,20 @@ import signal
 import subprocess
 
 import pytest
-from helpers import (Spawner, cli_argv, proc_stats, run_cli, run_json, stat_fields, wait_until,
-                     zombie_children)
+from docs_reference import assert_documented
+from helpers import (
+    Spawner,
+    cli_argv,
+    proc_stats,
+    run_cli,
+    run_json,
+    stat_fields,
+    wait_until,
+    zombie_children,
+)
 
-from reaper_doctor.scenarios import SCENARIOS, script_path
+from reaper_doctor.commands.scenario import script_path
+from reaper_doctor.model.scenario import SCENARIOS
 
 # A fd-leak request never ends (no EOF): a short timeout keeps the run short.
 # Other requests take about 50 ms; a generous timeout keeps a busy machine
@@ -56,9 +66,7 @@ def codes(doc: dict) -> set[str]:
 def run_scenario(name: str, *extra: str) -> tuple[int, dict]:
     code, doc = run_json("scenario", "run", name, *SMALL,
                          "--timeout", TIMEOUTS.get(name, "5"), *extra, timeout_s=120)
-    for key in ("schema", "scenario", "requests", "latency_ms", "expected", "findings",
-                "scan", "leftover_processes", "timeline", "server_errors"):
-        assert key in doc, key
+    assert_documented(doc)   # every key as docs/json.md says
     assert doc["schema"] == "reaper-doctor/scenario/1" and doc["scenario"] == name
     assert set(doc["requests"]) >= {"sent", "ok", "failed", "hung"}
     assert doc["requests"]["sent"] == 16
@@ -113,16 +121,36 @@ def test_blocking_run_finds_rd401() -> None:
     assert doc["as_expected"] and code == 0
 
 
+def test_a_run_that_misbehaves_says_why_in_run_and_compare() -> None:
+    from reaper_doctor.commands.scenario import run_scenario
+    from reaper_doctor.model.scenario import RunSettings
+    from reaper_doctor.render.scenario import render_compare_text, run_document
+
+    # One request never fills the blocking server's queue: no RD401.
+    run = run_scenario("blocking", RunSettings(requests=1, concurrency=1, grace_s=0.3))
+    assert not run.as_expected and run.leftover_processes == 0
+    assert run.why_not == ["missing RD401 (expected, not found)"]
+    assert run_document(run)["why_not"] == run.why_not
+    text = render_compare_text([run])
+    assert "Not as expected\n  blocking: missing RD401 (expected, not found)" in text, text
+
+
 def test_fd_leak_with_a_low_fd_limit_reaches_errno_24() -> None:
     # About 60 leaked connections fill 64 descriptors; the rest wait queued.
-    code, doc = run_json("scenario", "run", "fd-leak", "--fd-limit", "64",
-                         "--requests", "80", "--concurrency", "16", "--timeout", "1",
+    # The default load grows with --fd-limit: 64 + 8 requests (60 would stop
+    # at exactly 64 descriptors, with no error).
+    code, doc = run_json("scenario", "run", "fd-leak", "--fd-limit", "64", "--timeout", "1",
                          "--grace", "0.5", timeout_s=120)
+    assert doc["requests"]["sent"] == 72
     assert doc["server"]["fd_limit"] == 64
     assert doc["scan"]["limits"]["nofile"]["soft"] == 64
     assert any("[Errno 24]" in line for line in doc["server_errors"]), doc["server_errors"]
     assert doc["peak"]["fds"] == 64
     assert "RD301" in codes(doc) and doc["unexpected"] == []   # a by-product, allowed
+    # The queue behind EMFILE is a symptom of the leak, and RD401 says so.
+    for f in doc["findings"]:
+        if f["code"] == "RD401":
+            assert f["evidence"]["at_fd_limit"] and "RD201" in f["message"], f
     assert_nothing_left(doc)
     assert code == 0
 
@@ -202,6 +230,7 @@ def test_compare_shows_the_collapse_the_leaks_and_the_clean_designs() -> None:
     assert "Traceback" not in result.stderr
     doc = json.loads(result.stdout)
     assert doc["schema"] == "reaper-doctor/scenario-compare/1"
+    assert_documented(doc)
     runs = {r["scenario"]: r for r in doc["runs"]}
     assert list(runs) == list(SCENARIOS)
     for run in runs.values():
@@ -244,9 +273,9 @@ def test_sparkline() -> None:
 
 
 def test_compare_text_table_from_hand_built_runs() -> None:
-    from reaper_doctor.load import LoadResult
+    from reaper_doctor.model.load import LoadResult
+    from reaper_doctor.model.scenario import RunSettings, Sample, ScenarioRun, Teardown
     from reaper_doctor.render.scenario import render_compare_text
-    from reaper_doctor.runner import RunSettings, Sample, ScenarioRun, Teardown
 
     settings = RunSettings(requests=10, concurrency=2, timeout_s=1.0)
     runs = []

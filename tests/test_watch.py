@@ -9,8 +9,15 @@ import signal
 import subprocess
 
 import pytest
-
-from helpers import cli_argv, http_request, one_error_line, run_cli, run_json, wait_until
+from docs_reference import assert_documented
+from helpers import (
+    cli_argv,
+    http_request,
+    one_error_line,
+    run_cli,
+    run_json,
+    wait_until,
+)
 from test_fds import FD_LEAK_SERVER, FD_OPENER, open_fds, start_server
 
 
@@ -22,6 +29,7 @@ def test_watch_reports_steady_fd_growth_with_rate_and_eta(spawner):
     code, doc = run_json("watch", str(proc.pid), "--interval", "0.25", "--duration", "4")
     assert code == 1
     assert doc["schema"] == "reaper-doctor/watch/1" and doc["pid"] == proc.pid
+    assert_documented(doc)   # RD203's evidence from watch included
     assert doc["interval_s"] == 0.25 and len(doc["samples"]) >= 8
     fds = [s["fds"] for s in doc["samples"]]
     assert fds == sorted(fds) and fds[-1] - fds[0] >= 40
@@ -98,7 +106,7 @@ def test_watch_json_when_the_target_exits(spawner, tmp_path):
             watcher.wait()
     assert watcher.returncode == 0 and "Traceback" not in err, err
     doc = json.loads(out)
-    assert doc["ended"] == "target exited" and doc["gone"] is True
+    assert doc["ended"] == "target-exited" and doc["gone"] is True
     assert len(doc["samples"]) >= 2
 
 
@@ -187,7 +195,7 @@ def test_watch_counts_zombies_of_the_tree(spawner):
 def test_tree_tracker_finds_children_forked_after_it_started(spawner):
     """The incremental path (no full process-table pass): new PIDs since
     the last sample are probed, and those whose parent is in the tree join it."""
-    from reaper_doctor.collect import TreeTracker
+    from reaper_doctor.collect.watch import TreeTracker
 
     proc = spawner.python(ZOMBIE_DRIP, "20")
     tracker = TreeTracker(proc.pid, os.getuid())

@@ -62,7 +62,7 @@ from .report import (MARKER, Entry, block, describe_child, describe_fd, describe
                      fd_kind, s as _s)
 
 if TYPE_CHECKING:
-    from ..procfs import StatLine
+    from ..parse.procfs import StatLine
 
 MODES = ("fail", "warn")
 DEFAULT_GRACE_S = 0.5
@@ -78,42 +78,6 @@ class ReaperDoctorWarning(pytest.PytestWarning):
     or could not be checked."""
 
     __module__ = "reaper_doctor.pytest_plugin"
-
-
-# ----------------------------------------------------------------------------
-# What the suite keeps on purpose
-
-ADOPTED_FDS: set[tuple[int, FdKey]] = set()
-ADOPTED_PIDS: set[int] = set()
-
-
-def adopt(obj: T) -> T:
-    """Declare `obj` long-lived on purpose (a cache, a session server): its
-    descriptors and process are never reported. Takes a file or socket (or
-    anything with fileno()), a descriptor number, a Popen or
-    multiprocessing.Process (its PID and its pipes). Returns `obj`."""
-    fds: list[int] = []
-    if isinstance(obj, int):
-        fds.append(obj)
-    elif isinstance(getattr(obj, "pid", None), int):
-        ADOPTED_PIDS.add(obj.pid)  # type: ignore[attr-defined]
-        for stream in (getattr(obj, n, None) for n in ("stdin", "stdout", "stderr", "sentinel")):
-            fileno = stream if isinstance(stream, int) else getattr(stream, "fileno", None)
-            try:
-                fds.append(fileno if isinstance(fileno, int) else fileno())  # type: ignore[misc]
-            except (TypeError, ValueError, OSError):
-                continue
-    elif hasattr(obj, "fileno"):
-        fds.append(obj.fileno())
-    else:
-        raise TypeError(f"reaper_doctor.adopt: cannot tell what {type(obj).__name__} holds")
-    for fd in fds:
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            continue
-        ADOPTED_FDS.add((fd, (st.st_dev, st.st_ino)))
-    return obj
 
 
 # ----------------------------------------------------------------------------
@@ -216,9 +180,9 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = _settings(config)
     if settings is None:
         return
-    from .. import collect
+    from ..collect.proc import has_procfs
 
-    if not collect.has_procfs():
+    if not has_procfs():
         # psutil could count descriptors elsewhere but not name them, nor
         # tell a zombie's exit status: better off than half right.
         config.issue_config_time_warning(
@@ -267,15 +231,16 @@ class LeakChecker:
     """Registered only when the plugin is on; holds the per-test checks."""
 
     def __init__(self, settings: Settings, rootpath: str = "") -> None:
-        from .. import collect
-        from ..runner import become_subreaper
+        from ..collect import adopted, fds, process, tasks
+        from ..system.lifecycle import become_subreaper
 
-        self.collect = collect
+        self.fds, self.process, self.tasks = fds, process, tasks
+        self.adopted = adopted
         self.settings = settings
         self.rootpath = rootpath
         self.pid = os.getpid()
         self.subreaper = become_subreaper()
-        self.fd_count = collect.OwnFdCount()
+        self.fd_count = fds.OwnFdCount()
         self.children_file: bool | None = None   # /proc/<pid>/task/*/children works
         self.full: tuple[int | None, dict[int, FdKey]] | None = None  # last full fd read
         self.last: Sample | None = None
@@ -299,7 +264,7 @@ class LeakChecker:
         # Built now: with the descriptor table full, nothing can be imported.
         self.library = Library()
         if settings.origins:
-            self.recorder = Recorder(collect.last_pid)
+            self.recorder = Recorder(tasks.last_pid)
             self.recorder.start()
 
     # -- sampling ------------------------------------------------------------
@@ -315,7 +280,7 @@ class LeakChecker:
         count = self.fd_count()
         known = self.full
         if full or not keep or count is None or known is None or known[0] != count:
-            known = (count, self.collect.own_fd_keys(count))
+            known = (count, self.fds.own_fd_keys(count))
             if keep:
                 self.full = known
         if children_of is not None:
@@ -327,17 +292,16 @@ class LeakChecker:
         return sample
 
     def _children(self, pid: int) -> tuple[dict[int, StatLine], int | None]:
-        collect = self.collect
-        if not collect.has_children():
-            return {}, collect.last_pid() if self.children_file is False else None
+        if not self.tasks.has_children():
+            return {}, self.tasks.last_pid() if self.children_file is False else None
         if self.children_file is not False:
-            pids = collect.task_children(pid)
+            pids = self.tasks.task_children(pid)
             self.children_file = pids is not None
             if pids is not None:
-                return collect.child_stats(pid, pids), None
+                return self.tasks.child_stats(pid, pids), None
         # No children file (CONFIG_PROC_CHILDREN off). Read the PID counter
         # first: any process created after it has a larger PID (modulo wrap).
-        last = collect.last_pid()
+        last = self.tasks.last_pid()
         candidates: Iterable[int] | None = None
         previous = self.last
         if previous is not None and previous.last_pid is not None and last is not None:
@@ -345,7 +309,7 @@ class LeakChecker:
                 candidates = {*previous.children, *range(previous.last_pid + 1, last + 1)}
         # A walk of every process otherwise: the first time, after a wrap,
         # or when the machine forked a lot meanwhile.
-        return collect.child_stats(pid, candidates), last
+        return self.tasks.child_stats(pid, candidates), last
 
     def leaks(self, check: LeakCheck, *, full: bool = False) -> Leaks:
         assert check.before is not None
@@ -354,7 +318,8 @@ class LeakChecker:
             self._owned_keys = set().union(*(keys for _, keys in self.owned.values())) | self.kept
         return diff(check.before, after, check.checks, owned=self._owned_keys,
                     released=check.released,
-                    adopted_fds=ADOPTED_FDS, adopted_pids=ADOPTED_PIDS)
+                    adopted_fds=self.adopted.ADOPTED_FDS,
+                    adopted_pids=self.adopted.ADOPTED_PIDS)
 
     # -- hooks ---------------------------------------------------------------
 
@@ -459,7 +424,7 @@ class LeakChecker:
         text, fails, notes = item.stash.get(_RESULT, ("", False, []))
         info: dict[str, Any] = {"checks": sorted(check.checks), "leaked": fails,
                                 "ran": check.ran, "notes": notes}
-        report.reaper_doctor = info  # travels with the report to an xdist controller
+        report.reaper_doctor = info  # type: ignore[attr-defined]  # travels with the report to an xdist controller
         if not fails or self.settings.mode != "fail":
             return
         if report.passed and not check.failed:
@@ -555,7 +520,7 @@ class LeakChecker:
 
     def _owners(self, found: Leaks, check: LeakCheck) -> str | None:
         """The fixtures finalized in this test that left something behind."""
-        keys = {("fd", fd, key) for fd, key in found.fds.items()}
+        keys: set[Key] = {("fd", fd, key) for fd, key in found.fds.items()}
         keys |= {("child", st.pid, st.start_ticks) for st in (*found.children, *found.zombies)}
         names = [name for name, theirs in check.released_by if keys & theirs]
         return ", ".join(names) or None
@@ -583,7 +548,7 @@ class LeakChecker:
     def _links(self, fds: Iterable[int]) -> dict[int, str]:
         links = {}
         for fd in fds:
-            link = self.collect.fd_link(self.pid, fd)
+            link = self.fds.fd_link(self.pid, fd)
             if link is not None:
                 links[fd] = link
         return links
@@ -602,7 +567,6 @@ class LeakChecker:
     def _entries(self, found: Leaks, check: LeakCheck, item: pytest.Item, events: list[Event],
                  links: dict[int, str], gc_closed: dict[int, tuple[str, FdKey]]
                  ) -> tuple[list[Entry], bool]:
-        collect = self.collect
         entries: list[Entry] = []
         links = {**links, **self._links(fd for fd in found.fds if fd not in links)}
         fds = {fd: key for fd, key in found.fds.items()
@@ -611,10 +575,9 @@ class LeakChecker:
                      if not _matches(link, self.settings.allow_paths)}
         origin_of = {fd: self.origins.get(("fd", fd, key)) for fd, key in fds.items()}
         children = [*found.children, *found.zombies]
-        infos = {st.pid: collect.describe_process(st.pid) for st in children}
-        children = [st for st in children if not _matches(
-            " ".join(infos[st.pid].cmdline) if infos[st.pid] and infos[st.pid].cmdline
-            else st.comm, self.settings.allow_commands)]
+        infos = {st.pid: self.process.describe_process(st.pid) for st in children}
+        children = [st for st in children
+                    if not _matches(_command_line(infos[st.pid], st), self.settings.allow_commands)]
         for st in [st for st in children if st.start_ticks < check.started_ticks - 1]:
             # Born before this test: an orphan of an earlier test's child that
             # came home now. Not this test's leak.
@@ -645,12 +608,12 @@ class LeakChecker:
             holders = self._pipe_holders(fds, links, children)
             gone = "  (closed while being described)"
             try:
-                details = collect.describe_fds(self.pid, fds)
+                details = self.fds.describe_fds(self.pid, fds)
             except OSError as e:
                 details, gone = [], f"  (not described: {e.strerror or e})"
             described = {d.fd for d in details}
             for d in details:
-                inode = links[d.fd][6:-1] if links[d.fd].startswith("pipe:[") else None
+                inode = links[d.fd][6:-1] if links[d.fd].startswith("pipe:[") else ""
                 entries.append(Entry(fd_kind(d), describe_fd(d, holders.get(inode, [])),
                                      self._where(origin_of.get(d.fd), item)))
             for fd in sorted(set(fds) - described):
@@ -673,10 +636,10 @@ class LeakChecker:
             entries.append(Entry(kind, describe_child(st, infos[st.pid], kind),
                                  self._where(origin, item)))
         # Origins of what is gone are of no more use.
-        for key in [k for k in self.origins if k[0] == "fd" and k[1] not in found.fds
-                    and k not in self.kept]:
-            if not any(key in keys for _, keys in self.owned.values()):
-                del self.origins[key]
+        for old in [k for k in self.origins if k[0] == "fd" and k[1] not in found.fds
+                     and k not in self.kept]:
+            if not any(old in keys for _, keys in self.owned.values()):
+                del self.origins[old]
         return entries, table_full
 
     def _child_origins(self, children: list[StatLine], infos: dict[int, Any],
@@ -709,7 +672,7 @@ class LeakChecker:
                 if info is None or (info.cmdline and tuple(info.cmdline) != self._own_argv()):
                     break
                 time.sleep(0.005)
-                infos[st.pid] = self.collect.describe_process(st.pid)
+                infos[st.pid] = self.process.describe_process(st.pid)
 
     def _pipe_holders(self, fds: dict[int, FdKey], links: dict[int, str],
                       children: list[StatLine]) -> dict[str, list[str]]:
@@ -723,7 +686,7 @@ class LeakChecker:
             if st.state == "Z":
                 continue
             try:
-                theirs = self.collect.fd_links(st.pid)
+                theirs = self.fds.fd_links(st.pid)
             except Exception:
                 continue
             for fd, link in sorted(theirs.items()):
@@ -808,7 +771,7 @@ class LeakChecker:
 
     def _own_argv(self) -> tuple[str, ...]:
         if self.argv is None:
-            info = self.collect.describe_process(self.pid)
+            info = self.process.describe_process(self.pid)
             self.argv = tuple(info.cmdline) if info is not None and info.cmdline else ()
         return self.argv
 
@@ -904,6 +867,10 @@ def _test_code(item: pytest.Item) -> Any:
     return getattr(getattr(item, "function", None), "__code__", None)
 
 
+def _command_line(info: Any, st: StatLine) -> str:
+    return " ".join(info.cmdline) if info is not None and info.cmdline else st.comm
+
+
 def _matches(text: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(text, p) for p in patterns)
 
@@ -913,5 +880,4 @@ def _fd_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-__all__ = ["ALLOW", "CHECKS", "LeakCheck", "LeakChecker", "ReaperDoctorWarning", "Settings",
-           "adopt"]
+__all__ = ["CHECKS", "LeakCheck", "LeakChecker", "ReaperDoctorWarning", "Settings"]

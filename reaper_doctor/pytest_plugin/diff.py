@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 if TYPE_CHECKING:
-    from ...procfs import StatLine
+    from ..parse.procfs import StatLine
 
 CHECKS = ("children", "zombies", "fds")
 FdKey = tuple[int, int]          # (st_dev, st_ino): what a descriptor is open on
@@ -63,7 +63,7 @@ def diff(before: Sample, after: Sample, checks: frozenset[str], *, owned: set[Ke
     # The same mapping: the count has not changed, nothing was read again.
     if "fds" in checks and (after.fds is not before.fds or released):
         for fd, key in after.fds.items():
-            k = ("fd", fd, key)
+            k: Key = ("fd", fd, key)
             if k in owned or (fd, key) in adopted_fds:
                 continue
             if before.fds.get(fd) != key or k in released:

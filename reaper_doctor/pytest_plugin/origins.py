@@ -160,7 +160,7 @@ class Recorder:
     # -- recording -----------------------------------------------------------
 
     def note(self, kind: str, frame: Any, **fields: Any) -> None:
-        frames = []
+        frames: list[tuple[Any, int]] = []
         while frame is not None and len(frames) < MAX_FRAMES:
             frames.append((frame.f_code, frame.f_lineno))
             frame = frame.f_back

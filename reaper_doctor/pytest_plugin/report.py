@@ -7,8 +7,8 @@ import shlex
 from typing import TYPE_CHECKING, Iterable, NamedTuple
 
 if TYPE_CHECKING:
-    from ...model import FdDetail, ProcessInfo
-    from ...procfs import StatLine
+    from ..model import FdDetail, ProcessInfo
+    from ..parse.procfs import StatLine
 
 MARKER = "reaper_doctor_allow"
 
@@ -40,7 +40,7 @@ class Entry(NamedTuple):
     kind: str
     what: str
     where: tuple[str, ...] = ()
-    count: int = 1       # resources it stands for
+    n: int = 1           # how many resources it stands for
 
 
 def fd_kind(d: FdDetail) -> str:
@@ -60,7 +60,7 @@ def describe_fd(d: FdDetail, pipe_holders: Iterable[str] = ()) -> str:
     head = f"fd {d.fd:<5} {'socket' if is_socket else d.kind:<9}"
     mode = f"mode {d.mode}" if d.mode else None
     if d.inet is not None:
-        from ..render.text import _address
+        from ..render.common import address_text as _address
 
         s = d.inet
         where = _address(s.local)
@@ -113,7 +113,7 @@ def block(nodeid: str, entries: list[Entry], *, owner: str | None = None) -> str
             continue
         noun = {"zombies": "zombie", "children": "child process"}.get(ALLOW.get(e.kind, ""),
                                                                        "descriptor")
-        counts[noun] = counts.get(noun, 0) + e.count
+        counts[noun] = counts.get(noun, 0) + e.n
     head = ", ".join(f"{n} {_plural(noun, n)}" for noun, n in counts.items())
     lines = [f"reaper-doctor: {nodeid} leaked {head}" if head
              else f"reaper-doctor: {nodeid} could not be checked"]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
-from ..diagnose import exit_status_counts
+from ..diagnose.zombies import exit_status_counts
 from ..model import ProcessInfo, Snapshot
-from ..procfs import STATE_NAMES
+from ..parse.procfs import STATE_NAMES
 
 
 def state_word(info: ProcessInfo) -> str:
@@ -35,7 +35,7 @@ class ZombieGroup(NamedTuple):
     exit_statuses: dict[str, int]   # "exit 0" -> 412
 
     @property
-    def count(self) -> int:
+    def count(self) -> int:  # type: ignore[override]  # a field-like name, not tuple.count
         return len(self.pids)
 
 
@@ -84,3 +84,33 @@ def command_line(info: ProcessInfo, width: int = 60) -> str:
     else:
         text = safe(info.name)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def sampling_phrase(samples: int, elapsed_s: float) -> str:
+    """How a scan sampled, with the time it really waited: "2 samples 3.0 s
+    apart", or "1 sample (no persistence check)"."""
+    if samples > 1:
+        return f"{samples} samples {elapsed_s:.1f} s apart"
+    return "1 sample (no persistence check)"
+
+
+def pid_list(pids: Iterable[int], max_items: int = 4) -> str:
+    """PIDs in order, a run of three or more contiguous PIDs as a range:
+    "100–104, 107, 110–112". A range never stands for PIDs that are not all
+    there. Past `max_items` items, the rest is "…"."""
+    runs: list[list[int]] = []
+    for pid in sorted(set(pids)):
+        if runs and pid == runs[-1][-1] + 1:
+            runs[-1].append(pid)
+        else:
+            runs.append([pid])
+    items: list[str] = []
+    for run in runs:
+        items += [f"{run[0]}–{run[-1]}"] if len(run) > 2 else [str(p) for p in run]
+    return ", ".join(items[:max_items]) + (", …" if len(items) > max_items else "")
+
+
+def address_text(address: tuple[str, int]) -> str:
+    """"127.0.0.1:8080", "[::1]:8080"."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,4 +1,4 @@
-"""`scan --json`: the stable document of DESIGN.md (schema reaper-doctor/scan/1)."""
+"""`scan --json`: the stable document of docs/json.md (schema reaper-doctor/scan/1)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from ..diagnose import exit_status_describer
+from ..diagnose.zombies import exit_status_describer
 from ..model import (
-    Finding, FdTable, MachineCensus, Report, Snapshot, TargetReport,
+    FdTable,
+    Finding,
+    MachineCensus,
+    Report,
+    Snapshot,
+    TargetReport,
 )
-from ..procfs import STATE_NAMES
-from .common import children_map, state_word, zombie_groups
+from ..parse.procfs import STATE_NAMES
+from .common import address_text, children_map, state_word, zombie_groups
 
 SCHEMA = "reaper-doctor/scan/1"
 
@@ -56,6 +61,8 @@ def report_document(report: Report) -> dict[str, Any]:
         doc["machine"] = machine_document(report.machine)
     if report.duration_s is not None:
         doc["duration_s"] = round(report.duration_s, 4)
+    if report.notes:
+        doc["notes"] = list(report.notes)
     return doc
 
 
@@ -86,6 +93,13 @@ def machine_document(m: MachineCensus) -> dict[str, Any]:
             for u in m.uids],
         "pids_cgroups": [{"path": c.path, "current": c.current, "max": c.max,
                           "refusals": c.refusals} for c in m.pids_cgroups],
+        "descriptor_leaks": [
+            {"pid": h.pid, "name": h.name, "uid": h.uid, "close_wait": h.close_wait,
+             "listeners": [{"port": q.port, "queue": q.queue, "backlog": q.backlog}
+                           for q in h.listeners],
+             "verdicts": list(h.verdicts)}
+            for h in m.socket_holders],
+        "netns_read": m.netns_read,
         "samples": m.samples, "grace_s": m.grace_s, "elapsed_s": m.elapsed_s,
     }
 
@@ -104,6 +118,7 @@ def target_document(t: TargetReport) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "pid": me.pid, "name": me.name, "cmdline": list(me.cmdline) if me.cmdline else [],
         "ppid": me.ppid, "uid": me.uid, "state": state_word(me), "threads": me.threads,
+        "kernel_thread": me.is_kernel_thread,
         "age_s": _round(me.age_s), "sigchld": me.sigchld,
         "tree": tree_document(snap),
         "zombies": {
@@ -115,14 +130,15 @@ def target_document(t: TargetReport) -> dict[str, Any]:
         "fds": fds_document(fds),
         "limits": {
             "nofile": _usage(nofile),
-            "nproc": ({**_usage(snap.nproc), "uid": snap.nproc.uid,
+            "nproc": ({**(_usage(snap.nproc) or {}), "uid": snap.nproc.uid,
                        "enforced": snap.nproc.enforced} if snap.nproc else None),
             "pids_cgroup": (snap.pids_cgroup._asdict() if snap.pids_cgroup else None),
             "pid_max": {"used": snap.pids_in_use, "max": snap.pid_max},
         },
         "findings": [finding_document(f) for f in t.findings],
         "unreadable": [u._asdict() for u in snap.unreadable],
-        "samples": t.samples, "grace_s": t.grace_s, "gone": t.gone,
+        "samples": t.samples, "grace_s": t.grace_s, "elapsed_s": round(t.elapsed_s, 3),
+        "gone": t.gone,
     }
     return doc
 
@@ -139,7 +155,7 @@ def fds_document(fds: FdTable | None) -> dict[str, Any] | None:
         "closed_tcp": len(fds.closed_tcp),
         "tcp_states": dict(Counter(s.state for s in fds.sockets
                                    if s.proto.startswith("tcp")).most_common()),
-        "listening": [{"fd": s.fd, "address": _addr(s.local), "proto": s.proto,
+        "listening": [{"fd": s.fd, "address": address_text(s.local), "proto": s.proto,
                        "accept_queue": s.rx_queue, "backlog": s.backlog}
                       for s in fds.listeners],
         "top_paths": [{"path": p, "count": n} for p, n in fds.top_paths],
@@ -147,15 +163,10 @@ def fds_document(fds: FdTable | None) -> dict[str, Any] | None:
     if fds.listed:
         doc["list"] = [{"fd": fd, "target": link} for fd, link in fds.listed]
         doc["sockets"] = [{"fd": s.fd, "inode": s.inode, "proto": s.proto,
-                           "local": _addr(s.local), "remote": _addr(s.remote),
+                           "local": address_text(s.local), "remote": address_text(s.remote),
                            "state": s.state, "rx_queue": s.rx_queue, "tx_queue": s.tx_queue}
                           for s in fds.sockets]
     return doc
-
-
-def _addr(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def tree_document(snap: Snapshot) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """`scenario run` and `scenario compare`: ScenarioRun -> text or JSON (str).
 
-JSON schema `reaper-doctor/scenario/1` (DESIGN.md) for one run,
+JSON schema `reaper-doctor/scenario/1` for one run,
 `reaper-doctor/scenario-compare/1` for compare (a list of the same runs).
 """
 
@@ -13,7 +13,8 @@ from typing import Any
 import click
 from tabulate import tabulate
 
-from ..runner import Sample, ScenarioRun
+from ..model.scenario import Sample, ScenarioRun
+from .common import sampling_phrase
 from .json import finding_document, target_document
 from .text import SEVERITY_COLORS, _finding_line
 
@@ -50,6 +51,7 @@ def run_document(run: ScenarioRun) -> dict[str, Any]:
         "missing": run.missing,
         "unexpected": [f.code for f in run.unexpected],
         "as_expected": run.as_expected,
+        "why_not": run.why_not,
         "fix": s.fix,
         "scanned": run.scanned,
         "scan_error": run.scan_error,
@@ -173,8 +175,8 @@ def _findings(run: ScenarioRun, style: Callable[..., str]) -> str:
     when = "during the load" if run.scanned == "during-load" else "after the load"
     if run.scan is None:
         return style(f"Scan: {run.scan_error or 'not run'}", fg="red")
-    head = f"Scan of PID {run.scan.pid} {when}, {run.scan.samples} samples " \
-           f"{run.scan.grace_s:g} s apart"
+    head = (f"Scan of PID {run.scan.pid} {when}, "
+            f"{sampling_phrase(run.scan.samples, run.scan.elapsed_s)}")
     if not run.findings:
         return head + "\n" + style("Findings: none", fg="green")
     lines = [head, f"Findings: {len(run.findings)}"]
@@ -210,7 +212,8 @@ def _cleanup(run: ScenarioRun, style: Callable[..., str]) -> str:
                     fg="green" if left == 0 else "red")
             + (f" (PIDs {' '.join(map(str, c.leftover_pids[:20]))})" if left else ""))
     verdict = (style("behaved as expected", fg="green", bold=True) if run.as_expected
-               else style("did NOT behave as expected", fg="red", bold=True))
+               else style("did NOT behave as expected", fg="red", bold=True)
+               + ": " + "; ".join(run.why_not))
     return text + f"\nVerdict: {run.scenario.name} {verdict}"
 
 
@@ -243,6 +246,10 @@ def render_compare_text(runs: Sequence[ScenarioRun], *, color: bool = False) -> 
             f"timeout {st.timeout_s:g} s each; hung = no end of reply within the timeout")
     left = sum(r.leftover_processes for r in runs)
     tail = f"Left over after all runs: {left} processes"
+    why = [f"  {run.scenario.name}: {'; '.join(run.why_not)}" for run in runs if run.why_not]
+    if why:
+        tail = style("Not as expected", fg="red", bold=True) + "\n" + "\n".join(why) \
+            + "\n\n" + tail
     return f"{head}\n\n{table}\n\n{tail}\n"
 
 

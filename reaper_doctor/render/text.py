@@ -13,10 +13,21 @@ from typing import Callable
 import click
 from tabulate import tabulate
 
-from ..diagnose import exit_status_describer
-from ..model import Finding, FdTable, LimitUsage, ProcessInfo, Report, Severity, Snapshot, TargetReport
-from ..procfs import ExitStatus
-from .common import children_map, command_line, safe, state_word, zombie_groups
+from ..diagnose.zombies import PID1_GRACE_S, exit_status_describer
+from ..model import (
+    FdTable,
+    Finding,
+    LimitUsage,
+    ProcessInfo,
+    Report,
+    Severity,
+    Snapshot,
+    TargetReport,
+)
+from ..model.kernel import ExitStatus
+from .common import (
+    address_text, children_map, command_line, pid_list, safe, sampling_phrase, state_word, zombie_groups,
+)
 
 SEVERITY_COLORS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 MAX_LIVE_LINES = 30   # live siblings shown one per line before they are summarised
@@ -39,10 +50,8 @@ def render_census(report: Report, style: Callable[..., str]) -> str:
     """`scan` with no PID, on one screen: tables capped, findings one line each."""
     m = report.machine
     assert m is not None
-    sampling = (f"2 samples {m.elapsed_s:.1f} s apart" if m.samples > 1
-                else "1 sample (no persistence check)")
     head = [style("Machine census", bold=True) + f": {m.processes} processes, {m.tasks} tasks · "
-            + sampling]
+            + sampling_phrase(m.samples, m.elapsed_s)]
     pids = LimitUsage(m.tasks, m.pid_max, m.pid_max) if m.pid_max else None
     files = LimitUsage(m.files_open, m.file_max, m.file_max) if m.file_max else None
     head.append(f"PIDs {m.tasks} of {_num(m.pid_max)} (kernel.pid_max{', ' + _pct(pids) if pids else ''})"
@@ -52,13 +61,24 @@ def render_census(report: Report, style: Callable[..., str]) -> str:
 
     leaking = [p for p in m.zombie_parents if not p.is_reaper]
     if leaking:
-        rows = [[f"{p.pid} {safe(p.name or '?')}", p.zombies, p.persistent, p.sigchld or "unknown",
+        # How many were zombies at both samples: a column only where it
+        # tells something the zombie count does not.
+        persisted = m.samples > 1 and any(p.persistent != p.zombies for p in leaking)
+        rows = [[f"{p.pid} {safe(p.name or '?')}", p.zombies,
+                 *([p.persistent] if persisted else []), p.sigchld or "unknown",
                  p.verdict or "-"] for p in leaking[:MAX_CENSUS_ROWS]]
         more = _more(len(leaking), "parents")
+        if m.samples == 1:
+            when = " (one sample: persistence not checked)"
+        elif not persisted:
+            when = ", every one a zombie at both samples"
+        else:
+            when = ""
+        headers = ["parent", "zombies", *(["in both samples"] if persisted else []),
+                   "SIGCHLD", "verdict"]
         parts.append(f"Zombies: {sum(p.zombies for p in leaking)} under {len(leaking)} "
-                     f"parent{'s' if len(leaking) != 1 else ''}\n" + tabulate(
-                         rows, headers=["parent", "zombies", "persisted", "SIGCHLD", "verdict"],
-                         tablefmt="simple", disable_numparse=True) + more)
+                     f"parent{'s' if len(leaking) != 1 else ''}{when}\n" + tabulate(
+                         rows, headers=headers, tablefmt="simple", disable_numparse=True) + more)
     else:
         parts.append("Zombies: none held by a live parent")
     orphans = [p for p in m.zombie_parents if p.is_reaper]
@@ -68,6 +88,21 @@ def render_census(report: Report, style: Callable[..., str]) -> str:
             for p in orphans[:MAX_CENSUS_ROWS]))
     else:
         parts.append("Orphaned zombies (waiting on PID 1 or a subreaper): none")
+
+    if m.socket_holders:
+        rows = [[f"{h.pid} {safe(h.name or '?')}", h.close_wait or "-",
+                 ", ".join(f"{q.port}: {q.queue}" + (f" of {q.backlog}" if q.backlog else "")
+                           for q in h.listeners) or "-",
+                 " ".join(h.verdicts) or "-"] for h in m.socket_holders[:MAX_CENSUS_ROWS]]
+        parts.append(f"Descriptor leaks ({m.netns_read} network namespace"
+                     f"{'s' if m.netns_read != 1 else ''} read)\n" + tabulate(
+                         rows, headers=["process", "CLOSE_WAIT", "accept queue", "verdict"],
+                         tablefmt="simple", disable_numparse=True)
+                     + _more(len(m.socket_holders), "processes"))
+    else:
+        parts.append(f"Descriptor leaks: no CLOSE_WAIT socket on a listening port, no accept "
+                     f"queue waiting ({m.netns_read} network namespace"
+                     f"{'s' if m.netns_read != 1 else ''} read)")
 
     if m.nofile_top:
         rows = [[f"{r.pid} {safe(r.name or '?')}", r.used, r.soft, f"{r.ratio:.0%}"]
@@ -136,17 +171,20 @@ def render_target(t: TargetReport, style: Callable[..., str]) -> str:
     snap = t.snapshot
     me = snap.processes[t.pid]
     parts = [_headline(t, me, style), _tree(snap), _zombies(snap), _descriptors(snap),
-             _limits(snap), _findings(t, style), _unreadable(snap)]
+             _fd_list(snap), _limits(snap), _findings(t, style), _unreadable(snap)]
     return "\n\n".join(p for p in parts if p)
 
 
 def _headline(t: TargetReport, me: ProcessInfo, style: Callable[..., str]) -> str:
     facts = [state_word(me), f"uid {me.uid}" if me.uid is not None else "uid ?"]
+    if me.is_kernel_thread:
+        facts.insert(0, "kernel thread")
     if me.age_s is not None:
         facts.append(f"up {_duration(me.age_s)}")
     line = style(f"PID {me.pid}", bold=True) + f"  {command_line(me, 80)}  ({', '.join(facts)})"
-    sampling = (f"{t.samples} samples {t.grace_s:g} s apart" if t.samples > 1
-                else "1 sample (no persistence check)")
+    sampling = sampling_phrase(t.samples, t.elapsed_s)
+    if t.samples > 1 and t.pid1_wait:
+        sampling += f" (--grace {t.grace_s:g}; zombies of PID 1 get {PID1_GRACE_S:g} s)"
     extra = [f"SIGCHLD {me.sigchld or 'unknown'}", f"parent {me.ppid}", sampling]
     if t.gone:
         extra.append(style("the process exited during the scan", fg="yellow"))
@@ -222,19 +260,14 @@ def _collapsed_children(children: list[ProcessInfo], kids: dict[int, list[Proces
         fd_range = f" fds {min(fds)}–{max(fds)}" if fds and min(fds) != max(fds) else (
             f" fds {fds[0]}" if fds else "")
         rows.append((f"{len(group)} × {safe(name)} [{state}]{fd_range} "
-                     f"(pids {group[0].pid}…{group[-1].pid})", None))
+                     f"(pids {pid_list(c.pid for c in group)})", None))
     for (name, status), pids in sorted(zombies.items(), key=lambda kv: -len(kv[1])):
         if len(pids) == 1:
             rows.append((f"{pids[0]} {safe(name)} <defunct> {status}", None))
         else:
             rows.append((f"{len(pids)} × {safe(name)} <defunct> {status} "
-                         f"(pids {_pid_span(pids)})", None))
+                         f"(pids {pid_list(pids)})", None))
     return rows
-
-
-def _pid_span(pids: list[int]) -> str:
-    pids = sorted(pids)
-    return f"{pids[0]}…{pids[-1]}" if len(pids) > 2 else ", ".join(map(str, pids))
 
 
 def _zombies(snap: Snapshot) -> str:
@@ -272,21 +305,47 @@ def _descriptors(snap: Snapshot) -> str:
         backlog = f" of backlog {s.backlog}" if s.backlog is not None else ""
         holders = sum(1 for fds in snap.fds.values() if any(x.inode == s.inode for x in fds.listeners))
         shared = f", held by {holders} processes" if holders > 1 else ""
-        lines.append(f"  listening {_address(s.local)} ({s.proto}, PID {pid}): "
+        lines.append(f"  listening {address_text(s.local)} ({s.proto}, PID {pid}): "
                      f"accept queue {s.rx_queue}{backlog}{shared}")
     if target_fds:
         conns = [s for s in target_fds.sockets if s.proto.startswith("tcp") and s.state != "LISTEN"]
         for s in conns[:MAX_SOCKET_LINES]:
-            lines.append(f"  fd {s.fd} {s.proto} {_address(s.local)} → {_address(s.remote)} {s.state}")
+            lines.append(f"  fd {s.fd} {s.proto} {address_text(s.local)} → {address_text(s.remote)} {s.state}")
         if len(conns) > MAX_SOCKET_LINES:
             lines.append(f"  … {len(conns) - MAX_SOCKET_LINES} more TCP connections "
-                         "(all of them: scan --json --list-fds)")
+                         "(all of them: scan --list-fds)")
     return "\n".join(lines)
 
 
-def _address(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _fd_list(snap: Snapshot) -> str:
+    """`scan --list-fds`: every descriptor of every process that has one, the
+    target first, a line each; a socket with what its table says of it."""
+    tables = sorted(((pid, fds) for pid, fds in snap.fds.items() if fds.listed),
+                    key=lambda kv: (kv[0] != snap.target, kv[0]))
+    if not tables:
+        return ""
+    lines = ["Descriptor list"]
+    for pid, fds in tables:
+        info = snap.processes.get(pid)
+        lines.append(f"  {pid} {safe(info.name) if info else '?'}: "
+                     f"{len(fds.listed)} descriptor{'s' if len(fds.listed) != 1 else ''}")
+        width = len(str(fds.listed[-1][0]))
+        inet = {s.fd: s for s in fds.sockets}
+        closed = {fd for fd, _ in fds.closed_tcp}
+        unlisted = {fd for fd, _ in fds.unlisted_socket_fds}
+        for fd, link in fds.listed:
+            text = safe(link)
+            s = inet.get(fd)
+            if s is not None:
+                text += f" {s.proto} {address_text(s.local)}"
+                text += f" {s.state}" if s.state == "LISTEN" else \
+                    f" → {address_text(s.remote)} {s.state}"
+            elif fd in closed:
+                text += " TCP shut down but open (in no socket table)"
+            elif fd in unlisted:
+                text += " (in no socket table)"
+            lines.append(f"    {fd:>{width}}  {text}")
+    return "\n".join(lines)
 
 
 def _fd_summary(fds: FdTable) -> str:
@@ -312,7 +371,7 @@ def _num(value: int | None) -> str:
 
 
 def _limits(snap: Snapshot) -> str:
-    rows = []
+    rows: list[list[object]] = []
     nofile = snap.nofile.get(snap.target)
     if nofile:
         rows.append(["open files (ulimit -n)", _num(nofile.used), _num(nofile.soft),
@@ -352,7 +411,7 @@ def _findings(t: TargetReport, style: Callable[..., str]) -> str:
         return "Findings: none (the process exited before a second sample)"
     if not t.findings:
         return style("Findings: none", fg="green") + " — no leak seen" + (
-            f" over {t.grace_s:g} s" if t.samples > 1 else "")
+            f" over {t.elapsed_s:.1f} s" if t.samples > 1 else "")
     lines = [f"Findings: {len(t.findings)}"]
     for f in t.findings:
         lines.append(_finding_line(f, style))

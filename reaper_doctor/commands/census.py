@@ -1,0 +1,351 @@
+"""`scan` with no PID: the whole machine.
+
+Every parent that holds zombies (with the same persistence check and
+verdicts as `scan PID`), the orphans waiting on PID 1 or a subreaper, the
+processes nearest their ulimit -n, each UID's tasks against ulimit -u, the
+pids cgroups nearest pids.max, and the system-wide file and PID tables.
+
+collect/machine.py reads, diagnose/ judges (the same zombie_findings /
+limit_findings as `scan PID`), the renderers print.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Callable, NamedTuple
+
+from ..collect.cgroups import cgroup_member
+from ..collect.listeners import (
+    SocketCensus,
+    find_holders,
+    holder_tables,
+    read_socket_census,
+    reread_socket_census,
+)
+from ..collect.machine import (
+    MachineSample,
+    collect_census_target,
+    collect_machine,
+    read_processes,
+    resample_zombies,
+)
+from ..collect.proc import require_procfs
+from ..collect.process import has_cap_exemption
+from ..diagnose.fds import accept_backlog_findings, close_wait_findings, fd_growth_findings
+from ..diagnose.limits import WARN_RATIO, limit_findings
+from ..diagnose.zombies import PID1_GRACE_S, persistent_zombies, zombie_findings
+from ..model import (
+    FdCounts,
+    Finding,
+    LimitUsage,
+    ListenerQueue,
+    MachineCensus,
+    NofileUsage,
+    NprocUsage,
+    ProcessInfo,
+    Report,
+    Severity,
+    Snapshot,
+    SocketHolder,
+    TargetReport,
+    UidTasks,
+    ZombieParent,
+)
+
+TOP_NOFILE = 10
+TOP_CGROUPS = 5
+# Parents known to reap orphans for a living (they are PID 1 or subreapers):
+# their zombies come and go, so they get PID 1's longer grace.
+INIT_LIKE = frozenset({
+    "systemd", "init", "tini", "dumb-init", "catatonit", "docker-init", "s6-svscan",
+    "runsvdir", "containerd-shim", "containerd-shim-runc-v2", "conmon",
+})
+
+
+class CensusState(NamedTuple):
+    """What a census leaves for the next one to judge persistence against
+    (the exporter's censuses, one after another)."""
+
+    taken_at: float                          # time.monotonic() of its zombie sample
+    zombies: dict[int, ProcessInfo]
+    sockets: SocketCensus | None
+    fd_series: tuple[FdCounts, ...]          # descriptor counts of the last censuses
+
+
+# Censuses of descriptor counts kept for RD203 (it needs at least three).
+FD_HISTORY = 6
+
+
+def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep,
+           sockets: bool = True) -> Report:
+    """Sample the machine; with grace_s > 0 re-read its zombies `grace_s`
+    later (PID1_GRACE_S when PID 1 or a subreaper holds some) and judge
+    persistence by (PID, start time), as `scan PID` does. `sockets`: also
+    read every network namespace's listeners and CLOSE_WAIT sockets (RD201,
+    RD401), re-read after the grace too when one has something to explain."""
+    return census_after(None, grace_s=grace_s, sleep=sleep, sockets=sockets)[0]
+
+
+def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
+                 sleep: Callable[[float], None] = time.sleep,
+                 sockets: bool = True) -> tuple[Report, CensusState]:
+    """A census judged against `earlier` when it is at least the grace old
+    (no sleep: the exporter's previous census), else as `census` does; and
+    the state the next census judges against. PIDs that are gone are
+    forgotten: the state holds this census's processes only. Raises
+    ProcUnavailable where there is no /proc."""
+    require_procfs("scan with no PID")
+    now = collect_machine(fd_top=TOP_NOFILE, fd_floor=WARN_RATIO)
+    now_sockets = read_socket_census(now.table) if sockets else None
+    now_by_parent = _by_parent(now.zombies)
+    parents, parent_sessions = read_processes(sorted(now_by_parent), now.table)
+    slow = _reapers(now_by_parent, parents, parent_sessions, now.sessions)
+    wait_s = grace_s
+    if slow & set(now_by_parent):
+        wait_s = max(wait_s, PID1_GRACE_S)
+    then_zombies, then_at, then_sockets = now.zombies, now.taken_at, now_sockets
+    later_zombies, later_at, later_sockets, samples = now.zombies, now.taken_at, now_sockets, 1
+    if grace_s > 0 and earlier is not None and now.taken_at - earlier.taken_at >= wait_s:
+        then_zombies, then_at, then_sockets = earlier.zombies, earlier.taken_at, earlier.sockets
+        samples = 2
+    elif grace_s > 0 and (now.zombies or _to_explain(now_sockets)):
+        remaining = now.taken_at + wait_s - time.monotonic()
+        if remaining > 0:
+            sleep(remaining)
+        later_at, later_zombies = resample_zombies(now.zombies)
+        if now_sockets is not None and _to_explain(now_sockets):
+            later_sockets = reread_socket_census(now_sockets)
+        samples = 2
+        # Parents may have changed their handler, or be new (orphans re-parented).
+        parents, _ = read_processes(sorted({z.ppid for z in later_zombies.values()}),
+                                    now.table)
+    later_by_parent = _by_parent(later_zombies)
+    first = now   # the machine-wide figures below are this census's
+
+    findings: list[Finding] = []
+    zombie_parents = []
+    for ppid, zombies in later_by_parent.items():
+        parent = parents.get(ppid)
+        later = Snapshot(target=ppid, taken_at=later_at, processes=zombies, target_parent=parent)
+        before = later if samples == 1 else Snapshot(
+            target=ppid, taken_at=then_at,
+            processes={pid: then_zombies[pid] for pid in zombies if pid in then_zombies},
+            target_parent=parent)
+        found = list(zombie_findings(before, later, grace_s, slow))
+        findings += found
+        zombie_parents.append(ZombieParent(
+            pid=ppid, name=parent.name if parent else _name(first, ppid),
+            uid=parent.uid if parent else None, sigchld=parent.sigchld if parent else None,
+            zombies=len(zombies),
+            persistent=len(persistent_zombies(before, later, grace_s, slow)),
+            is_reaper=ppid in slow, verdict=found[0].code if found else None))
+    zombie_parents.sort(key=lambda p: (-p.zombies, p.pid))
+
+    nofile_rows = []
+    for pid, used in first.fd_counts.items():
+        soft, hard = first.limits[pid].get("Max open files", (None, None))
+        if soft:
+            nofile_rows.append(NofileUsage(pid=pid, name=_name(first, pid),
+                                           uid=first.table[pid].uid, used=used, soft=soft,
+                                           hard=hard))
+            findings += limit_findings(Snapshot(
+                target=pid, taken_at=first.taken_at, processes={},
+                nofile={pid: LimitUsage(used=used, soft=soft, hard=hard)}))
+    nofile_rows.sort(key=lambda r: (-r.ratio, -r.used, r.pid))
+
+    uids = _uid_tasks(first)
+    for row in uids:
+        if not (row.enforced and row.soft_min and row.soft_min_pid):
+            continue
+        holder = row.soft_min_pid
+        _, hard = first.limits[holder].get("Max processes", (None, None))
+        usage = NprocUsage(used=row.tasks, soft=row.soft_min, hard=hard, uid=row.uid,
+                           enforced=not has_cap_exemption(holder))
+        uid_zombies = {p: z for p, z in later_zombies.items() if z.uid == row.uid}
+        findings += limit_findings(Snapshot(target=holder, taken_at=first.taken_at,
+                                            processes=uid_zombies, nproc=usage))
+
+    cgroups = sorted(first.pids_cgroups,
+                     key=lambda c: -((c.current or 0) / c.max if c.max else 0))[:TOP_CGROUPS]
+    for cg in cgroups:
+        if cg.max and (cg.current or 0) / cg.max >= WARN_RATIO:
+            member = cgroup_member(cg.path) if cg.path else None
+            if member is not None:
+                findings += limit_findings(Snapshot(target=member, taken_at=first.taken_at,
+                                                    processes={}, pids_cgroup=cg))
+
+    fd_series = _fd_series(earlier, now)
+    findings += fd_growth_findings(fd_series, {
+        pid: LimitUsage(used=used, soft=first.limits[pid].get("Max open files", (None, None))[0],
+                        hard=None) for pid, used in now.fd_counts.items()})
+
+    holders: list[SocketHolder] = []
+    if later_sockets is not None:
+        found, holders = _descriptor_leaks(then_sockets if samples == 2 else None,
+                                           later_sockets, now, then_at, later_at)
+        findings += found
+
+    elapsed_s = round(later_at - then_at, 3)
+    targets = _targets(findings, first, parents, later_by_parent, samples, grace_s, elapsed_s)
+    files_open = None
+    if first.file_nr:
+        files_open = first.file_nr[0] - first.file_nr[1]
+    machine = MachineCensus(
+        processes=len(first.table), tasks=first.tasks, pid_max=first.pid_max,
+        files_open=files_open, file_max=first.file_nr[2] if first.file_nr else None,
+        zombie_parents=tuple(zombie_parents), nofile_top=tuple(nofile_rows[:TOP_NOFILE]),
+        nofile_counted=len(first.fd_counts), nofile_unreadable=first.fds_unreadable,
+        uids=tuple(uids), pids_cgroups=tuple(cgroups), samples=samples, grace_s=grace_s,
+        elapsed_s=elapsed_s, socket_holders=tuple(holders),
+        netns_read=len(later_sockets.netns) if later_sockets else 0)
+    state = CensusState(taken_at=later_at, zombies=later_zombies, sockets=later_sockets,
+                        fd_series=fd_series)
+    return Report(targets=tuple(targets), machine=machine), state
+
+
+def _to_explain(sockets: SocketCensus | None) -> bool:
+    return sockets is not None and any(ns.to_explain for ns in sockets.netns)
+
+
+def _fd_series(earlier: CensusState | None, now: MachineSample) -> tuple[FdCounts, ...]:
+    """The descriptor counts of the last FD_HISTORY censuses, this one
+    included, of the processes that are still there."""
+    series = [*(earlier.fd_series if earlier else ()), FdCounts(now.taken_at, now.fd_counts)]
+    alive = now.table
+    return tuple(FdCounts(s.taken_at, {pid: n for pid, n in s.counts.items() if pid in alive})
+                 for s in series[-FD_HISTORY:])
+
+
+def _descriptor_leaks(then: SocketCensus | None, later: SocketCensus,
+                      sample: MachineSample, then_at: float, later_at: float
+                      ) -> tuple[list[Finding], list[SocketHolder]]:
+    """RD201 and RD401 by the rules of `scan PID`, for the processes that
+    hold what a network namespace has to explain. With `then` (two
+    samples) only what was there in both counts: the same CLOSE_WAIT
+    socket, a listener whose queue was never empty."""
+    forking = frozenset(b.ppid for b in sample.table.values())
+    findings: list[Finding] = []
+    rows: list[SocketHolder] = []
+    for ns in later.netns:
+        wanted = ns.to_explain
+        before = then.get(ns.key) if then is not None else None
+        if then is not None:
+            if before is None:
+                continue
+            wanted = frozenset(i for i in wanted if i in before.close_wait
+                               or (i in before.listeners and before.listeners[i].rx_queue))
+        if not wanted:
+            continue
+        held = find_holders(ns, wanted, sample.table, {ns.owners[i] for i in wanted})
+        infos, _ = read_processes(sorted(held), sample.table)
+        held = {pid: inodes for pid, inodes in held.items() if pid in infos}
+        later_snap = Snapshot(target=0, taken_at=later_at, processes=infos,
+                              fds=holder_tables(ns, held))
+        earlier_snap = later_snap if before is None else Snapshot(
+            target=0, taken_at=then_at, processes=infos, fds=holder_tables(before, held))
+        found = [*close_wait_findings(earlier_snap, later_snap, forking),
+                 *accept_backlog_findings(earlier_snap, later_snap)]
+        findings += found
+        for pid, inodes in sorted(held.items()):
+            cw = sum(1 for i in inodes if i in wanted and i in ns.close_wait)
+            queues = tuple(ListenerQueue(port=s.local[1], queue=s.rx_queue, backlog=s.backlog)
+                           for i in inodes if i in wanted and (s := ns.listeners.get(i)))
+            if cw or queues:
+                rows.append(SocketHolder(
+                    pid=pid, name=infos[pid].name, uid=infos[pid].uid, close_wait=cw,
+                    listeners=queues,
+                    verdicts=tuple(sorted({f.code for f in found if f.pid == pid}))))
+    rows.sort(key=lambda h: (not h.verdicts, -h.close_wait,
+                             -sum(q.queue for q in h.listeners), h.pid))
+    return findings, rows
+
+
+def _by_parent(zombies: dict[int, ProcessInfo]) -> dict[int, dict[int, ProcessInfo]]:
+    groups: dict[int, dict[int, ProcessInfo]] = {}
+    for pid, z in sorted(zombies.items()):
+        groups.setdefault(z.ppid, {})[pid] = z
+    return groups
+
+
+def _name(sample: MachineSample, pid: int) -> str | None:
+    brief = sample.table.get(pid)
+    return brief.name if brief else None
+
+
+def _reapers(by_parent: dict[int, dict[int, ProcessInfo]], parents: dict[int, ProcessInfo],
+             parent_sessions: dict[int, int], zombie_sessions: dict[int, int]) -> set[int]:
+    """PID 1 and the parents that look like subreapers: /proc does not show
+    the subreaper flag, so infer it from a known init-like
+    name, or from adopted children: most of its zombies are in another
+    session than the parent, which a plain fork() does not do."""
+    slow = {1}
+    for ppid, zombies in by_parent.items():
+        parent = parents.get(ppid)
+        if parent and parent.name in INIT_LIKE:
+            slow.add(ppid)
+            continue
+        session = parent_sessions.get(ppid)
+        if session is None:
+            continue
+        foreign = sum(1 for pid in zombies if zombie_sessions.get(pid, session) != session)
+        if foreign * 2 > len(zombies):
+            slow.add(ppid)
+    return slow
+
+
+def _uid_tasks(sample: MachineSample) -> list[UidTasks]:
+    """Tasks per real UID, against the most common soft RLIMIT_NPROC of its
+    processes (and the lowest, which fails first)."""
+    tasks: Counter[int] = Counter()
+    processes: Counter[int] = Counter()
+    limits: dict[int, list[tuple[int | None, int | None, int, int]]] = {}
+    for pid, brief in sample.table.items():
+        if brief.uid is None:
+            continue
+        tasks[brief.uid] += brief.threads
+        processes[brief.uid] += 1
+        lim = sample.limits.get(pid)
+        if lim and "Max processes" in lim:
+            soft, hard = lim["Max processes"]
+            limits.setdefault(brief.uid, []).append((soft, hard, -brief.threads, pid))
+    rows = []
+    for uid, count in tasks.items():
+        held = limits.get(uid, [])
+        soft = hard = soft_min = soft_min_pid = None
+        if held:
+            (soft, hard), _ = Counter((s, h) for s, h, _, _ in held).most_common(1)[0]
+            finite = [h for h in held if h[0] is not None]
+            if finite:
+                low = min(finite)
+                soft_min, soft_min_pid = low[0], low[3]
+        rows.append(UidTasks(uid=uid, tasks=count, processes=processes[uid], soft=soft, hard=hard,
+                             soft_min=soft_min, soft_min_pid=soft_min_pid, enforced=uid != 0))
+    rows.sort(key=lambda r: (-(r.ratio or 0), -r.tasks, r.uid))
+    return rows
+
+
+def _targets(findings: list[Finding], sample: MachineSample,
+             parents: dict[int, ProcessInfo], zombies_by_parent: dict[int, dict[int, ProcessInfo]],
+             samples: int, grace_s: float, elapsed_s: float) -> list[TargetReport]:
+    by_pid: dict[int, list[Finding]] = {}
+    for f in findings:
+        by_pid.setdefault(f.pid, []).append(f)
+    missing = [pid for pid in by_pid if pid not in parents]
+    infos = {**parents, **read_processes(missing, sample.table)[0]}
+    ranked = sorted(by_pid, key=lambda pid: (-max(f.severity.rank for f in by_pid[pid]), pid))
+    targets = []
+    for pid in ranked:
+        info = infos.get(pid)
+        if info is None:
+            continue  # gone since: nothing left to fix
+        snap = collect_census_target(info, zombies_by_parent.get(pid, {}), sample)
+        found = sorted(by_pid[pid], key=lambda f: f.code)
+        targets.append(TargetReport(pid=pid, snapshot=snap, findings=tuple(found),
+                                    samples=samples, grace_s=grace_s,
+                                    elapsed_s=elapsed_s))
+    targets.sort(key=lambda t: t.pid)
+    return targets
+
+
+__all__ = ["census", "Severity"]

@@ -1,0 +1,108 @@
+"""deploy/: the alerting rules under promtool, and what each capability
+setting of the DaemonSet and the systemd unit lets the tool see."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import cli_argv, wait_until, zombie_children
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+RULES = DEPLOY / "prometheus" / "reaper-doctor.rules.yml"
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None,
+                                    reason="promtool is not installed (Debian: prometheus)")
+
+
+@needs_promtool
+def test_rules_pass_promtool_check():
+    result = subprocess.run([PROMTOOL, "check", "rules", str(RULES)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 5 rules found" in result.stdout
+
+
+@needs_promtool
+def test_rules_unit_tests_pass():
+    tests = sorted((DEPLOY / "prometheus" / "tests").glob("*.test.yml"))
+    assert tests
+    result = subprocess.run([PROMTOOL, "test", "rules", *map(str, tests)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_rule_unit_tests_can_fail(tmp_path):
+    """The unit tests pin the rules: a ZombieLeak rule without its 5 m wait fails them."""
+    loose = tmp_path / "reaper-doctor.rules.yml"
+    loose.write_text(RULES.read_text().replace("        for: 5m\n", "        for: 1m\n", 1))
+    (tmp_path / "tests").mkdir()
+    for test in (DEPLOY / "prometheus" / "tests").glob("*.test.yml"):
+        shutil.copy(test, tmp_path / "tests" / test.name)
+    result = subprocess.run([PROMTOOL, "test", "rules",
+                             *map(str, (tmp_path / "tests").glob("*.test.yml"))],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "ZombieLeak" in result.stdout + result.stderr
+
+
+def test_daemonset_and_unit_ask_for_the_same_two_capabilities():
+    daemonset = (DEPLOY / "kubernetes" / "daemonset.yaml").read_text()
+    assert "hostPID: true" in daemonset
+    assert 'drop: ["ALL"]' in daemonset
+    assert 'add: ["DAC_READ_SEARCH", "SYS_PTRACE"]' in daemonset
+    assert "readOnlyRootFilesystem: true" in daemonset
+    unit = (DEPLOY / "systemd" / "reaper-doctor-exporter.service").read_text()
+    assert "CapabilityBoundingSet=CAP_DAC_READ_SEARCH CAP_SYS_PTRACE" in unit
+    assert "--listen 127.0.0.1:9563" in unit
+
+
+SETPRIV = shutil.which("setpriv")
+NOBODY = 65534
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the scanner drops capabilities")
+@pytest.mark.skipif(SETPRIV is None, reason="setpriv (util-linux) is not installed")
+def test_what_root_sees_of_another_users_process_with_each_capability(spawner):
+    """Root with no capability lists neither the descriptors nor a zombie's
+    exit status of another user's process; CAP_DAC_READ_SEARCH lets it
+    list (count) the descriptors, CAP_SYS_PTRACE read their links and the
+    exit status; the deploy files ask for both."""
+    target = subprocess.Popen(
+        [SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         "/bin/sh", "-c", "(exit 3) & exec sleep 60"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    spawner.started.append(target)
+    wait_until(lambda: len(zombie_children(target.pid)) == 1, what="the target's zombie")
+    wait_until(lambda: os.readlink(f"/proc/{target.pid}/exe").endswith("sleep"),
+               what="sh to exec sleep")
+    seen = {}
+    for caps in ("", "dac_read_search", "sys_ptrace", "dac_read_search,sys_ptrace"):
+        bounding = "-all" + "".join(f",+{c}" for c in caps.split(",") if c)
+        result = subprocess.run(
+            [SETPRIV, "--inh-caps=-all", f"--bounding-set={bounding}", *cli_argv(),
+             "scan", str(target.pid), "--grace", "0", "--json"],
+            capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, result.stderr      # RD101 either way
+        doc = json.loads(result.stdout)["targets"][0]
+        fds = doc["fds"]
+        seen[caps] = (
+            fds["open"] if fds else None,
+            "unknown" not in fds["by_kind"] if fds else False,
+            list(doc["zombies"]["by_parent"][0]["exit_statuses"]),
+            [f["code"] for f in doc["findings"]],
+        )
+    # (descriptors counted, their kinds known, zombie exit status, findings)
+    assert seen[""] == (None, False, ["exit 0"], ["RD101"])        # status hidden (0)
+    assert seen["dac_read_search"][0] and not seen["dac_read_search"][1]
+    assert seen["dac_read_search"][2] == ["exit 0"]
+    assert seen["sys_ptrace"] == (None, False, ["exit 3"], ["RD101"])
+    assert seen["dac_read_search,sys_ptrace"][0] and seen["dac_read_search,sys_ptrace"][1]
+    assert seen["dac_read_search,sys_ptrace"][2] == ["exit 3"]
