@@ -116,8 +116,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("reaper_doctor_first_use", type="bool", default=True,
                   help="a resource a helper makes on first use is a cache, reported only "
                        "when the same line makes another (default true).")
-    parser.addini("reaper_doctor_origins", type="bool", default=True,
-                  help="record where descriptors and children are made (default true).")
+    parser.addini("reaper_doctor_origins", default="true",
+                  help="record where descriptors and children are made: true (default), "
+                       "false, or audit (also Python's audit hook; slower).")
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class Settings:
     allow_paths: tuple[str, ...] = ()
     allow_commands: tuple[str, ...] = ()
     first_use: bool = True
-    origins: bool = True
+    origins: bool | str = True    # False, True (wrappers) or "audit" (and the audit hook)
 
 
 def _settings(config: pytest.Config) -> Settings | None:
@@ -156,7 +157,18 @@ def _settings(config: pytest.Config) -> Settings | None:
                     allow_paths=tuple(config.getini("reaper_doctor_allow_paths")),
                     allow_commands=tuple(config.getini("reaper_doctor_allow_commands")),
                     first_use=bool(config.getini("reaper_doctor_first_use")),
-                    origins=bool(config.getini("reaper_doctor_origins")))
+                    origins=_origins(config.getini("reaper_doctor_origins")))
+
+
+def _origins(value: str) -> bool | str:
+    text = str(value).strip().lower()
+    if text in ("audit",):
+        return "audit"
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise pytest.UsageError(f"reaper_doctor_origins: {value!r} is not true, false or audit")
 
 
 def _parse_checks(items: str | Iterable[str], where: str) -> frozenset[str]:
@@ -189,8 +201,21 @@ def pytest_configure(config: pytest.Config) -> None:
             ReaperDoctorWarning("reaper-doctor: no /proc here; the leak check is off"),
             stacklevel=2)
         return
-    config.pluginmanager.register(LeakChecker(settings, str(config.rootpath)),
-                                  "reaper-doctor-checker")
+    checker = LeakChecker(settings, str(config.rootpath))
+    config.pluginmanager.register(checker, "reaper-doctor-checker")
+    config.pluginmanager.register(_SetupEnd(checker), "reaper-doctor-setup-end")
+
+
+class _SetupEnd:
+    """The end of a test's setup, where the last fixture's setup ends: a
+    second plugin object, since the checker's own setup hook runs first."""
+
+    def __init__(self, checker: LeakChecker) -> None:
+        self.checker = checker
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        self.checker._close_interval()
 
 
 # ----------------------------------------------------------------------------
@@ -217,7 +242,6 @@ class LeakCheck:
 
 
 _CHECK = pytest.StashKey[LeakCheck]()
-_RESULT = pytest.StashKey[tuple[str, bool, list[str]]]()   # block, fails, notes
 
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -260,11 +284,13 @@ class LeakChecker:
         self._owned_keys: set[Key] | None = None   # owned and kept, all together
         self._interval: tuple[Any, set[Key]] | None = None   # a broader fixture's setup
         self.ended: Sample | None = None   # the last sample of the last test checked
+        self.marked: set[str] | None = None   # node ids of the tests with the marker
+        self.results: dict[str, tuple[LeakCheck, str, bool, list[str]]] = {}
         self.recorder: Recorder | None = None
         # Built now: with the descriptor table full, nothing can be imported.
         self.library = Library()
         if settings.origins:
-            self.recorder = Recorder(tasks.last_pid)
+            self.recorder = Recorder(tasks.last_pid, audit=settings.origins == "audit")
             self.recorder.start()
 
     # -- sampling ------------------------------------------------------------
@@ -323,19 +349,27 @@ class LeakChecker:
 
     # -- hooks ---------------------------------------------------------------
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        # Once, not per test: which tests carry the marker.
+        self.marked = {item.nodeid for item in items if item.get_closest_marker(MARKER)}
+
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        # The outermost wrapper, like the teardown's: both samples see the
+        # standard descriptors as they are outside capture.
         checks = self.settings.checks
         bad_marker = None
-        marker = item.get_closest_marker(MARKER)
-        if marker is not None:
-            try:
-                allowed = (_parse_checks(marker.args, f"@pytest.mark.{MARKER}")
-                           if marker.args else frozenset(CHECKS))
-            except pytest.UsageError as e:
-                bad_marker, allowed = str(e), frozenset()
-            checks = checks - allowed
         self.current = None
+        if self.marked is None or item.nodeid in self.marked:
+            marker = item.get_closest_marker(MARKER)
+            if marker is not None:
+                try:
+                    allowed = (_parse_checks(marker.args, f"@pytest.mark.{MARKER}")
+                               if marker.args else frozenset(CHECKS))
+                except pytest.UsageError as e:
+                    bad_marker, allowed = str(e), frozenset()
+                checks = checks - allowed
         if checks and os.getpid() == self.pid:
             check = self.current = LeakCheck(checks=checks, started_ticks=_boot_ticks(),
                                              threads=threading.active_count())
@@ -362,7 +396,7 @@ class LeakChecker:
     def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> None:
         # A fixture broader than the test keeps its resources past this
         # test's teardown on purpose: note what its setup makes, from here
-        # to the next fixture's setup or the test's call. (Fixtures are set
+        # to the next fixture's setup or the end of the test's setup. (Fixtures are set
         # up one after the other, each once its own fixtures are; a plain
         # hook costs less than a wrapper around every fixture of every test.)
         self._close_interval()
@@ -374,10 +408,6 @@ class LeakChecker:
         except Exception:
             pass
         return None
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> None:
-        self._close_interval()
 
     def _close_interval(self) -> None:
         if self._interval is None:
@@ -406,22 +436,10 @@ class LeakChecker:
             self.current.released |= owned[1]  # they must be gone by the end of this test
             self.current.released_by.append(owned)
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]
-                                  ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
-        check = item.stash.get(_CHECK, None)
-        if check is not None:
-            self._amend(report, check, item, call.when)
-        return report
-
-    def _amend(self, report: pytest.TestReport, check: LeakCheck, item: pytest.Item,
-               when: str) -> None:
-        if when != "teardown":
-            check.failed = check.failed or report.failed
-            check.ran = check.ran or (when == "call")
-            return
-        text, fails, notes = item.stash.get(_RESULT, ("", False, []))
+    def _amend(self, report: pytest.TestReport, check: LeakCheck, text: str, fails: bool,
+               notes: list[str]) -> None:
+        """The teardown report gets the check's result (an error in fail
+        mode); it travels with the report to an xdist controller."""
         info: dict[str, Any] = {"checks": sorted(check.checks), "leaked": fails,
                                 "ran": check.ran, "notes": notes}
         report.reaper_doctor = info  # type: ignore[attr-defined]  # travels with the report to an xdist controller
@@ -441,7 +459,7 @@ class LeakChecker:
                                 ) -> Generator[None, None, None]:
         # tryfirst: the outermost wrapper, so this runs after every fixture
         # finalizer and every other plugin's teardown.
-        self._close_interval()   # the setup failed before the call
+        self._close_interval()   # the setup failed before its report
         try:
             result = yield
         except BaseException:
@@ -471,11 +489,9 @@ class LeakChecker:
                                              f"after the test: {type(e).__name__}: {e}")])
             fails = False
         notes, self.pending_notes = self.pending_notes, []
+        self.results[item.nodeid] = (check, text, fails, notes)
         if not text:
-            if notes:
-                item.stash[_RESULT] = ("", False, notes)
             return
-        item.stash[_RESULT] = (text, fails, notes)
         if self.settings.mode == "warn" or not fails:
             # Inside the teardown call: with -W error it becomes a teardown
             # error, unless the teardown has already raised its own.
@@ -667,9 +683,12 @@ class LeakChecker:
             argv = origin.event.argv if origin is not None else None
             if st.state == "Z" or not argv:
                 continue
+            # Started: it runs our command line until it execs its own. An
+            # orphan: it runs its parent's until it execs.
+            before = argv if origin is not None and origin.relation == "orphan" else self._own_argv()
             while time.monotonic() < deadline:
                 info = infos.get(st.pid)
-                if info is None or (info.cmdline and tuple(info.cmdline) != self._own_argv()):
+                if info is None or (info.cmdline and tuple(info.cmdline) != before):
                     break
                 time.sleep(0.005)
                 infos[st.pid] = self.process.describe_process(st.pid)
@@ -780,12 +799,22 @@ class LeakChecker:
 
     # -- the session ---------------------------------------------------------
 
-    @pytest.hookimpl
+    @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Counted from the reports, so that under xdist the controller sums
-        # what its workers checked (the attribute travels with the report).
+        # First of all: the teardown report is amended before anyone (the
+        # terminal, -x, junitxml, xdist) reads it. Counted from the reports,
+        # so that under xdist the controller sums what its workers checked.
+        if report.when != "teardown":
+            check = self.current
+            if check is not None:
+                check.failed = check.failed or report.failed
+                check.ran = check.ran or report.when == "call"
+            return
+        result = self.results.pop(report.nodeid, None)
+        if result is not None:
+            self._amend(report, *result)
         info = getattr(report, "reaper_doctor", None)
-        if report.when != "teardown" or not isinstance(info, dict):
+        if not isinstance(info, dict):
             return
         if info.get("ran", True):
             self.checked += 1

@@ -1,30 +1,33 @@
 """Where each descriptor and child was made: creation events with the raw
 frames that made them, matched to leaks only when a leak is reported.
 
-Python's audit hooks (PEP 578) report most creations, each with what it
-carries:
+While the plugin runs, the functions that make descriptors and processes
+are wrapped; each notes what it made, exactly:
 
-| event | raised by | carries | matched to a leak by |
-|---|---|---|---|
-| `open` | open(), io.open, os.open, os.fdopen | path or fd, mode, flags | fd (fdopen), else path |
-| `socket.__new__` | every socket object (accept, socketpair too) | the socket | its fileno() now |
-| `subprocess.Popen` | Popen, before the child exists | executable, argv, cwd, env | command line, PID order |
-| `os.posix_spawn`, `os.spawn` | | path, argv, env | command line, PID order |
-| `os.fork`, `os.forkpty` | before the fork | nothing | PID order |
-| `os.system` | | the command | PID order (its shell) |
+| wrapped | notes |
+|---|---|
+| `open` (builtins, io), `os.open` | the descriptor of what it returns |
+| `socket.socket.__init__` (every socket: accept, socketpair too) | its descriptor |
+| `os.pipe`, `os.pipe2`, `os.dup`, `os.openpty` | the descriptors returned |
+| `subprocess.Popen._execute_child` | the child's PID, its command line |
+| `os.fork`, `os.forkpty`, `os.posix_spawn[p]` | the PID returned |
+| `os.system` | the command line and the PID counter (its shell's PID is unknown) |
 
-os.pipe, os.dup and os.openpty raise no event: while the plugin runs they
-are wrapped to note the descriptors they return; os.fork and os.posix_spawn
-are wrapped to note the PID they return, and a Popen's PID is read from the
-Popen itself (a weak reference taken from the frame that raised the event),
-so that a direct child is matched by its PID and anything else that came
-home to the test process is an orphan. Descriptors made in C
-(epoll, eventfd, a library's own) have no origin; the report says so.
+Python's audit hooks (PEP 578) report most of these too (`open`,
+`socket.__new__`, `subprocess.Popen`, `os.fork`, `os.posix_spawn`,
+`os.system`; os.pipe, os.dup and os.openpty raise none), but they carry no
+descriptor and no PID, and an audit hook, which cannot be removed, runs for
+every audited event of the process: pytest alone raises some 25 per test
+(`builtins.id`, `object.__getattr__`, `os.putenv`), which made the hook the
+plugin's largest cost. `reaper_doctor_origins = audit` adds the hook, for
+code that called these functions through references taken before the
+plugin started; its events are matched by path and PID order.
 
 Recording is cheap: an event keeps its code objects and line numbers (no
 frame, which would keep the caller's locals alive) and, for process
 creation, the PID counter of the moment, so that a child's PID tells which
-event came just before it. Formatting waits for a report.
+event came just before it. Formatting waits for a report. Descriptors made
+in C (epoll, eventfd, a library's own) have no origin; the report says so.
 """
 
 from __future__ import annotations
@@ -72,8 +75,9 @@ class Recorder:
     """Notes creation events while the plugin runs. An audit hook cannot be
     removed: after stop() it returns at its first test."""
 
-    def __init__(self, last_pid: Callable[[], int | None]) -> None:
+    def __init__(self, last_pid: Callable[[], int | None], *, audit: bool = False) -> None:
         self.last_pid = last_pid
+        self.audit = audit
         self.active = False
         self.busy = False          # our own reads raise events too
         self.seq = 0
@@ -81,24 +85,39 @@ class Recorder:
         self.events: list[Event] = []
         # Spawns are few and a grandchild may come home tests later.
         self.spawns: deque[Event] = deque(maxlen=256)
-        self._saved: dict[str, Callable[..., Any]] = {}
+        self._saved: dict[tuple[Any, str], Callable[..., Any]] = {}
         self._previous: Recorder | None = None
 
     # -- installing ----------------------------------------------------------
 
     def start(self) -> None:
         if not self._saved:
+            wrappers: dict[tuple[Any, str], Callable[..., Any]] = {}
             for name in ("pipe", "pipe2", "dup", "openpty"):
-                original = getattr(os, name, None)
-                if original is not None:
-                    self._saved[name] = original
-                    setattr(os, name, self._wrap(name, original))
+                wrappers[os, name] = self._wrap_fds
             for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp"):
-                original = getattr(os, name, None)
-                if original is not None:
-                    self._saved[name] = original
-                    setattr(os, name, self._wrap_spawn(name, original))
-        if not getattr(Recorder, "_hooked", False):
+                wrappers[os, name] = self._wrap_spawn
+            if not self.audit:
+                import builtins
+                import io
+                import socket
+                import subprocess
+
+                wrappers[builtins, "open"] = wrappers[io, "open"] = self._wrap_open
+                wrappers[os, "open"] = self._wrap_fds
+                wrappers[socket.socket, "__init__"] = self._wrap_socket
+                wrappers[subprocess.Popen, "_execute_child"] = self._wrap_popen
+                wrappers[os, "system"] = self._wrap_system
+            made: dict[Any, Callable[..., Any]] = {}   # io.open is builtins.open
+            for (owner, name), wrap in wrappers.items():
+                original = getattr(owner, name, None)
+                if original is None:
+                    continue
+                if original not in made:
+                    made[original] = wrap(name, original)
+                self._saved[owner, name] = original
+                setattr(owner, name, made[original])
+        if self.audit and not getattr(Recorder, "_hooked", False):
             sys.addaudithook(_hook)
             Recorder._hooked = True  # type: ignore[attr-defined]
         global _RECORDER
@@ -111,34 +130,86 @@ class Recorder:
         if _RECORDER is self:
             _RECORDER = self._previous
         self.active = False
-        for name, original in self._saved.items():
-            setattr(os, name, original)
+        for (owner, name), original in self._saved.items():
+            setattr(owner, name, original)
         self._saved.clear()
         self.events.clear()
         self.spawns.clear()
 
-    def _wrap(self, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    def _on(self) -> bool:
+        return self.active and self.test is not None and not self.busy
+
+    def _wrap_fds(self, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         recorder = self
         kind = f"os.{'pipe' if name == 'pipe2' else name}"
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             result = original(*args, **kwargs)
-            if recorder.active and recorder.test is not None and not recorder.busy:
+            if recorder._on():
                 fds = result if isinstance(result, tuple) else (result,)
                 recorder.note(kind, sys._getframe(1), fds=tuple(fds))
             return result
 
-        wrapper.__name__ = wrapper.__qualname__ = name
-        wrapper.__doc__ = original.__doc__
-        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
-        return wrapper
+        return _named(wrapper, name, original)
+
+    def _wrap_open(self, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        recorder = self
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            if recorder._on():
+                try:
+                    fd = result.fileno()
+                except (AttributeError, ValueError, OSError):
+                    return result
+                recorder.note("open", sys._getframe(1), fds=(fd,))
+            return result
+
+        return _named(wrapper, name, original)
+
+    def _wrap_socket(self, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        recorder = self
+
+        def __init__(sock: Any, *args: Any, **kwargs: Any) -> None:
+            original(sock, *args, **kwargs)
+            if recorder._on():
+                fd = sock.fileno()
+                if fd >= 0:
+                    recorder.note("socket", sys._getframe(1), fds=(fd,))
+
+        return _named(__init__, name, original)
+
+    def _wrap_popen(self, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        recorder = self
+
+        def _execute_child(popen: Any, args: Any, *rest: Any, **kwargs: Any) -> Any:
+            if not recorder._on():
+                return original(popen, args, *rest, **kwargs)
+            last_pid = recorder.last_pid()
+            result = original(popen, args, *rest, **kwargs)
+            recorder.note("subprocess.Popen", sys._getframe(1), argv=_argv(args),
+                          last_pid=last_pid, pid=getattr(popen, "pid", None))
+            return result
+
+        return _named(_execute_child, name, original)
+
+    def _wrap_system(self, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        recorder = self
+
+        def system(command: Any) -> int:
+            if recorder._on():
+                recorder.note("os.system", sys._getframe(1), last_pid=recorder.last_pid(),
+                              argv=("/bin/sh", "-c", os.fsdecode(command)))
+            return int(original(command))
+
+        return _named(system, name, original)
 
     def _wrap_spawn(self, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         recorder = self
         kind = f"os.{'posix_spawn' if name == 'posix_spawnp' else name}"
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not recorder.active or recorder.test is None or recorder.busy:
+            if not recorder._on():
                 return original(*args, **kwargs)
             last_pid = recorder.last_pid()
             recorder.busy = True   # the audit event of this call is noted here, with the PID
@@ -152,10 +223,7 @@ class Recorder:
                 recorder.note(kind, sys._getframe(1), argv=argv, last_pid=last_pid, pid=pid)
             return result
 
-        wrapper.__name__ = wrapper.__qualname__ = name
-        wrapper.__doc__ = original.__doc__
-        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
-        return wrapper
+        return _named(wrapper, name, original)
 
     # -- recording -----------------------------------------------------------
 
@@ -214,6 +282,15 @@ class Recorder:
 
 
 _RECORDER: Recorder | None = None
+
+
+def _named(wrapper: Callable[..., Any], name: str, original: Callable[..., Any]
+           ) -> Callable[..., Any]:
+    wrapper.__name__ = name
+    wrapper.__qualname__ = getattr(original, "__qualname__", name)
+    wrapper.__doc__ = original.__doc__
+    wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _hook(event: str, args: tuple[Any, ...]) -> None:
