@@ -1,4 +1,7 @@
-"""The command line: parse, call, echo, exit. No logic lives here.
+"""The command line: parse, call commands/, echo what render/ returns, exit.
+
+What else is here belongs to the command line itself: the parameter types,
+the one-line errors, progress bars, writing --textfile atomically.
 
 Only click is imported at module level: `reaper-doctor --version` and
 `--help` must not pay for psutil or tabulate. Each command
@@ -149,6 +152,21 @@ def _pid_exists(pid: int) -> bool:
     except OverflowError:
         return False
     return True
+
+
+def terminal_width() -> int:
+    """The width text output wraps to: COLUMNS when it holds a number, else
+    the width of the terminal on stdout, else 80; never below 40."""
+    from .render.width import DEFAULT_WIDTH, MIN_WIDTH
+
+    env = os.environ.get("COLUMNS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return max(MIN_WIDTH, int(env))
+    try:
+        columns = os.get_terminal_size(sys.stdout.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return DEFAULT_WIDTH
+    return max(MIN_WIDTH, columns) if columns > 0 else DEFAULT_WIDTH
 
 
 def use_color(no_color: bool) -> bool:
@@ -305,7 +323,8 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
     elif fmt == "text":
         from .render.text import render_text
 
-        click.echo(render_text(report, color=use_color(no_color)), nl=False)
+        click.echo(render_text(report, color=use_color(no_color), width=terminal_width()),
+                   nl=False)
     return report.exit_code
 
 
@@ -397,10 +416,12 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     if writer:
         writer.writerow(render.CSV_COLUMNS)
     color = use_color(no_color)
+    width = terminal_width()
 
     def on_start(name: str, limits: Any) -> None:
         if not as_json:
-            click.echo(render.header_line(pid, name, interval_s, duration_s))
+            click.echo(render.header_line(pid, name, interval_s, duration_s, width))
+            click.echo(render.sample_header())
 
     def on_sample(sample: Any) -> None:
         if writer and csv_file:
@@ -420,7 +441,7 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     if as_json:
         click.echo(render.render_watch_json(report), nl=False)
     else:
-        click.echo(render.summary_text(report, color=color), nl=False)
+        click.echo(render.summary_text(report, color=color, width=width), nl=False)
     return report.exit_code
 
 
@@ -483,7 +504,9 @@ def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json:
     if as_json:
         click.echo(lesson_render.render_json(report))
     else:
-        click.echo(lesson_render.render_text(report, color=use_color(no_color)))
+
+        click.echo(lesson_render.render_text(report, color=use_color(no_color),
+                                             width=terminal_width()))
     if report.leftover_processes:
         click.echo(error_line(f"{report.leftover_processes} process(es) of the trials "
                               "were left over (killed)"), err=True)
@@ -499,23 +522,9 @@ def scenario() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def scenario_list(as_json: bool) -> None:
     """List the scenarios: what each reproduces and the findings it should get."""
-    from .model.scenario import SCENARIOS
+    from .render.scenario import render_list_json, render_list_text
 
-    if as_json:
-        import json
-
-        doc = {"schema": "reaper-doctor/scenario-list/1",
-               "scenarios": [{"name": s.name, "script": s.script, "reproduces": s.reproduces,
-                              "expected": list(s.expected), "fix": s.fix}
-                             for s in SCENARIOS.values()]}
-        click.echo(json.dumps(doc, indent=2))
-        return
-    from tabulate import tabulate
-
-    rows = [(s.name, s.reproduces, " ".join(s.expected) or "none")
-            for s in SCENARIOS.values()]
-    click.echo(tabulate(rows, headers=("scenario", "reproduces", "expected findings"),
-                        maxcolwidths=[None, 60, None]))
+    click.echo(render_list_json() if as_json else render_list_text(terminal_width()))
 
 
 @main.command()
@@ -523,33 +532,21 @@ def scenario_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def explain(code: str | None, as_json: bool) -> None:
     """Teach finding CODE (RD101, or a slug such as zombie-leak); all codes if none."""
-    import json
+    from .catalog import CODES, lookup
+    from .render import explain as render
 
-    from .catalog import CODES, EXPLAIN, lookup
-
+    width = terminal_width()
     if code is None:
-        if as_json:
-            doc = {"schema": "reaper-doctor/explain/1",
-                   "codes": [{"code": c.code, "slug": c.slug, "severity": c.severity,
-                              "summary": c.summary} for c in CODES.values()]}
-            click.echo(json.dumps(doc, indent=2))
-            return
-        from tabulate import tabulate
-
-        rows = [(c.code, c.slug, c.severity, c.summary) for c in CODES.values()]
-        click.echo(tabulate(rows, headers=("code", "slug", "severity", "summary")))
-        click.echo(f"\n{PROG} explain CODE  prints what a finding means and how to fix it.")
+        click.echo(render.codes_json() if as_json else render.codes_text(PROG, width))
         return
     found = lookup(code)
     if found is None:
         die(f"unknown finding code {code!r} (known: {', '.join(CODES)}; "
             f"run `{PROG} explain` for the list)")
-    text = EXPLAIN.get(found.code, found.summary + "\n")
     if as_json:
-        click.echo(json.dumps({"schema": "reaper-doctor/explain/1", "code": found.code,
-                               "slug": found.slug, "severity": found.severity,
-                               "summary": found.summary, "text": text}, indent=2))
+        click.echo(render.code_json(found))
         return
+    text = render.code_text(found, width)
     click.echo(text, nl=not text.endswith("\n"))
 
 
@@ -709,7 +706,9 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     if as_json:
         click.echo(render_run_json(run), nl=False)
     else:
-        click.echo(render_run_text(run, color=use_color(no_color)), nl=False)
+
+        click.echo(render_run_text(run, color=use_color(no_color), width=terminal_width()),
+                   nl=False)
     return run.exit_code
 
 
@@ -749,7 +748,9 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
     if as_json:
         click.echo(render_compare_json(runs), nl=False)
     else:
-        click.echo(render_compare_text(runs, color=use_color(no_color)), nl=False)
+
+        click.echo(render_compare_text(runs, color=use_color(no_color), width=terminal_width()),
+                   nl=False)
     return 0 if all(r.as_expected for r in runs) else 1
 
 

@@ -168,3 +168,13 @@ def test_an_ancestor_cgroup_with_pids_max_0_is_the_nearest_limit(copied_proc):
     assert cg is not None and (cg.path, cg.current, cg.max) == (str(cgroups / "a"), 0, 0)
     assert [c.path for c in pids_cgroups_with_limits()] == [str(cgroups / "a"),
                                                            str(cgroups / "a" / "b")]
+
+
+def test_pids_since_follows_the_counter_and_its_wrap():
+    from reaper_doctor.collect.tasks import pids_since
+
+    assert pids_since(100, 103, 32768, 10) == [101, 102, 103]
+    assert pids_since(32765, 2, 32768, 10) == [32766, 32767, 1, 2]   # wrapped at pid_max
+    assert pids_since(100, 100, 32768, 10) == []
+    assert pids_since(100, 200, 32768, 10) is None                   # too many: walk instead
+    assert pids_since(None, 5, 32768, 10) is None

@@ -5,37 +5,27 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import (
-    TYPE_CHECKING,
-    Iterable,
-    Iterator,
-    Mapping,
-)
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
 from ..parse import netlink, procfs
-
-if TYPE_CHECKING:
-    pass
-from typing import TYPE_CHECKING
-
 from . import proc
 from .proc import cpu_count, read_text
 
 if TYPE_CHECKING:
-    from .process import _Context
+    from .process import SampleContext
 
-def _netns_key(pid: int) -> str:
+def netns_key(pid: int) -> str:
     try:
         return os.readlink(f"{proc.ROOT}/{pid}/ns/net")
     except OSError:
         return f"pid:{pid}"
 
 
-def _socket_table(pid: int, ctx: _Context) -> tuple[_SocketRows, set[int]]:
+def socket_table(pid: int, ctx: SampleContext) -> tuple[_SocketRows, set[int]]:
     """The inet and unix socket tables of `pid`'s network namespace, read
     once per namespace per sample and shared."""
     if ctx.reading_sockets is not None:
-        ctx.reading_sockets.join()   # read ahead (_read_socket_table_ahead)
+        ctx.reading_sockets.join()   # read ahead (read_socket_table_ahead)
         ctx.reading_sockets = None
     return _read_socket_table(pid, ctx)
 
@@ -46,8 +36,8 @@ def _socket_table(pid: int, ctx: _Context) -> tuple[_SocketRows, set[int]]:
 SOCKETS_AHEAD_MIN_FDS = 1024
 
 
-def _read_socket_table_ahead(pid: int, dir_fd: int, ctx: _Context) -> None:
-    if ctx.reading_sockets is not None or _netns_key(pid) in ctx.socket_tables \
+def read_socket_table_ahead(pid: int, dir_fd: int, ctx: SampleContext) -> None:
+    if ctx.reading_sockets is not None or netns_key(pid) in ctx.socket_tables \
             or cpu_count() < 2:
         return
     try:
@@ -60,7 +50,7 @@ def _read_socket_table_ahead(pid: int, dir_fd: int, ctx: _Context) -> None:
     def read_ahead() -> None:
         try:
             _read_socket_table(pid, ctx)
-        except Exception:  # noqa: BLE001 - _socket_table reads it again and meets the error
+        except Exception:  # noqa: BLE001 - socket_table reads it again and meets the error
             pass
 
     ctx.reading_sockets = threading.Thread(target=read_ahead, name="reaper-doctor-sockets",
@@ -68,14 +58,14 @@ def _read_socket_table_ahead(pid: int, dir_fd: int, ctx: _Context) -> None:
     ctx.reading_sockets.start()
 
 
-def _read_socket_table(pid: int, ctx: _Context) -> tuple[_SocketRows, set[int]]:
-    key = _netns_key(pid)
+def _read_socket_table(pid: int, ctx: SampleContext) -> tuple[_SocketRows, set[int]]:
+    key = netns_key(pid)
     if key not in ctx.socket_tables:
         rows = _SocketRows()
         unaccepted: dict[int, set[tuple[str, int]]] = {}
         # TCP over sock_diag when the target shares our network namespace;
         # /proc/<pid>/net/tcp* otherwise, or if netlink is refused.
-        tcp = _tcp_by_sock_diag(unaccepted) if key == _netns_key(os.getpid()) else None
+        tcp = _tcp_by_sock_diag(unaccepted) if key == netns_key(os.getpid()) else None
         if tcp is not None:
             rows.dump, rows.diag = tcp
         for proto in (("udp", "udp6") if tcp is not None else ("tcp", "tcp6", "udp", "udp6")):
@@ -140,9 +130,7 @@ def _tcp_by_sock_diag(unaccepted: dict[int, set[tuple[str, int]]]
     message there (into `unaccepted`, the connections waiting in accept
     queues). None if netlink is not available (the caller reads /proc)."""
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                           netlink.NETLINK_SOCK_DIAG) as nl:
-            nl.settimeout(5.0)
+        with _sock_diag() as nl:
             try:
                 return _dump_tcp(nl, [netlink.any_family_dump_request(netlink.FILE_STATES)],
                                  unaccepted)
@@ -158,19 +146,41 @@ def _dump_tcp(nl: socket.socket, requests: list[bytes],
               unaccepted: dict[int, set[tuple[str, int]]]) -> tuple[bytes, dict[int, int]]:
     chunks: list[bytes] = []
     offsets: dict[int, int] = {}
-    base = 0
+    size = 0   # of the chunks so far: where the next one starts in the joined dump
+
+    def index(data: bytes) -> bool:
+        nonlocal size
+        done = netlink.index_replies(data, offsets, unaccepted, size)
+        chunks.append(data)
+        size += len(data)
+        return done
+
     for request in requests:
-        nl.send(request)
-        done = False
-        while not done:
-            data = nl.recv(1 << 20)
-            done = netlink.index_replies(data, offsets, unaccepted, base)
-            chunks.append(data)
-            base += len(data)
+        _dump(nl, request, index)
     return b"".join(chunks), offsets
 
 
-def _backlogs(ctx: _Context) -> dict[int, int]:
+SOCK_DIAG_TIMEOUT_S = 5.0
+SOCK_DIAG_RECV_BYTES = 1 << 20   # a big table's dump comes in few datagrams
+
+
+def _sock_diag() -> socket.socket:
+    """A NETLINK_SOCK_DIAG socket of our network namespace. Raises OSError."""
+    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                       netlink.NETLINK_SOCK_DIAG)
+    nl.settimeout(SOCK_DIAG_TIMEOUT_S)
+    return nl
+
+
+def _dump(nl: socket.socket, request: bytes, take: Callable[[bytes], bool]) -> None:
+    """Send one dump request; hand each reply datagram to `take` until it
+    says the dump is done."""
+    nl.send(request)
+    while not take(nl.recv(SOCK_DIAG_RECV_BYTES)):
+        pass
+
+
+def listen_backlogs(ctx: SampleContext) -> dict[int, int]:
     """LISTEN inode -> configured backlog, from one inet_diag dump per
     sample, only when some listener has a queue. Optional: any failure
     (no netlink, seccomp, other netns) leaves it empty, silently."""
@@ -188,19 +198,44 @@ def _backlogs(ctx: _Context) -> dict[int, int]:
 def inet_diag_dump(family: int, states: int) -> list[netlink.DiagRow]:
     """TCP sockets of this process's network namespace in `states` (a bit
     mask of 1 << state), from NETLINK_SOCK_DIAG. Raises OSError."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                         netlink.NETLINK_SOCK_DIAG)
-    try:
-        sock.settimeout(2.0)
-        sock.send(netlink.dump_request(family, states))
-        rows: list[netlink.DiagRow] = []
-        while True:
-            batch, done = netlink.parse_replies(sock.recv(1 << 16))
-            rows.extend(batch)
-            if done:
-                return rows
-    finally:
-        sock.close()
+    rows: list[netlink.DiagRow] = []
+
+    def parse(data: bytes) -> bool:
+        batch, done = netlink.parse_replies(data)
+        rows.extend(batch)
+        return done
+
+    with _sock_diag() as nl:
+        _dump(nl, netlink.dump_request(family, states), parse)
+    return rows
+
+
+def close_wait_where_uid_listens(pid: int, uid: int) -> dict[int, int]:
+    """{port: sockets} in CLOSE_WAIT owned by `uid` on the ports where a
+    listening socket of `uid` listens, from sock_diag, which any user may
+    query: what can be said of another user's server whose descriptors may
+    not be read. Our network namespace only: {} when `pid` is seen in
+    another (its ns link is unreadable to a non-owner, which leaves ours as
+    the best guess), or when netlink is refused."""
+    theirs = netns_key(pid)
+    if not theirs.startswith("pid:") and theirs != netns_key(os.getpid()):
+        return {}
+    listening: set[int] = set()
+    waiting: dict[int, int] = {}
+    states = (1 << netlink.TCP_LISTEN) | (1 << netlink.TCP_CLOSE_WAIT)
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            rows = inet_diag_dump(family, states)
+        except OSError:
+            continue
+        for diag in rows:
+            if diag.uid != uid:
+                continue
+            if diag.state == netlink.TCP_LISTEN:
+                listening.add(diag.local_port)
+            else:
+                waiting[diag.local_port] = waiting.get(diag.local_port, 0) + 1
+    return {port: n for port, n in sorted(waiting.items()) if port in listening}
 
 
 def listen_queues(pid: int, inodes: Iterable[int]) -> dict[int, int]:
@@ -212,7 +247,7 @@ def listen_queues(pid: int, inodes: Iterable[int]) -> dict[int, int]:
     found: dict[int, int] = {}
     if not wanted:
         return found
-    if _netns_key(pid) == _netns_key(os.getpid()):
+    if netns_key(pid) == netns_key(os.getpid()):
         try:
             for family in (socket.AF_INET, socket.AF_INET6):
                 for diag in inet_diag_dump(family, 1 << netlink.TCP_LISTEN):

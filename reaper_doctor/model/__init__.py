@@ -11,6 +11,7 @@ from .fds import FdDetail, FdTable, SocketFd
 from .limits import LimitUsage, NprocUsage, PidsCgroup
 from .process import ProcessInfo, Unreadable
 from .report import (
+    Coverage,
     Finding,
     ListenerQueue,
     MachineCensus,
@@ -26,7 +27,7 @@ from .snapshot import FdCounts, Snapshot
 from .watch import WATCH_SERIES, WatchLimits, WatchReport, WatchSample
 
 __all__ = [
-    "FdCounts", "FdDetail", "FdTable", "Finding", "LimitUsage", "ListenerQueue", "MachineCensus",
+    "Coverage", "FdCounts", "FdDetail", "FdTable", "Finding", "LimitUsage", "ListenerQueue", "MachineCensus",
     "NofileUsage", "NprocUsage", "PidsCgroup", "ProcessInfo", "Report", "Severity", "Snapshot",
     "SocketFd", "SocketHolder", "TargetReport", "UidTasks", "Unreadable", "WATCH_SERIES",
     "WatchLimits", "WatchReport", "WatchSample", "ZombieParent",

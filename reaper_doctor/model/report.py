@@ -29,6 +29,14 @@ class Finding(NamedTuple):
     evidence: Mapping[str, object] = MappingProxyType({})
 
 
+class Coverage(NamedTuple):
+    """What a sample could not read, and so which findings went unchecked."""
+
+    missing: tuple[str, ...]     # "the descriptors of PID 10763 (permission denied)"
+    unchecked: tuple[str, ...]   # finding codes that could not be checked
+    to_complete: str             # "run as root, or as UID 0 (its owner)"
+
+
 class TargetReport(NamedTuple):
     """What a scan says about one target: its latest sample and the findings."""
 

@@ -8,6 +8,7 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from ..diagnose.coverage import coverage
 from ..diagnose.zombies import exit_status_describer
 from ..model import (
     FdTable,
@@ -129,6 +130,7 @@ def target_document(t: TargetReport) -> dict[str, Any]:
         },
         "fds": fds_document(fds),
         "limits": {
+            # used null: unreadable (the report says so in `incomplete`)
             "nofile": _usage(nofile),
             "nproc": ({**(_usage(snap.nproc) or {}), "uid": snap.nproc.uid,
                        "enforced": snap.nproc.enforced} if snap.nproc else None),
@@ -137,10 +139,23 @@ def target_document(t: TargetReport) -> dict[str, Any]:
         },
         "findings": [finding_document(f) for f in t.findings],
         "unreadable": [u._asdict() for u in snap.unreadable],
+        "incomplete": _coverage_document(snap),
+        "close_wait_of_uid": ({"uid": me.uid, "by_port": {str(port): n for port, n in
+                                                          snap.close_wait_of_uid.items()}}
+                              if snap.close_wait_of_uid else None),
         "samples": t.samples, "grace_s": t.grace_s, "elapsed_s": round(t.elapsed_s, 3),
         "gone": t.gone,
     }
     return doc
+
+
+def _coverage_document(snap: Snapshot) -> dict[str, Any] | None:
+    """What the scan could not read and what went unchecked; None: complete."""
+    gaps = coverage(snap)
+    if gaps is None:
+        return None
+    return {"missing": list(gaps.missing), "unchecked": list(gaps.unchecked),
+            "to_complete": gaps.to_complete}
 
 
 def fds_document(fds: FdTable | None) -> dict[str, Any] | None:
