@@ -10,8 +10,8 @@ from typing import (
     NamedTuple,
 )
 
-from ..parse import procfs
 from ..model.process import TaskBrief
+from ..parse import procfs
 from . import proc
 from .proc import (
     ProcessGone,
