@@ -1,5 +1,6 @@
 """A process's descriptors: classified by kind (one readlink each), counted
-without reading a link, or described one by one."""
+without reading a link, or described one by one; the listening sockets of
+a server's processes."""
 
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ from typing import (
 )
 
 from ..model import FdCounts, FdDetail, FdTable, SocketFd
+from ..model.scenario import Listener
 from ..parse import procfs
 from . import proc
 from .proc import ProcessGone, check_gone, map_io, read_text
-from .process import _new_context
-from .sockets import _backlogs, _netns_key, _read_socket_table_ahead, _socket_table
+from .process import new_context
+from .sockets import listen_backlogs, netns_key, read_socket_table_ahead, socket_table
 
 if TYPE_CHECKING:
-    from .process import _Context
+    from .process import SampleContext
 
 def _path_kind(fd_path: str) -> str:
     try:
@@ -65,7 +67,7 @@ def _readlinks(dir_fd: int, names: Sequence[str]) -> list[str | OSError]:
     return map_io(one, names)
 
 
-def read_fds(pid: int, ctx: _Context) -> FdTable | None:
+def read_fds(pid: int, ctx: SampleContext) -> FdTable | None:
     """Every descriptor of `pid` by kind: one readlink per fd (about 5 us each)."""
     fd_dir = f"{proc.ROOT}/{pid}/fd"
     try:
@@ -80,8 +82,8 @@ def read_fds(pid: int, ctx: _Context) -> FdTable | None:
         os.close(dir_fd)
 
 
-def _read_fd_dir(pid: int, dir_fd: int, fd_dir: str, ctx: _Context) -> FdTable | None:
-    _read_socket_table_ahead(pid, dir_fd, ctx)
+def _read_fd_dir(pid: int, dir_fd: int, fd_dir: str, ctx: SampleContext) -> FdTable | None:
+    read_socket_table_ahead(pid, dir_fd, ctx)
     try:
         names = os.listdir(dir_fd)
     except OSError as e:
@@ -120,14 +122,14 @@ def _read_fd_dir(pid: int, dir_fd: int, fd_dir: str, ctx: _Context) -> FdTable |
             paths[link] += 1
         kinds[kind] += 1
     if socket_fds:
-        table, unix = _socket_table(pid, ctx)
+        table, unix = socket_table(pid, ctx)
         for (fd, inode), row in zip(socket_fds, table.rows(inode for _, inode in socket_fds)):
             if row is not None:
                 kind = row.proto.rstrip("6")
                 backlog = None
                 if row.state == "LISTEN" and row.rx_queue:
-                    backlog = _backlogs(ctx).get(inode)
-                    peers = ctx.unaccepted.get(_netns_key(pid), {}).get(row.local[1], ())
+                    backlog = listen_backlogs(ctx).get(inode)
+                    peers = ctx.unaccepted.get(netns_key(pid), {}).get(row.local[1], ())
                     ctx.queue_peers[inode] = frozenset(peers)
                 sockets.append(SocketFd(fd, inode, row.proto, row.local, row.remote,
                                         row.state, row.rx_queue, row.tx_queue, backlog))
@@ -150,6 +152,24 @@ def _read_fd_dir(pid: int, dir_fd: int, fd_dir: str, ctx: _Context) -> FdTable |
                    unlisted_socket_fds=tuple(sorted(unlisted)),
                    closed_tcp=tuple(sorted(closed_tcp)),
                    listed=tuple(sorted(listed)), unreadable_links=unreadable)
+
+
+def listening_sockets(pids: Iterable[int]) -> list[Listener]:
+    """The TCP listening sockets held by each of `pids` (processes that have
+    exited meanwhile, or whose descriptors cannot be read, are skipped):
+    where a server `run` started listens."""
+    ctx = new_context()  # one socket table per network namespace, shared
+    found: list[Listener] = []
+    for pid in pids:
+        try:
+            table = read_fds(pid, ctx)
+        except ProcessGone:
+            continue
+        if table is None:
+            continue
+        found += [Listener(pid, s.local[0], s.local[1], s.proto)
+                  for s in table.listeners if s.proto in ("tcp", "tcp6")]
+    return found
 
 
 def count_fds(pid: int) -> int | None:
@@ -205,13 +225,91 @@ def fd_links(pid: int) -> dict[int, str]:
     return links
 
 
+def fd_count(pid: int) -> int | None:
+    """How many descriptors `pid` has open, in one stat() and without a
+    descriptor of our own: Linux >= 6.2 gives it as the size of
+    /proc/<pid>/fd. None where the kernel does not (size 0) or it is gone."""
+    try:
+        size = os.stat(f"{proc.ROOT}/{pid}/fd").st_size
+    except OSError:
+        return None
+    return size or None
+
+
+class OwnFdCount:
+    """This process's descriptor count, over and over: fstat() of
+    /proc/self/fd held open costs a tenth of a stat() by path (no path
+    walk), and needs no new descriptor when the table is full. Holds one
+    descriptor (close-on-exec) until close()."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        try:
+            fd = os.open(f"{proc.ROOT}/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
+        if os.fstat(fd).st_size:
+            self.fd = fd
+        else:
+            os.close(fd)   # the kernel does not tell (before Linux 6.2)
+
+    def __call__(self) -> int | None:
+        if self.fd is None:
+            return None
+        try:
+            return os.fstat(self.fd).st_size
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def own_fd_keys(count: int | None = None) -> dict[int, tuple[int, int]]:
+    """{fd: (st_dev, st_ino)} of this process's descriptors: one listdir and
+    one fstat per fd (a quarter of a readlink's cost). With the table full,
+    listdir has no descriptor to work with (EMFILE): the numbers are then
+    probed with fstat up to the soft limit, stopping after `count` found."""
+    import errno
+    import resource
+
+    try:
+        numbers: Iterable[int] = [int(n) for n in os.listdir(f"{proc.ROOT}/self/fd")]
+    except OSError as e:
+        if e.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        numbers = range(min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 1 << 20))
+    keys: dict[int, tuple[int, int]] = {}
+    fstat = os.fstat
+    for fd in numbers:
+        try:
+            st = fstat(fd)
+        except OSError:
+            continue  # the listdir's own descriptor, or closed since
+        keys[fd] = (st.st_dev, st.st_ino)
+        if count is not None and len(keys) >= count and isinstance(numbers, range):
+            break
+    return keys
+
+
+def fd_link(pid: int, fd: int) -> str | None:
+    """The link text of one descriptor (needs no descriptor of our own);
+    None if it is closed."""
+    try:
+        return os.readlink(f"{proc.ROOT}/{pid}/fd/{fd}")
+    except OSError:
+        return None
+
+
 def describe_fds(pid: int, fds: Iterable[int]) -> list[FdDetail]:
     """Describe some descriptors of `pid`: kind, open mode and offset
     (fdinfo), socket addresses and state (the netns socket tables, read
     once), the other ends of pipes. Fds closed meanwhile are left out."""
     wanted = sorted(set(fds))
     links = fd_links(pid)
-    ctx = _new_context()
+    ctx = new_context()
     inet: dict[int, SocketFd] = {}
     unix: dict[int, procfs.UnixSocketRow] | None = None
     if any(links.get(fd, "").startswith("socket:") for fd in wanted):

@@ -48,6 +48,7 @@ class TaskBrief(NamedTuple):
     state: str
     name: str | None = None
     fd_size: int | None = None
+    ino: int | None = None      # inode of /proc/PID: a new process (or a reused PID) gets a new one
 
 
 class Unreadable(NamedTuple):
