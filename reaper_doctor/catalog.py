@@ -32,7 +32,7 @@ CODES: dict[str, Code] = {
              "PID 1 of a container's PID namespace has no SIGTERM handler: a stop waits, "
              "then kills"),
         Code("RD201", "close-wait-leak", "error",
-             "accepted sockets held in CLOSE_WAIT: the parent never closed client_connection"),
+             "accepted sockets held in CLOSE_WAIT: the peer closed, the server never did"),
         Code("RD202", "inherited-listener", "info",
              "per-connection children hold a copy of the listening socket they never use"),
         Code("RD203", "fd-growth", "warning",

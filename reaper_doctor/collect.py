@@ -470,7 +470,7 @@ def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
     # Positional, in field order: half the cost of keywords, once per process.
     return ProcessInfo(pid, st.ppid, st.comm, st.state, st.start_ticks, age, st.threads,
                        uid, cmdline, num_fds, exit_status, sigchld, pending,
-                       bool(st.flags & procfs.PF_KTHREAD))
+                       bool(st.flags & procfs.PF_KTHREAD), st.child_faults > 0)
 
 
 def _sigchld(pid: int, ctx: _Context, threads: int) -> tuple[str | None, bool]:

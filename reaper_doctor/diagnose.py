@@ -63,11 +63,10 @@ def diagnose(samples: Sequence[Snapshot], *, grace_s: float,
     the full samples' counts included, for RD203.
     """
     earlier, later = samples[0], samples[-1]
-    found = [*zombie_findings(earlier, later, grace_s),
-             *close_wait_findings(earlier, later),
+    leaks = [*close_wait_findings(earlier, later), *fd_growth_findings(fd_series, later.nofile)]
+    found = [*zombie_findings(earlier, later, grace_s), *leaks,
              *inherited_listener_findings(earlier, later),
-             *fd_growth_findings(fd_series, later.nofile),
-             *accept_backlog_findings(earlier, later),
+             *accept_backlog_findings(earlier, later, leaks=leaks),
              *limit_findings(later)]
     return sorted(found, key=lambda f: (f.pid, f.code))
 
@@ -367,11 +366,24 @@ def _close_wait_finding(info: ProcessInfo, waiting: list[SocketFd],
                      f"{closed[0][0]}; reported from {CLOSED_TCP_MIN})")
         evidence.update(shut_down_oldest_fd=closed[0][0],
                         shut_down_fds=[fd for fd, _ in closed][:MAX_EVIDENCE_PIDS])
-    return finding(
-        "RD201", info.pid,
-        f"PID {info.pid} ({info.name}) holds " + " and ".join(parts) + ": the parent never "
-        "closes client_connection after fork(); close it in the parent right after fork",
-        **evidence)
+    # The advice fits what the process does: a forking server hands each
+    # connection to a child and must close its own copy; a process that
+    # never forked serves the connection itself and never closes it.
+    if info.pid in later.parent_pids or info.pid in earlier.parent_pids:
+        forks = "children in its tree"
+    elif info.has_reaped_children:
+        forks = "children it has reaped"
+    else:
+        forks = None
+    evidence["forks"] = forks
+    held = f"PID {info.pid} ({info.name}) holds " + " and ".join(parts)
+    if forks:
+        advice = (f"it forks ({forks}) and keeps its own copy of each connection it hands "
+                  "to a child; close that copy in the parent right after fork()")
+    else:
+        advice = ("it has never forked, and it never closes a connection once served; "
+                  "close each accepted socket when its request is done")
+    return finding("RD201", info.pid, f"{held}: {advice}", **evidence)
 
 
 def inherited_listener_findings(earlier: Snapshot, later: Snapshot) -> Iterable[Finding]:
@@ -399,7 +411,7 @@ def inherited_listener_findings(earlier: Snapshot, later: Snapshot) -> Iterable[
                 "RD202", ppid,
                 f"{len(holders)} live per-connection child{'ren' if len(holders) != 1 else ''} "
                 f"of PID {ppid} hold a copy of its listening socket on port {port} that they "
-                "never accept on: close listen_socket in the child right after fork()",
+                "never accept on: close the listening socket in the child right after fork()",
                 port=port, inode=listener.inode, children=len(holders),
                 pids=pids[:MAX_EVIDENCE_PIDS])
 
@@ -423,14 +435,22 @@ def _looks_pre_fork(holders: list[ProcessInfo], inode: int, port: int,
     return False
 
 
-def accept_backlog_findings(earlier: Snapshot, later: Snapshot) -> Iterable[Finding]:
+def accept_backlog_findings(earlier: Snapshot, later: Snapshot,
+                            leaks: Iterable[Finding] = ()) -> Iterable[Finding]:
     """RD401: a listening socket whose accept queue is non-empty in the
     first and the last sample.
 
     Where the queued connections are visible (established, inode 0, in
     the socket table) at least one of them must be queued in both samples:
     a busy server whose queue turns over is accepting, only behind.
+
+    A process at its descriptor limit cannot accept (EMFILE): its queue is
+    a symptom of what fills the table, so the finding says so and names
+    RD301 and the descriptor leaks found (`leaks`: RD201, RD203 findings).
     """
+    leak_codes: dict[int, set[str]] = {}
+    for f in leaks:
+        leak_codes.setdefault(f.pid, set()).add(f.code)
     seen: set[int] = set()
     first: dict[int, SocketFd] = {}
     for fds in earlier.fds.values():
@@ -454,11 +474,13 @@ def accept_backlog_findings(earlier: Snapshot, later: Snapshot) -> Iterable[Find
                 waited = len(peers_then & peers_now)
                 if not waited:
                     continue
-            yield _backlog_finding(pid, s, before, waited, later.taken_at - earlier.taken_at)
+            yield _backlog_finding(pid, s, before, waited, later.taken_at - earlier.taken_at,
+                                   later.nofile.get(pid), sorted(leak_codes.get(pid, ())))
 
 
 def _backlog_finding(pid: int, now: SocketFd, then: SocketFd, waited: int | None,
-                     elapsed_s: float) -> Finding:
+                     elapsed_s: float, nofile: LimitUsage | None = None,
+                     leak_codes: Sequence[str] = ()) -> Finding:
     port = now.local[1]
     backlog = now.backlog if now.backlog is not None else then.backlog
     full = backlog is not None and now.rx_queue > backlog
@@ -468,13 +490,24 @@ def _backlog_finding(pid: int, now: SocketFd, then: SocketFd, waited: int | None
                                                          if full else ""))
     if waited:
         text += f"; {waited} waited the whole {elapsed_s:.1f} s"
+    # accept() needs a free descriptor below the soft limit: with none,
+    # it fails with EMFILE and the connection stays queued (linux-facts 7).
+    at_limit = bool(nofile and nofile.used is not None and nofile.soft
+                    and nofile.used >= nofile.soft)
+    if at_limit and nofile is not None:
+        see = ", ".join(["RD301", *leak_codes])
+        advice = (f"PID {pid} is at its descriptor limit ({nofile.used} of {nofile.soft}, "
+                  "ulimit -n), so accept() fails with EMFILE and connections stay queued; "
+                  f"the queue is a symptom: fix what fills the descriptor table (see {see})")
+    else:
+        advice = (f"PID {pid} is not accepting (a blocking handler in the accept loop); "
+                  "handle each connection concurrently (fork, thread, selectors) and "
+                  "return to accept()")
     return finding(
-        "RD401", pid,
-        f"{text}: PID {pid} is not accepting (a blocking handler in the accept loop); "
-        "handle each connection concurrently (fork, thread, selectors) and return to accept()",
+        "RD401", pid, f"{text}: {advice}",
         port=port, inode=now.inode, queue=now.rx_queue, queue_first=then.rx_queue,
         backlog=backlog, full=full, waited_whole_window=waited,
-        persisted_s=round(elapsed_s, 3))
+        persisted_s=round(elapsed_s, 3), at_fd_limit=at_limit, leaks=list(leak_codes))
 
 
 def fd_growth_findings(series: Sequence[FdCounts],

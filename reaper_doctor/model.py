@@ -50,6 +50,7 @@ class ProcessInfo(NamedTuple):
     sigchld: str | None = None         # "default" | "caught" | "ignored" | "blocked"; None: unread
     sigchld_pending: bool = False      # SIGCHLD pending process-wide (ShdPnd)
     is_kernel_thread: bool = False     # PF_KTHREAD: no descriptors, no ulimit -n
+    has_reaped_children: bool = False  # it forked and waited for a child (stat cminflt > 0)
 
     @property
     def is_zombie(self) -> bool:

@@ -39,6 +39,10 @@ class StatLine(NamedTuple):
     start_ticks: int      # field 22: clock ticks after boot; with pid, a process's identity
     exit_code: int | None  # field 52: raw wait status of a zombie; None on old kernels
     flags: int = 0        # field 9: PF_* flags (PF_KTHREAD: a kernel thread)
+    # Field 11, cminflt: page faults of the children it has waited for. Any
+    # child faults (copy-on-write after fork, or exec), so > 0 means it has
+    # forked and reaped at least one child. Shown to every reader.
+    child_faults: int = 0
 
 
 def parse_stat(raw: bytes) -> StatLine:
@@ -61,6 +65,7 @@ def parse_stat(raw: bytes) -> StatLine:
         int(rest[19]),                                           # start_ticks (field 22)
         int(rest[49]) if len(rest) >= 50 else None,              # exit_code (field 52)
         int(rest[6]),                                            # flags (field 9)
+        int(rest[8]),                                            # cminflt (field 11)
     )
 
 

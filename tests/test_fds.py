@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Callable
 
 import pytest
 
@@ -49,6 +50,29 @@ while True:
         if pid == 0:
             break
 """.replace("RESPONSE", RESPONSE)
+
+# One process, no fork: it accepts and keeps every connection, never closing
+# one (the bug). argv[1]: its soft RLIMIT_NOFILE, 0 to keep the inherited one.
+# At the limit accept() fails with EMFILE and the connections stay queued.
+SINGLE_PROCESS_LEAK = r"""
+import errno, resource, socket, sys, time
+limit = int(sys.argv[1])
+if limit:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+ls = socket.create_server(("127.0.0.1", 0), backlog=64)
+print("ready", flush=True)
+print(ls.getsockname()[1], flush=True)
+held = []
+while True:
+    try:
+        conn, _ = ls.accept()
+    except OSError as e:
+        if e.errno != errno.EMFILE:
+            raise
+        time.sleep(0.05)
+        continue
+    held.append(conn)                     # BUG: never conn.close()
+"""
 
 # Fork per connection. argv[1] "inherit": the child keeps the listening
 # socket (RD202); "fixed": the child closes it. Either way the parent closes
@@ -170,11 +194,61 @@ def test_rd201_parent_never_closes_accepted_sockets(spawner):
     assert ev["close_wait"] >= 30 and ev["listening_ports"] == [port]
     assert ev["close_wait_by_port"] == {str(port): ev["close_wait"]}
     assert ev["oldest_fd"] == min(ev["fds"]) and ev["oldest_by"] == "lowest fd"
-    assert "close it in the parent right after fork" in rd201["message"]
+    # It forks (its last child may still wait to be reaped): the advice is
+    # about the parent's copy.
+    assert ev["forks"] in ("children in its tree", "children it has reaped")
+    assert "close that copy in the parent right after fork()" in rd201["message"]
+    assert "client_connection" not in rd201["message"]
     fds = doc["targets"][0]["fds"]
     assert fds["close_wait"] >= 30 and fds["by_kind"]["tcp"] >= 31
     assert fds["tcp_states"]["CLOSE_WAIT"] == fds["close_wait"]
     assert fds["listening"][0]["address"] == f"127.0.0.1:{port}"
+
+
+def test_rd201_in_a_process_that_never_forked_says_so(spawner):
+    proc, port = start_server(spawner, SINGLE_PROCESS_LEAK, "0")
+    base = open_fds(proc.pid)
+    for _ in range(12):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    wait_until(lambda: open_fds(proc.pid) >= base + 12, what="12 accepted sockets")
+    code, doc = run_json("scan", str(proc.pid), "--grace", "0.3")
+    assert code == 1
+    rd201 = only(findings_of(doc), "RD201")
+    assert rd201["evidence"]["close_wait"] == 12 and rd201["evidence"]["forks"] is None
+    message = rd201["message"]
+    assert "never forked" in message and "close each accepted socket" in message
+    assert "fork()" not in message and "client_connection" not in message
+
+
+def _scan_while_connected(pid: int, port: int, clients: int, grace: str,
+                          ready: Callable[[], object]) -> tuple[int, dict]:
+    """`scan --json` of `pid` while `clients` connections to `port` are open,
+    once `ready()` has returned."""
+    held = []
+    try:
+        for _ in range(clients):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        ready()
+        return run_json("scan", str(pid), "--grace", grace)
+    finally:
+        for c in held:
+            c.close()
+
+
+def test_rd401_at_the_descriptor_limit_points_at_the_leak(spawner):
+    proc, port = start_server(spawner, SINGLE_PROCESS_LEAK, "32")
+    # 32 descriptors: about 28 connections accepted, the rest queued.
+    code, doc = _scan_while_connected(
+        proc.pid, port, 36, "0.3",
+        lambda: wait_until(lambda: open_fds(proc.pid) == 32, what="32 of 32 descriptors"))
+    assert code == 1
+    rd401 = only(findings_of(doc), "RD401")
+    ev, message = rd401["evidence"], rd401["message"]
+    assert ev["at_fd_limit"] is True and ev["queue"] >= 1
+    assert "at its descriptor limit (32 of 32, ulimit -n)" in message
+    assert "EMFILE" in message and "RD301" in message
+    assert "concurrently" not in message
+    assert "RD301" in codes_of(doc)
 
 
 def test_rd201_after_shutdown_although_ss_and_psutil_see_nothing(spawner):
@@ -229,7 +303,7 @@ def test_rd202_children_keep_the_listener(spawner):
     rd202 = only(findings_of(doc), "RD202")
     assert rd202["severity"] == "info" and rd202["pid"] == proc.pid
     assert rd202["evidence"]["port"] == port and rd202["evidence"]["children"] == 3
-    assert "close listen_socket in the child" in rd202["message"]
+    assert "close the listening socket in the child" in rd202["message"]
     assert "RD201" not in codes_of(doc)
     assert code == 0  # info only
 
@@ -274,15 +348,9 @@ def test_no_rd203_when_descriptors_stay_put(spawner):
 
 def test_rd401_iterative_server_with_a_sleeping_handler(spawner):
     proc, port = start_server(spawner, ITERATIVE_SERVER)
-    clients = []
-    try:
-        for _ in range(4):
-            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-        assert proc.stdout.readline().strip() == "accepted"
-        code, doc = run_json("scan", str(proc.pid), "--grace", "0.5")
-    finally:
-        for c in clients:
-            c.close()
+    code, doc = _scan_while_connected(
+        proc.pid, port, 4, "0.5",
+        lambda: proc.stdout.readline().strip() == "accepted" or pytest.fail("not accepted"))
     assert code == 1
     rd401 = only(findings_of(doc), "RD401")
     ev = rd401["evidence"]

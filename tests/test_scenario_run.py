@@ -125,6 +125,10 @@ def test_fd_leak_with_a_low_fd_limit_reaches_errno_24() -> None:
     assert any("[Errno 24]" in line for line in doc["server_errors"]), doc["server_errors"]
     assert doc["peak"]["fds"] == 64
     assert "RD301" in codes(doc) and doc["unexpected"] == []   # a by-product, allowed
+    # The queue behind EMFILE is a symptom of the leak, and RD401 says so.
+    for f in doc["findings"]:
+        if f["code"] == "RD401":
+            assert f["evidence"]["at_fd_limit"] and "RD201" in f["message"], f
     assert_nothing_left(doc)
     assert code == 0
 
