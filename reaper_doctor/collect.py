@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 
-from . import netlink, procfs
+from . import containers, netlink, procfs
 
 if TYPE_CHECKING:
     import threading
@@ -405,6 +405,10 @@ class _Context:
     queue_peers: dict[int, frozenset[tuple[str, int]]] = field(default_factory=dict)
     statuses: dict[int, bytes] = field(default_factory=dict)  # raw status read this sample
     reading_sockets: threading.Thread | None = None  # reading the socket table ahead
+    namespace_view: NamespaceView | None = None      # read once, when first needed
+    # The cgroup file's text -> its container: the processes of one
+    # container share one text, parsed once.
+    container_of_cgroup: dict[bytes, containers.Container | None] = field(default_factory=dict)
 
     def note(self, pid: int, what: str, err: BaseException | str) -> None:
         reason = err if isinstance(err, str) else _reason(err)
@@ -430,9 +434,11 @@ def _new_context(with_fd_list: bool = False) -> _Context:
 
 
 def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
-                  *, wants_sigchld: bool, stat: procfs.StatLine | None = None) -> ProcessInfo:
+                  *, wants_sigchld: bool, stat: procfs.StatLine | None = None,
+                  parent: ProcessInfo | None = None) -> ProcessInfo:
     """Read one process (from `stat` when the caller has read its stat
-    already). Raises ProcessGone if it has vanished."""
+    already). A zombie takes its namespace and container from `parent`.
+    Raises ProcessGone if it has vanished."""
     base = f"{PROC}/{pid}"
     st = stat
     if st is None:
@@ -467,10 +473,11 @@ def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
     age = None
     if ctx.uptime_s:
         age = max(0.0, ctx.uptime_s - st.start_ticks / ctx.clock_ticks)
+    ns = _zombie_namespace(pid, parent) if is_zombie else _namespace(pid, ctx)
     # Positional, in field order: half the cost of keywords, once per process.
     return ProcessInfo(pid, st.ppid, st.comm, st.state, st.start_ticks, age, st.threads,
                        uid, cmdline, num_fds, exit_status, sigchld, pending,
-                       bool(st.flags & procfs.PF_KTHREAD), st.child_faults > 0)
+                       bool(st.flags & procfs.PF_KTHREAD), st.child_faults > 0, *ns)
 
 
 def _sigchld(pid: int, ctx: _Context, threads: int) -> tuple[str | None, bool]:
@@ -496,6 +503,109 @@ def _sigchld(pid: int, ctx: _Context, threads: int) -> tuple[str | None, bool]:
             pass  # a thread exited mid-walk: the process-level mask still counts
     pending = bool((status.shd_pnd or 0) & procfs.SIGCHLD_BIT)
     return procfs.sigchld_disposition(status, any_thread_blocks=blocked), pending
+
+
+# ----------------------------------------------------------------------------
+# PID namespaces and containers
+
+
+class NamespaceView(NamedTuple):
+    """Where the reader stands: its own PID namespace, and whether the /proc
+    it reads belongs to the host's PID namespace."""
+
+    own_pid_ns: int | None      # inode of our PID namespace; None: unreadable
+    proc_is_host: bool          # False: /proc is a container's, and its PID 1 the container's init
+
+
+def namespace_view() -> NamespaceView:
+    """Our NSpid has one field when the /proc we read is our own namespace's
+    (proc(5)); that namespace is the host's when its inode is the initial
+    one. /proc/1/ns/pid itself may be unreadable, even to root."""
+    own = _pid_ns("self")
+    try:
+        nspid = containers.parse_nspid(
+            _brief_field(_read_small(f"{PROC}/self/status"), b"\nNSpid:") or b"")
+    except OSError:
+        nspid = ()
+    in_own_proc = len(nspid) == 1
+    return NamespaceView(own_pid_ns=own, proc_is_host=not (
+        in_own_proc and own is not None and own != containers.HOST_PID_NS_INODE))
+
+
+def _pid_ns(pid: int | str) -> int | None:
+    try:
+        return containers.parse_ns_inode(os.readlink(f"{PROC}/{pid}/ns/pid"))
+    except OSError:
+        return None
+
+
+_NO_NAMESPACE = (None, None, False, None, None)
+
+
+def _namespace(pid: int, ctx: _Context) -> tuple[int | None, int | None, bool,
+                                                  containers.Container | None, str | None]:
+    """(pid_ns, ns_pid, is_ns_init, container, sigterm) of a live process:
+    its status (read once per sample), a readlink and its cgroup file."""
+    raw = ctx.statuses.get(pid)
+    try:
+        if raw is None:
+            raw = ctx.statuses[pid] = _read_small(f"{PROC}/{pid}/status")
+    except OSError as e:
+        ctx.note(pid, "namespace", e)
+        return _NO_NAMESPACE
+    nspid = containers.parse_nspid(_brief_field(raw, b"\nNSpid:") or b"")
+    ns_pid = nspid[-1] if nspid else None
+    if ctx.namespace_view is None:
+        ctx.namespace_view = namespace_view()
+    is_init = ns_pid == 1 and (len(nspid) > 1 or not ctx.namespace_view.proc_is_host)
+    sigterm = _sigterm(pid, raw) if is_init else None
+    return _pid_ns(pid), ns_pid, is_init, _container(pid, ctx), sigterm
+
+
+def _zombie_namespace(pid: int, parent: ProcessInfo | None) -> tuple[
+        int | None, int | None, bool, containers.Container | None, str | None]:
+    """A zombie's namespace and container are its parent's; its own PID
+    there is read only when the parent is in a namespace below ours (a
+    host scan of 10,000 zombies reads no more)."""
+    if parent is None:
+        return _NO_NAMESPACE
+    ns_pid = None
+    if parent.ns_pid is not None and parent.ns_pid != parent.pid:
+        try:
+            nspid = containers.parse_nspid(
+                _brief_field(_read_small(f"{PROC}/{pid}/status"), b"\nNSpid:") or b"")
+            ns_pid = nspid[-1] if nspid else None
+        except OSError:
+            pass
+    return parent.pid_ns, ns_pid, False, parent.container, None
+
+
+def _container(pid: int, ctx: _Context) -> containers.Container | None:
+    try:
+        raw = _read_small(f"{PROC}/{pid}/cgroup")
+    except OSError:
+        return None
+    known = ctx.container_of_cgroup
+    if raw not in known:
+        known[raw] = containers.container_from_cgroup(raw.decode("utf-8", "replace"))
+    return known[raw]
+
+
+def _sigterm(pid: int, status_raw: bytes) -> str | None:
+    """SIGTERM disposition of a namespace's PID 1, from its status masks
+    and, when neither caught nor blocked, its wchan: an init waiting in
+    sigtimedwait shows the waited signals out of SigBlk meanwhile."""
+    status = procfs.parse_status(status_raw.decode("utf-8", "replace"))
+    found = containers.sigterm_disposition(status.sig_blk, status.sig_ign, status.sig_cgt)
+    if found in ("default", "ignored"):
+        try:
+            wchan = read_text(f"{PROC}/{pid}/wchan")
+        except OSError:
+            return found
+        found = containers.sigterm_disposition(
+            status.sig_blk, status.sig_ign, status.sig_cgt,
+            waits_for_signals=containers.waits_for_signals(wchan))
+    return found
 
 
 def _status_text(pid: int, ctx: _Context) -> str:
@@ -1026,8 +1136,10 @@ def _collect_snapshot(target: int, ctx: _Context, *, with_fds: bool) -> Snapshot
     target_limits = None
     for pid in tree.order:
         try:
-            info = _read_process(pid, ctx, table.get(pid), stat=tree.stats[pid],
-                                 wants_sigchld=pid == target or pid in parents)
+            st = tree.stats[pid]
+            info = _read_process(pid, ctx, table.get(pid), stat=st,
+                                 wants_sigchld=pid == target or pid in parents,
+                                 parent=processes.get(st.ppid))
             if pid == target:
                 target_limits = _limits(pid, ctx)
             if not info.is_zombie and not info.is_kernel_thread:

@@ -47,6 +47,25 @@ class Container(NamedTuple):
         """The 12-character id `docker ps` and `podman ps` show; a name stays whole."""
         return self.id[:12] if _HEX64.fullmatch(self.id) else self.id
 
+    def describe(self) -> str:
+        """"podman container a1df1d9cf5b3", "Kubernetes pod <uid>", ..."""
+        if self.runtime == "kubernetes" and self.id == self.pod:
+            return f"Kubernetes pod {self.pod}"
+        pod = f" of Kubernetes pod {self.pod}" if self.pod else ""
+        return f"{self.runtime} container {self.short_id}{pod}"
+
+
+def describe_place(is_ns_init: bool, container: Container | None,
+                   ns_pid: int | None = None) -> str | None:
+    """"PID 1 of its PID namespace, in podman container a1df1d9cf5b3", or
+    either half ("PID 7 in its PID namespace" given an `ns_pid` for a
+    process that is not PID 1); None when the process is neither."""
+    parts = (["PID 1 of its PID namespace"] if is_ns_init
+             else [f"PID {ns_pid} in its PID namespace"] if ns_pid is not None else [])
+    if container is not None:
+        parts.append(f"in {container.describe()}")
+    return ", ".join(parts) or None
+
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _POD = re.compile(r"(?:^|[-_])pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}"

@@ -16,6 +16,7 @@ from .model import (
     WATCH_SERIES, FdCounts, FdTable, Finding, LimitUsage, ProcessInfo, Severity, Snapshot, SocketFd,
     WatchLimits, WatchSample,
 )
+from .containers import describe_place
 from .procfs import ExitStatus
 
 # PID 1 on some machines reaps orphans only every ~1-2 s (linux-facts 8):
@@ -67,7 +68,7 @@ def diagnose(samples: Sequence[Snapshot], *, grace_s: float,
     found = [*zombie_findings(earlier, later, grace_s), *leaks,
              *inherited_listener_findings(earlier, later),
              *accept_backlog_findings(earlier, later, leaks=leaks),
-             *limit_findings(later)]
+             *limit_findings(later), *pid1_findings(later)]
     return sorted(found, key=lambda f: (f.pid, f.code))
 
 
@@ -87,10 +88,22 @@ def persistent_zombies(earlier: Snapshot, later: Snapshot, grace_s: float,
             if z.identity in before and (z.ppid not in slow_reapers or elapsed >= PID1_GRACE_S)]
 
 
+def namespace_inits(snap: Snapshot) -> set[int]:
+    """The processes of `snap` that are PID 1 of a PID namespace below the
+    host's: every orphan of their namespace comes to them."""
+    inits = {p.pid for p in snap.processes.values() if p.is_ns_init}
+    if snap.target_parent is not None and snap.target_parent.is_ns_init:
+        inits.add(snap.target_parent.pid)
+    return inits
+
+
 def zombie_findings(earlier: Snapshot, later: Snapshot, grace_s: float,
                     slow_reapers: Collection[int] = (1,)) -> Iterable[Finding]:
+    """RD101/RD102/RD103 by the parent's SIGCHLD handling, or RD104 when the
+    parent is a namespace's PID 1 (a slow reaper, as PID 1 is)."""
+    slow = {*slow_reapers, *namespace_inits(later)}
     by_parent: dict[int, list[ProcessInfo]] = {}
-    for z in persistent_zombies(earlier, later, grace_s, slow_reapers):
+    for z in persistent_zombies(earlier, later, grace_s, slow):
         by_parent.setdefault(z.ppid, []).append(z)
     if not by_parent:
         return
@@ -120,6 +133,8 @@ def _zombie_finding(ppid: int, parent: ProcessInfo | None, zombies: list[Process
         sigchld_pending=bool(parent and parent.sigchld_pending),
         exit_statuses=statuses, pids=pids[:MAX_EVIDENCE_PIDS],
         persisted_s=round(elapsed_s, 3))
+    if parent is not None and parent.is_ns_init:
+        return _init_not_reaping(parent, seen, evidence)
     if disposition == "blocked":
         pending = " (a SIGCHLD is pending)" if parent and parent.sigchld_pending else ""
         return finding("RD103", ppid,
@@ -139,6 +154,48 @@ def _zombie_finding(ppid: int, parent: ProcessInfo | None, zombies: list[Process
                    f"{seen}; {why.get(disposition, why[None])}: reap them with "
                    "os.waitpid(-1, os.WNOHANG) in a loop (in a SIGCHLD handler or the "
                    "server loop)", **evidence)
+
+
+def _init_not_reaping(init: ProcessInfo, seen: str, evidence: dict[str, object]) -> Finding:
+    """RD104: the fix is an init, not the parent's SIGCHLD handling."""
+    command = " ".join(init.cmdline) if init.cmdline else init.name
+    where = describe_place(True, init.container)
+    return finding("RD104", init.pid,
+                   f"{seen}; it is {where} (command: {_clip(command)}), and every orphan of "
+                   "the namespace comes to it, but it does not reap them: run an init as "
+                   "PID 1 (docker run --init, podman run --init, tini or dumb-init as "
+                   "ENTRYPOINT; Kubernetes: shareProcessNamespace: true), or make the program "
+                   "reap with os.waitpid(-1, os.WNOHANG) in a loop",
+                   **evidence, **_namespace_evidence(init))
+
+
+def pid1_findings(snap: Snapshot) -> Iterable[Finding]:
+    """RD105: PID 1 of a namespace that neither catches nor blocks SIGTERM
+    (nor waits for it in sigtimedwait). Judged by the masks, not by the
+    name: an init may run under another one (podman-init)."""
+    for p in sorted(snap.processes.values(), key=lambda p: p.pid):
+        if not (p.is_ns_init and p.sigterm in ("default", "ignored")):
+            continue
+        command = " ".join(p.cmdline) if p.cmdline else p.name
+        handling = "ignores SIGTERM" if p.sigterm == "ignored" else "has no SIGTERM handler"
+        yield finding(
+            "RD105", p.pid,
+            f"PID {p.pid} ({p.name}) is {describe_place(True, p.container)} and {handling} "
+            f"(command: {_clip(command)}): the kernel drops a SIGTERM sent to it from "
+            "outside, so docker stop, podman stop or kubectl delete waits out its grace period "
+            "and then kills; run an init that forwards signals (--init, tini), or handle "
+            "SIGTERM in the program", **_namespace_evidence(p))
+
+
+def _namespace_evidence(p: ProcessInfo) -> dict[str, object]:
+    c = p.container
+    return dict(ns_pid=p.ns_pid, pid_ns=p.pid_ns, sigterm=p.sigterm or "unknown",
+                command=list(p.cmdline) if p.cmdline else None,
+                container=c._asdict() if c else None)
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def exit_status_describer() -> Callable[[ExitStatus | None], str]:

@@ -20,6 +20,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Mapping, NamedTuple
 
+from .containers import Container
 from .procfs import ExitStatus, UnixSocketRow
 
 
@@ -51,6 +52,14 @@ class ProcessInfo(NamedTuple):
     sigchld_pending: bool = False      # SIGCHLD pending process-wide (ShdPnd)
     is_kernel_thread: bool = False     # PF_KTHREAD: no descriptors, no ulimit -n
     has_reaped_children: bool = False  # it forked and waited for a child (stat cminflt > 0)
+    # PID namespace and container. A zombie has its parent's namespace and
+    # container, and ns_pid only where the parent is in a namespace below ours.
+    pid_ns: int | None = None          # inode of /proc/PID/ns/pid; None: not read
+    ns_pid: int | None = None          # its PID in its own namespace (last NSpid field)
+    is_ns_init: bool = False           # PID 1 of a PID namespace other than the host's
+    container: Container | None = None  # named by /proc/PID/cgroup; None: none known
+    sigterm: str | None = None         # namespace inits only: "caught" | "blocked" |
+                                       # "waited" | "ignored" | "default"; None: not read
 
     @property
     def is_zombie(self) -> bool:

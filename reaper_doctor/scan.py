@@ -10,7 +10,7 @@ import time
 from typing import Callable, Mapping, Protocol, Sequence
 
 from .collect import ProcessGone, collect_snapshot, fd_counts
-from .diagnose import PID1_GRACE_S, diagnose, with_measured_sigchld
+from .diagnose import PID1_GRACE_S, diagnose, namespace_inits, with_measured_sigchld
 from .model import FdCounts, Report, Snapshot, TargetReport
 
 # Light samples (descriptor counts only) between the two full samples:
@@ -50,8 +50,9 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
     light: dict[int, list[FdCounts]] = {pid: [_counts_of(snap)] for pid, snap in first.items()}
     if grace_s > 0:
         wait_s = grace_s
-        if any(z.ppid == 1 for snap in first.values() for z in snap.zombies):
-            wait_s = max(wait_s, PID1_GRACE_S)  # PID 1 reaps lazily (linux-facts 8)
+        slow = {1}.union(*(namespace_inits(snap) for snap in first.values()))
+        if any(z.ppid in slow for snap in first.values() for z in snap.zombies):
+            wait_s = max(wait_s, PID1_GRACE_S)  # PID 1 (any namespace's) reaps lazily
         traced_at = _attach_tracer(tracer, first)
         live = {pid: [p.pid for p in snap.processes.values() if not p.is_zombie]
                 for pid, snap in first.items()}

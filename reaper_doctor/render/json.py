@@ -9,8 +9,9 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ..diagnose import exit_status_describer
+from ..containers import Container
 from ..model import (
-    Finding, FdTable, MachineCensus, Report, Snapshot, TargetReport,
+    Finding, FdTable, MachineCensus, ProcessInfo, Report, Snapshot, TargetReport,
 )
 from ..procfs import STATE_NAMES
 from .common import children_map, state_word, zombie_groups
@@ -108,6 +109,7 @@ def target_document(t: TargetReport) -> dict[str, Any]:
         "ppid": me.ppid, "uid": me.uid, "state": state_word(me), "threads": me.threads,
         "kernel_thread": me.is_kernel_thread,
         "age_s": _round(me.age_s), "sigchld": me.sigchld,
+        **namespace_document(me),
         "tree": tree_document(snap),
         "zombies": {
             "count": sum(g.count for g in groups),   # every zombie is in one group
@@ -178,6 +180,14 @@ def tree_document(snap: Snapshot) -> dict[str, Any]:
             node["exit_status"] = describe(info.exit_status)
         if info.sigchld is not None:
             node["sigchld"] = info.sigchld
+        # Only where they tell something: a PID inside a namespace below
+        # ours, a namespace's PID 1 and its container.
+        if info.ns_pid is not None and info.ns_pid != info.pid:
+            node["ns_pid"] = info.ns_pid
+        if info.is_ns_init:
+            node["is_ns_init"] = True
+            if info.container is not None:
+                node["container"] = container_document(info.container)
         node["children"] = []
         nodes[info.pid] = node
     for ppid, children in children_map(snap).items():
@@ -185,6 +195,23 @@ def tree_document(snap: Snapshot) -> dict[str, Any]:
         if parent is not None:
             parent["children"] = [nodes[c.pid] for c in children]
     return nodes[snap.target]
+
+
+def namespace_document(info: ProcessInfo) -> dict[str, Any]:
+    """PID namespace and container of a process: its namespace's inode, its
+    PID there, whether it is that namespace's PID 1 (and then how it takes
+    SIGTERM), and the container (None: none known)."""
+    c = info.container
+    doc: dict[str, Any] = {
+        "pid_ns": info.pid_ns, "ns_pid": info.ns_pid, "is_ns_init": info.is_ns_init,
+        "container": container_document(c) if c else None}
+    if info.is_ns_init:
+        doc["sigterm"] = info.sigterm
+    return doc
+
+
+def container_document(c: Container) -> dict[str, Any]:
+    return {"runtime": c.runtime, "id": c.id, "short_id": c.short_id, "pod": c.pod}
 
 
 def _usage(usage: Any) -> dict[str, Any] | None:

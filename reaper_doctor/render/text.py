@@ -13,6 +13,7 @@ from typing import Callable
 import click
 from tabulate import tabulate
 
+from ..containers import describe_place, is_known_init
 from ..diagnose import exit_status_describer
 from ..model import Finding, FdTable, LimitUsage, ProcessInfo, Report, Severity, Snapshot, TargetReport
 from ..procfs import ExitStatus
@@ -152,11 +153,24 @@ def _headline(t: TargetReport, me: ProcessInfo, style: Callable[..., str]) -> st
     extra = [f"SIGCHLD {me.sigchld or 'unknown'}", f"parent {me.ppid}", sampling]
     if t.gone:
         extra.append(style("the process exited during the scan", fg="yellow"))
-    return line + "\n" + " · ".join(extra)
+    where = _place(me)
+    return line + "\n" + " · ".join(extra) + (f"\n{where}" if where else "")
+
+
+def _place(info: ProcessInfo) -> str | None:
+    """"PID 1 of its PID namespace, in podman container a1df1d9cf5b3", or
+    "PID 7 in its PID namespace"; for PID 1 also how it takes SIGTERM."""
+    in_ns = info.ns_pid if info.ns_pid is not None and info.ns_pid != info.pid else None
+    where = describe_place(info.is_ns_init, info.container, in_ns)
+    if where and info.is_ns_init:
+        known = "a known init" if is_known_init(info.name) else "not a known init"
+        where += f" ({known}; SIGTERM {info.sigterm or 'unknown'})"
+    return where
 
 
 def _node_label(info: ProcessInfo) -> str:
-    bits = [f"{info.pid} {safe(info.name)}"]
+    in_ns = f" (ns PID {info.ns_pid})" if info.ns_pid not in (None, info.pid) else ""
+    bits = [f"{info.pid}{in_ns} {safe(info.name)}"]
     if info.is_zombie:
         bits.append("<defunct>")
         if info.exit_status:
@@ -167,6 +181,8 @@ def _node_label(info: ProcessInfo) -> str:
             bits.append(f"fds {info.num_fds}")
         if info.sigchld and info.sigchld != "default":
             bits.append(f"SIGCHLD {info.sigchld}")
+        if info.is_ns_init and info.container is not None:
+            bits.append(f"· {info.container.describe()}")
     return " ".join(bits)
 
 
