@@ -16,9 +16,12 @@ from collections import Counter
 from typing import Callable
 
 from . import collect
-from .diagnose import PID1_GRACE_S, WARN_RATIO, limit_findings, persistent_zombies, zombie_findings
+from .containers import Container, is_known_init
+from .diagnose import (
+    PID1_GRACE_S, WARN_RATIO, limit_findings, persistent_zombies, pid1_findings, zombie_findings,
+)
 from .model import (
-    Finding, LimitUsage, MachineCensus, NofileUsage, NprocUsage, ProcessInfo, Report, Severity,
+    ContainerRow, Finding, LimitUsage, MachineCensus, NofileUsage, NprocUsage, ProcessInfo, Report, Severity,
     Snapshot, TargetReport, UidTasks, ZombieParent,
 )
 
@@ -107,6 +110,15 @@ def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep)
                 findings += limit_findings(Snapshot(target=member, taken_at=first.taken_at,
                                                     processes={}, pids_cgroup=cg))
 
+    ns = first.namespaces
+    inits: dict[int, ProcessInfo] = {}
+    if ns is not None:
+        inits, _ = collect.read_processes(sorted(ns.inits), first.table)
+        for info in inits.values():
+            findings += pid1_findings(Snapshot(target=info.pid, taken_at=first.taken_at,
+                                               processes={info.pid: info}))
+    containers = _container_rows(ns, first, inits, findings) if ns is not None else []
+
     targets = _targets(findings, first, parents, later_by_parent, samples, grace_s)
     files_open = None
     if first.file_nr:
@@ -117,8 +129,52 @@ def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep)
         zombie_parents=tuple(zombie_parents), nofile_top=tuple(nofile_rows[:TOP_NOFILE]),
         nofile_counted=len(first.fd_counts), nofile_unreadable=first.fds_unreadable,
         uids=tuple(uids), pids_cgroups=tuple(cgroups), samples=samples, grace_s=grace_s,
-        elapsed_s=round(later_at - first.taken_at, 3))
+        elapsed_s=round(later_at - first.taken_at, 3),
+        containers=tuple(containers),
+        pid_namespace_is_host=ns.view.proc_is_host if ns is not None else True)
     return Report(targets=tuple(targets), machine=machine)
+
+
+def _container_rows(ns: collect.MachineNamespaces, sample: collect.MachineSample,
+                    inits: dict[int, ProcessInfo], findings: list[Finding]) -> list[ContainerRow]:
+    """One row per PID namespace below the host's (by its PID 1), and one per
+    known container that has no PID namespace of its own."""
+    verdicts: dict[int, set[str]] = {}
+    for f in findings:
+        if f.code in ("RD104", "RD105"):
+            verdicts.setdefault(f.pid, set()).add(f.code)
+    # Inside a container's /proc every process is in PID 1's namespace.
+    whole = not ns.view.proc_is_host
+    rows = []
+    in_a_namespace: set[int] = set()
+    for pid, inode in sorted(ns.inits.items()):
+        members = (list(sample.table) if whole
+                   else [p for p, i in ns.members.items() if inode is not None and i == inode])
+        in_a_namespace.update(members)
+        info = inits.get(pid)
+        brief = sample.table.get(pid)
+        name = info.name if info else (brief.name if brief else None)
+        rows.append(_row(ns.containers.get(pid), inode, pid, name, info, members, sample,
+                         tuple(sorted(verdicts.get(pid, ())))))
+    by_container: dict[Container, list[int]] = {}
+    for pid, container in ns.containers.items():
+        if pid not in in_a_namespace:
+            by_container.setdefault(container, []).append(pid)
+    for container, members in sorted(by_container.items(), key=lambda kv: kv[0].id):
+        rows.append(_row(container, None, None, None, None, members, sample, ()))
+    rows.sort(key=lambda r: (-len(r.verdict), r.init_pid or 0))
+    return rows
+
+
+def _row(container: Container | None, inode: int | None, init_pid: int | None,
+         name: str | None, info: ProcessInfo | None, members: list[int],
+         sample: collect.MachineSample, verdict: tuple[str, ...]) -> ContainerRow:
+    zombies = sum(1 for p in members if p in sample.table and sample.table[p].state == "Z")
+    return ContainerRow(
+        container=container, pid_ns=inode, init_pid=init_pid, init_name=name,
+        init_cmdline=info.cmdline if info else None, init_is_known=is_known_init(name),
+        init_sigterm=info.sigterm if info else None,
+        processes=len(members) - zombies, zombies=zombies, verdict=verdict)
 
 
 def _by_parent(zombies: dict[int, ProcessInfo]) -> dict[int, dict[int, ProcessInfo]]:
@@ -142,7 +198,7 @@ def _reapers(by_parent: dict[int, dict[int, ProcessInfo]], parents: dict[int, Pr
     slow = {1}
     for ppid, zombies in by_parent.items():
         parent = parents.get(ppid)
-        if parent and parent.name in INIT_LIKE:
+        if parent and (parent.name in INIT_LIKE or parent.is_ns_init):
             slow.add(ppid)
             continue
         session = parent_sessions.get(ppid)

@@ -84,6 +84,7 @@ class TaskBrief(NamedTuple):
     state: str
     name: str | None = None
     fd_size: int | None = None
+    nspid: tuple[int, ...] = ()       # the NSpid line: its PID in each namespace, ours first
 
 
 def read_stat(pid: int) -> procfs.StatLine | None:
@@ -246,7 +247,8 @@ def _brief_of(raw: bytes, *, details: bool = False) -> TaskBrief | None:
         size = _brief_field(raw, b"\nFDSize:")
         brief = brief._replace(
             name=procfs.unescape_status_name(name.decode("utf-8", "replace")) if name else None,
-            fd_size=int(size) if size else None)
+            fd_size=int(size) if size else None,
+            nspid=containers.parse_nspid(_brief_field(raw, b"\nNSpid:") or b""))
     return brief
 
 
@@ -1202,6 +1204,7 @@ class MachineSample(NamedTuple):
     pid_max: int | None
     tasks: int                                        # tasks on the machine (each takes a PID)
     unreadable: list[Unreadable]
+    namespaces: MachineNamespaces | None = None
 
 
 def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8) -> MachineSample:
@@ -1245,7 +1248,45 @@ def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8) -> MachineSample
         fd_counts=fd_counts, fds_skipped=skipped, fds_unreadable=denied,
         pids_cgroups=pids_cgroups_with_limits(), file_nr=file_nr,
         pid_max=_int_file(f"{PROC}/sys/kernel/pid_max"),
-        tasks=sum(b.threads for b in table.values()), unreadable=ctx.unreadable)
+        tasks=sum(b.threads for b in table.values()), unreadable=ctx.unreadable,
+        namespaces=machine_namespaces(table))
+
+
+class MachineNamespaces(NamedTuple):
+    """PID namespaces and containers on the machine, as the census reads them."""
+
+    view: NamespaceView
+    inits: dict[int, int | None]     # host PID of each namespace's PID 1 -> its namespace
+    members: dict[int, int]          # PID -> namespace, for processes in a namespace below ours
+    containers: dict[int, containers.Container]  # live PID -> its container, where known
+
+
+def machine_namespaces(table: dict[int, TaskBrief]) -> MachineNamespaces:
+    """Namespaces from the NSpid lines already read (a readlink only for the
+    processes below our namespace); containers from every live process's
+    cgroup file, each distinct text parsed once."""
+    view = namespace_view()
+    inits: dict[int, int | None] = {}
+    members: dict[int, int] = {}
+    for pid, brief in table.items():
+        nspid = brief.nspid
+        if len(nspid) > 1:
+            inode = _pid_ns(pid)
+            if inode is not None:
+                members[pid] = inode
+        if nspid and nspid[-1] == 1 and (len(nspid) > 1 or not view.proc_is_host):
+            inits[pid] = members.get(pid) or _pid_ns(pid)
+    live = [pid for pid, brief in table.items() if brief.state != "Z"]
+    parsed: dict[bytes, containers.Container | None] = {}
+    found: dict[int, containers.Container] = {}
+    for pid, raw in zip(live, read_proc_files(live, "cgroup")):
+        if raw is None:
+            continue
+        if raw not in parsed:
+            parsed[raw] = containers.container_from_cgroup(raw.decode("utf-8", "replace"))
+        if parsed[raw] is not None:
+            found[pid] = parsed[raw]  # type: ignore[assignment]
+    return MachineNamespaces(view, inits, members, found)
 
 
 def _count_fds_nearest(table: dict[int, TaskBrief],

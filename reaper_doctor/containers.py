@@ -204,5 +204,11 @@ def waits_for_signals(wchan: str) -> bool:
     return wchan.startswith("do_sigtimedwait")
 
 
+# What the census says when the /proc it reads is a container's.
+OWN_NAMESPACE_NOTE = ("reaper-doctor runs inside a PID namespace (a container): it sees only "
+                      "the processes of its own PID namespace, whose PID 1 is the container's "
+                      "init")
+
+
 def is_known_init(name: str | None) -> bool:
     return name in KNOWN_INITS

@@ -180,7 +180,7 @@ def pid1_findings(snap: Snapshot) -> Iterable[Finding]:
         handling = "ignores SIGTERM" if p.sigterm == "ignored" else "has no SIGTERM handler"
         yield finding(
             "RD105", p.pid,
-            f"PID {p.pid} ({p.name}) is {describe_place(True, p.container)} and {handling} "
+            f"PID {p.pid} ({p.name}) is {describe_place(True, p.container)}, and {handling} "
             f"(command: {_clip(command)}): the kernel drops a SIGTERM sent to it from "
             "outside, so docker stop, podman stop or kubectl delete waits out its grace period "
             "and then kills; run an init that forwards signals (--init, tini), or handle "

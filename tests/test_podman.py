@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from helpers import reap_adopted, run_json, wait_until, zombie_children
+from helpers import reap_adopted, run_cli, run_json, wait_until, zombie_children
 
 IMAGE = "localhost/reaper-doctor-test:busybox"
 RUN = ["--runtime", "runc", "--network", "none",
@@ -128,6 +128,13 @@ def test_scan_names_the_container_and_its_pid1_that_does_not_reap(image, contain
     assert set(by_code) == {"RD104", "RD105"}, target["findings"]
     assert cid[:12] in by_code["RD104"]["message"] and "--init" in by_code["RD104"]["message"]
     assert by_code["RD104"]["evidence"]["count"] == 2
+    # Prometheus: zombie and finding series carry the container's labels.
+    exposition = run_cli("scan", str(pid1), "--grace", "0", "--format", "prometheus").stdout
+    labels = f'container_id="{cid[:12]}"'
+    assert any(line.startswith("reaper_doctor_zombie_children{") and labels in line
+               and 'runtime="podman"' in line for line in exposition.splitlines()), exposition
+    assert any(line.startswith("reaper_doctor_process_findings{") and labels in line
+               and 'code="RD104"' in line for line in exposition.splitlines()), exposition
 
 
 def test_a_container_with_an_init_gets_no_finding(image, containers) -> None:

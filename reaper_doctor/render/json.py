@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ..diagnose import exit_status_describer
-from ..containers import Container
+from ..containers import OWN_NAMESPACE_NOTE, Container
 from ..model import (
     Finding, FdTable, MachineCensus, ProcessInfo, Report, Snapshot, TargetReport,
 )
@@ -90,6 +90,17 @@ def machine_document(m: MachineCensus) -> dict[str, Any]:
         "pids_cgroups": [{"path": c.path, "current": c.current, "max": c.max,
                           "refusals": c.refusals} for c in m.pids_cgroups],
         "samples": m.samples, "grace_s": m.grace_s, "elapsed_s": m.elapsed_s,
+        "pid_namespace": {"is_host": m.pid_namespace_is_host,
+                          "note": None if m.pid_namespace_is_host else OWN_NAMESPACE_NOTE},
+        "containers": [
+            {"container": container_document(r.container) if r.container else None,
+             "pid_ns": r.pid_ns,
+             "init": None if r.init_pid is None else {
+                 "pid": r.init_pid, "name": r.init_name,
+                 "cmdline": list(r.init_cmdline) if r.init_cmdline else None,
+                 "known_init": r.init_is_known, "sigterm": r.init_sigterm},
+             "processes": r.processes, "zombies": r.zombies, "verdict": list(r.verdict)}
+            for r in m.containers],
     }
 
 

@@ -13,9 +13,9 @@ from typing import Callable
 import click
 from tabulate import tabulate
 
-from ..containers import describe_place, is_known_init
+from ..containers import OWN_NAMESPACE_NOTE, describe_place, is_known_init
 from ..diagnose import exit_status_describer
-from ..model import Finding, FdTable, LimitUsage, ProcessInfo, Report, Severity, Snapshot, TargetReport
+from ..model import Finding, FdTable, LimitUsage, MachineCensus, ProcessInfo, Report, Severity, Snapshot, TargetReport
 from ..procfs import ExitStatus
 from .common import children_map, command_line, safe, state_word, zombie_groups
 
@@ -49,6 +49,8 @@ def render_census(report: Report, style: Callable[..., str]) -> str:
     head.append(f"PIDs {m.tasks} of {_num(m.pid_max)} (kernel.pid_max{', ' + _pct(pids) if pids else ''})"
                 f" · open files {_num(m.files_open)} of {_num(m.file_max)} "
                 f"(fs.file-max{', ' + _pct(files) if files else ''})")
+    if not m.pid_namespace_is_host:
+        head.append(style(OWN_NAMESPACE_NOTE, fg="yellow"))
     parts = ["\n".join(head)]
 
     leaking = [p for p in m.zombie_parents if not p.is_reaper]
@@ -101,6 +103,9 @@ def render_census(report: Report, style: Callable[..., str]) -> str:
     else:
         parts.append("pids cgroups: none has a pids.max")
 
+    if m.containers:
+        parts.append(_containers(m))
+
     findings = [f for t in report.targets for f in t.findings]
     if not findings:
         parts.append(style("Findings: none", fg="green"))
@@ -115,6 +120,26 @@ def render_census(report: Report, style: Callable[..., str]) -> str:
             lines.append(f"  … {len(ranked) - MAX_CENSUS_FINDINGS} more (--json lists them all)")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
+
+
+def _containers(m: MachineCensus) -> str:
+    """Each PID namespace below ours, and each known container, with its PID 1."""
+    rows = []
+    for r in m.containers[:MAX_CENSUS_ROWS]:
+        c = r.container
+        if r.init_pid is None:
+            init = "(shares the host's PID namespace)"
+        else:
+            command = " ".join(r.init_cmdline) if r.init_cmdline else (r.init_name or "?")
+            init = f"{r.init_pid} {safe(command)[:40]}"
+            init += f" (init: {r.init_name})" if r.init_is_known else " (not an init)"
+        rows.append([c.short_id if c else "-", c.runtime if c else "-", init, r.processes,
+                     r.zombies, " ".join(r.verdict) or "ok"])
+    title = f"Containers and PID namespaces: {len(m.containers)}"
+    return title + "\n" + tabulate(
+        rows, headers=["container", "runtime", "PID 1 (host PID, command)", "processes",
+                       "zombies", "verdict"], tablefmt="simple", disable_numparse=True
+    ) + _more(len(m.containers), "namespaces")
 
 
 def _more(total: int, what: str) -> str:
