@@ -704,7 +704,7 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
 @no_color_option
 def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, grace_s: float,
                      as_json: bool, no_color: bool) -> int:
-    """Run all six scenarios under the same load, one after the other, and
+    """Run every scenario under the same load, one after the other, and
     compare them in one table: ok / failed / hung requests, median latency,
     requests per second, peak zombies and descriptors, findings.
 
@@ -719,8 +719,15 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
                                   timeout_s=timeout_s, grace_s=grace_s)
     show = not as_json and sys.stderr.isatty()
     runs = []
+    names = list(runner.SCENARIOS)
+    if any(runner.SCENARIOS[n].needs_pid_namespace for n in names):
+        problem = runner.pid_namespace_problem()
+        if problem:
+            skipped = [n for n in names if runner.SCENARIOS[n].needs_pid_namespace]
+            click.echo(f"{PROG}: skipping {', '.join(skipped)}: {problem}", err=True)
+            names = [n for n in names if n not in skipped]
     with runner.sigterm_raises_systemexit():
-        for name in runner.SCENARIOS:
+        for name in names:
             with _progress(f"{name:>12}", requests, show) as bar:
                 try:
                     runs.append(runner.run_scenario(name, settings,

@@ -452,6 +452,29 @@ def default_requests(fd_limit: int | None, concurrency: int) -> int:
     return min(MAX_REQUESTS, max(DEFAULT_REQUESTS, fd_limit + concurrency))
 
 
+# Whether this process may create a PID namespace (with a user namespace
+# when not root), tried in a child so that nothing here changes.
+_NAMESPACE_PROBE = """
+import ctypes, os, sys
+flags = 0x20000000 if os.geteuid() == 0 else 0x30000000  # CLONE_NEWPID (| CLONE_NEWUSER)
+libc = ctypes.CDLL(None, use_errno=True)
+sys.exit(0 if libc.unshare(flags) == 0 else os.strerror(ctypes.get_errno()))
+"""
+
+
+def pid_namespace_problem() -> str | None:
+    """Why no PID namespace can be made here (for the container scenarios), or None."""
+    try:
+        probe = subprocess.run([sys.executable, "-c", _NAMESPACE_PROBE], capture_output=True,
+                               text=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"cannot try: {e}"
+    if probe.returncode == 0:
+        return None
+    how = "" if os.geteuid() == 0 else " (not root: it needs unprivileged user namespaces)"
+    return f"cannot create a PID namespace{how}: {probe.stderr.strip() or probe.returncode}"
+
+
 def resolve(name: str) -> Scenario:
     """The scenario called `name`; KeyError with the known names otherwise."""
     found = get(name)
@@ -505,7 +528,7 @@ def run_scenario(name: str, settings: RunSettings = RunSettings(), *,
         run.server_pid = proc.pid
         stdout = _Lines(proc.stdout, "server-stdout")
         stderr = _Lines(proc.stderr, "server-stderr")
-        run.port = _read_address(scenario, proc, stdout)
+        run.port = _read_address(scenario, proc, stdout, stderr)
         sampler = Sampler(proc.pid, run.port, started_at)
         sampler.snapshot_now()
         sampler.start()
@@ -533,11 +556,14 @@ def run_scenario(name: str, settings: RunSettings = RunSettings(), *,
     return run
 
 
-def _read_address(scenario: Scenario, proc: subprocess.Popen[bytes], stdout: _Lines) -> int:
+def _read_address(scenario: Scenario, proc: subprocess.Popen[bytes], stdout: _Lines,
+                  stderr: _Lines) -> int:
     line = stdout.first_line(START_TIMEOUT_S)
     if line is None:
-        state = "exited" if proc.poll() is not None else "is silent"
-        raise ScenarioError(f"the {scenario.name} server {state}: no address line within "
+        if proc.poll() is not None:  # it said why on stderr (no PID namespace, ...)
+            said = next(iter(stderr.rest(timeout_s=1.0)), "no address line")
+            raise ScenarioError(f"the {scenario.name} server exited: {said}")
+        raise ScenarioError(f"the {scenario.name} server is silent: no address line within "
                             f"{START_TIMEOUT_S:g} s")
     match = ADDRESS.match(line.strip())
     if not match:
@@ -590,7 +616,8 @@ def _load_and_scan(run: ScenarioRun, pid: int, sampler: Sampler,
         # lost-sigchld: os.wait() reaps the oldest zombie first, so under load
         # old zombies go while the total grows; once the load stops, the same
         # PIDs persist. Let the last children finish, then scan.
-        _settle(pid)
+        timeline = sampler.timeline()
+        _settle(pid, baseline=timeline[0].processes if timeline else 1)
         do_scan()
     sampler.snapshot_now()
     report = outcome_box.get("report")
@@ -600,12 +627,14 @@ def _load_and_scan(run: ScenarioRun, pid: int, sampler: Sampler,
         run.scan_error = str(outcome_box.get("error", "the scan did not finish"))
 
 
-def _settle(pid: int, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
-    """Wait (bounded) until the server has no live child: the requests'
-    children have answered and exited, and their zombies, if any, are final."""
+def _settle(sid: int, baseline: int = 1, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+    """Wait (bounded) until the server's session is back to the `baseline`
+    live processes it had before the load (the server; with a PID namespace,
+    its runtime and init too): the requests' children have answered and
+    exited, and their zombies, if any, are final."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not any(st.ppid == pid and st.state != "Z" for st in stat_lines()):
+        if sum(1 for st in session_members(sid) if st.state != "Z") <= baseline:
             return
         time.sleep(0.05)
 
