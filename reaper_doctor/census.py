@@ -119,7 +119,8 @@ def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep)
                                                processes={info.pid: info}))
     containers = _container_rows(ns, first, inits, findings) if ns is not None else []
 
-    targets = _targets(findings, first, parents, later_by_parent, samples, grace_s)
+    elapsed_s = round(later_at - first.taken_at, 3)
+    targets = _targets(findings, first, parents, later_by_parent, samples, grace_s, elapsed_s)
     files_open = None
     if first.file_nr:
         files_open = first.file_nr[0] - first.file_nr[1]
@@ -129,8 +130,7 @@ def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep)
         zombie_parents=tuple(zombie_parents), nofile_top=tuple(nofile_rows[:TOP_NOFILE]),
         nofile_counted=len(first.fd_counts), nofile_unreadable=first.fds_unreadable,
         uids=tuple(uids), pids_cgroups=tuple(cgroups), samples=samples, grace_s=grace_s,
-        elapsed_s=round(later_at - first.taken_at, 3),
-        containers=tuple(containers),
+        elapsed_s=elapsed_s, containers=tuple(containers),
         pid_namespace_is_host=ns.view.proc_is_host if ns is not None else True)
     return Report(targets=tuple(targets), machine=machine)
 
@@ -243,7 +243,7 @@ def _uid_tasks(sample: collect.MachineSample) -> list[UidTasks]:
 
 def _targets(findings: list[Finding], sample: collect.MachineSample,
              parents: dict[int, ProcessInfo], zombies_by_parent: dict[int, dict[int, ProcessInfo]],
-             samples: int, grace_s: float) -> list[TargetReport]:
+             samples: int, grace_s: float, elapsed_s: float) -> list[TargetReport]:
     by_pid: dict[int, list[Finding]] = {}
     for f in findings:
         by_pid.setdefault(f.pid, []).append(f)
@@ -258,7 +258,8 @@ def _targets(findings: list[Finding], sample: collect.MachineSample,
         snap = collect.collect_census_target(info, zombies_by_parent.get(pid, {}), sample)
         found = sorted(by_pid[pid], key=lambda f: f.code)
         targets.append(TargetReport(pid=pid, snapshot=snap, findings=tuple(found),
-                                    samples=samples, grace_s=grace_s))
+                                    samples=samples, grace_s=grace_s,
+                                    elapsed_s=elapsed_s))
     targets.sort(key=lambda t: t.pid)
     return targets
 

@@ -127,7 +127,10 @@ def _zombie_finding(ppid: int, parent: ProcessInfo | None, zombies: list[Process
     who = f"PID {ppid}" + (f" ({parent.name})" if parent else "")
     count = len(zombies)
     noun = "zombie child" if count == 1 else "zombie children"
-    seen = f"{count} {noun} of {who} persist" + (f" over {elapsed_s:.1f} s" if elapsed_s else "")
+    if elapsed_s:
+        seen = f"{count} {noun} of {who} {'persists' if count == 1 else 'persist'} over {elapsed_s:.1f} s"
+    else:   # one sample (--grace 0): seen once, persistence not checked
+        seen = f"{count} {noun} of {who} in one sample"
     evidence = dict(
         ppid=ppid, count=count, zombies_now=all_now, sigchld=disposition or "unknown",
         sigchld_pending=bool(parent and parent.sigchld_pending),

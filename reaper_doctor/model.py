@@ -237,6 +237,8 @@ class TargetReport(NamedTuple):
     samples: int = 1
     grace_s: float = 0.0
     gone: bool = False           # the target exited during the scan
+    elapsed_s: float = 0.0       # between the first and the last sample (0 with one)
+    pid1_wait: bool = False      # the wait was stretched for zombies of PID 1 (PID1_GRACE_S)
 
     @property
     def worst(self) -> Severity | None:

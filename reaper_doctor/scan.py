@@ -43,13 +43,13 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
     """
     if tracer is not None:
         grace_s = max(grace_s, trace_s)
+    wait_s = grace_s
     measured: Mapping[int, Mapping[str, float]] = {}
     first = {pid: collect_snapshot(pid, with_fd_list=with_fd_list) for pid in pids}
     samples: dict[int, list[Snapshot]] = {pid: [snap] for pid, snap in first.items()}
     gone: set[int] = set()
     light: dict[int, list[FdCounts]] = {pid: [_counts_of(snap)] for pid, snap in first.items()}
     if grace_s > 0:
-        wait_s = grace_s
         slow = {1}.union(*(namespace_inits(snap) for snap in first.values()))
         if any(z.ppid in slow for snap in first.values() for z in snap.zombies):
             wait_s = max(wait_s, PID1_GRACE_S)  # PID 1 (any namespace's) reaps lazily
@@ -84,7 +84,9 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
                     if len(snaps) > 1 or grace_s == 0 else [])
         findings = with_measured_sigchld(findings, measured)
         targets.append(TargetReport(pid=pid, snapshot=snaps[-1], findings=tuple(findings),
-                                    samples=len(snaps), grace_s=grace_s, gone=pid in gone))
+                                    samples=len(snaps), grace_s=grace_s, gone=pid in gone,
+                                    elapsed_s=snaps[-1].taken_at - snaps[0].taken_at,
+                                    pid1_wait=wait_s > grace_s))
     return Report(targets=tuple(targets))
 
 

@@ -4,10 +4,12 @@ every section says what was observed, and fits the terminal."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 
 import pytest
 
-from helpers import run_cli, run_json
+from helpers import cli_argv, run_cli, run_json, wait_until, zombie_children
 
 # Holds a listener, a file and a pipe; prints the listener's port.
 HOLDER = r"""
@@ -76,3 +78,87 @@ def test_a_kernel_thread_has_no_ulimit_n_row(spawner):
     assert "kernel thread" not in result.stdout and "open files (ulimit -n)" in result.stdout
     code, doc = run_json("scan", str(proc.pid), "--grace", "0")
     assert doc["targets"][0]["kernel_thread"] is False
+
+
+# A parent of three zombies whose PIDs are not contiguous: a reaped child
+# takes the PID between each two.
+GAPPED_ZOMBIES = r"""
+import os, time
+for _ in range(3):
+    if os.fork() == 0:
+        os._exit(0)
+    gap = os.fork()
+    if gap == 0:
+        os._exit(0)
+    os.waitpid(gap, 0)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_pid_range_only_where_the_pids_are_contiguous(spawner):
+    proc = spawner.python(GAPPED_ZOMBIES)
+    wait_until(lambda: len(zombie_children(proc.pid)) == 3)
+    zombies = sorted(zombie_children(proc.pid))
+    result = run_cli("scan", str(proc.pid), "--grace", "0")
+    (line,) = [x for x in result.stdout.splitlines() if "× " in x and "<defunct>" in x]
+    listed = line.split("(pids ")[1].rstrip(")")
+    assert listed == ", ".join(map(str, zombies)), line
+
+
+def test_pid_list_groups_only_contiguous_runs():
+    from reaper_doctor.render.common import pid_list
+
+    assert pid_list([7, 3, 5]) == "3, 5, 7"
+    assert pid_list([10, 11, 12, 13, 20, 21]) == "10–13, 20, 21"
+    assert pid_list(range(100, 200, 2)) == "100, 102, 104, 106, …"
+
+
+def test_grace_0_never_says_persist_and_one_zombie_persists(spawner):
+    proc = spawner.zombie_parent("0")
+    result = run_cli("scan", str(proc.pid), "--grace", "0")
+    (rd101,) = [x for x in result.stdout.splitlines() if "zombie child of PID" in x]
+    assert not re.search(r"\bpersists?\b", result.stdout) and "in one sample" in rd101, rd101
+    result = run_cli("scan", str(proc.pid), "--grace", "0.2")
+    assert re.search(rf"\b1 zombie child of PID {proc.pid} \(\S+\) persists over ", result.stdout)
+    assert "2 samples 0.2 s apart" in result.stdout.splitlines()[1]
+
+
+def test_census_says_what_its_samples_checked(spawner):
+    spawner.zombie_parent("0", "1")
+    once = run_cli("scan", "--grace", "0").stdout
+    assert "(one sample: persistence not checked)" in once
+    assert "persisted" not in once and "in both samples" not in once
+    twice = run_cli("scan", "--grace", "0.2").stdout
+    zombies = twice.split("\nZombies: ", 1)[1].split("\n\n", 1)[0]
+    # The column is there only when some parent has zombies that are not
+    # in both samples; otherwise the title says they all are.
+    assert "every one a zombie at both samples" in zombies.splitlines()[0] or \
+        "in both samples" in zombies.splitlines()[1], zombies
+
+
+# Run as PID 1 of a new PID namespace: forks two children that exit and
+# stay zombies of PID 1, then scans PID 1 (itself) with the real command.
+NS_INIT = r"""
+import os, subprocess, sys
+for _ in range(2):
+    if os.fork() == 0:
+        os._exit(0)
+out = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+sys.stdout.write(out.stdout + out.stderr)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="a PID namespace of our own needs root and unshare(1)")
+def test_scan_header_gives_the_real_wait_for_zombies_of_pid_1():
+    import subprocess
+    import sys
+
+    argv = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", NS_INIT,
+            *cli_argv(), "scan", "1", "--grace", "0.5"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+    sampling = out.splitlines()[1]
+    assert sampling.endswith(" (--grace 0.5; zombies of PID 1 get 3 s)"), out
+    apart = float(sampling.split(" samples ")[1].split(" s apart")[0])
+    assert apart >= 3.0, sampling

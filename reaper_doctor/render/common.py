@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 from ..diagnose import exit_status_counts
 from ..model import ProcessInfo, Snapshot
@@ -84,3 +84,27 @@ def command_line(info: ProcessInfo, width: int = 60) -> str:
     else:
         text = safe(info.name)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def sampling_phrase(samples: int, elapsed_s: float) -> str:
+    """How a scan sampled, with the time it really waited: "2 samples 3.0 s
+    apart", or "1 sample (no persistence check)"."""
+    if samples > 1:
+        return f"{samples} samples {elapsed_s:.1f} s apart"
+    return "1 sample (no persistence check)"
+
+
+def pid_list(pids: Iterable[int], max_items: int = 4) -> str:
+    """PIDs in order, a run of three or more contiguous PIDs as a range:
+    "100–104, 107, 110–112". A range never stands for PIDs that are not all
+    there. Past `max_items` items, the rest is "…"."""
+    runs: list[list[int]] = []
+    for pid in sorted(set(pids)):
+        if runs and pid == runs[-1][-1] + 1:
+            runs[-1].append(pid)
+        else:
+            runs.append([pid])
+    items: list[str] = []
+    for run in runs:
+        items += [f"{run[0]}–{run[-1]}"] if len(run) > 2 else [str(p) for p in run]
+    return ", ".join(items[:max_items]) + (", …" if len(items) > max_items else "")

@@ -138,7 +138,8 @@ def target_document(t: TargetReport) -> dict[str, Any]:
         },
         "findings": [finding_document(f) for f in t.findings],
         "unreadable": [u._asdict() for u in snap.unreadable],
-        "samples": t.samples, "grace_s": t.grace_s, "gone": t.gone,
+        "samples": t.samples, "grace_s": t.grace_s, "elapsed_s": round(t.elapsed_s, 3),
+        "gone": t.gone,
     }
     return doc
 

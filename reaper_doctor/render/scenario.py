@@ -14,6 +14,7 @@ import click
 from tabulate import tabulate
 
 from ..runner import Sample, ScenarioRun
+from .common import sampling_phrase
 from .json import finding_document, target_document
 from .text import SEVERITY_COLORS, _finding_line
 
@@ -173,8 +174,8 @@ def _findings(run: ScenarioRun, style: Callable[..., str]) -> str:
     when = "during the load" if run.scanned == "during-load" else "after the load"
     if run.scan is None:
         return style(f"Scan: {run.scan_error or 'not run'}", fg="red")
-    head = f"Scan of PID {run.scan.pid} {when}, {run.scan.samples} samples " \
-           f"{run.scan.grace_s:g} s apart"
+    head = (f"Scan of PID {run.scan.pid} {when}, "
+            f"{sampling_phrase(run.scan.samples, run.scan.elapsed_s)}")
     if not run.findings:
         return head + "\n" + style("Findings: none", fg="green")
     lines = [head, f"Findings: {len(run.findings)}"]

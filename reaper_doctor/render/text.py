@@ -14,10 +14,15 @@ import click
 from tabulate import tabulate
 
 from ..containers import OWN_NAMESPACE_NOTE, describe_place, is_known_init
-from ..diagnose import exit_status_describer
-from ..model import Finding, FdTable, LimitUsage, MachineCensus, ProcessInfo, Report, Severity, Snapshot, TargetReport
+from ..diagnose import PID1_GRACE_S, exit_status_describer
+from ..model import (
+    Finding, FdTable, LimitUsage, MachineCensus, ProcessInfo, Report, Severity, Snapshot,
+    TargetReport,
+)
 from ..procfs import ExitStatus
-from .common import children_map, command_line, safe, state_word, zombie_groups
+from .common import (
+    children_map, command_line, pid_list, safe, sampling_phrase, state_word, zombie_groups,
+)
 
 SEVERITY_COLORS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 MAX_LIVE_LINES = 30   # live siblings shown one per line before they are summarised
@@ -40,10 +45,8 @@ def render_census(report: Report, style: Callable[..., str]) -> str:
     """`scan` with no PID, on one screen: tables capped, findings one line each."""
     m = report.machine
     assert m is not None
-    sampling = (f"2 samples {m.elapsed_s:.1f} s apart" if m.samples > 1
-                else "1 sample (no persistence check)")
     head = [style("Machine census", bold=True) + f": {m.processes} processes, {m.tasks} tasks · "
-            + sampling]
+            + sampling_phrase(m.samples, m.elapsed_s)]
     pids = LimitUsage(m.tasks, m.pid_max, m.pid_max) if m.pid_max else None
     files = LimitUsage(m.files_open, m.file_max, m.file_max) if m.file_max else None
     head.append(f"PIDs {m.tasks} of {_num(m.pid_max)} (kernel.pid_max{', ' + _pct(pids) if pids else ''})"
@@ -55,13 +58,24 @@ def render_census(report: Report, style: Callable[..., str]) -> str:
 
     leaking = [p for p in m.zombie_parents if not p.is_reaper]
     if leaking:
-        rows = [[f"{p.pid} {safe(p.name or '?')}", p.zombies, p.persistent, p.sigchld or "unknown",
+        # How many were zombies at both samples: a column only where it
+        # tells something the zombie count does not.
+        persisted = m.samples > 1 and any(p.persistent != p.zombies for p in leaking)
+        rows = [[f"{p.pid} {safe(p.name or '?')}", p.zombies,
+                 *([p.persistent] if persisted else []), p.sigchld or "unknown",
                  p.verdict or "-"] for p in leaking[:MAX_CENSUS_ROWS]]
         more = _more(len(leaking), "parents")
+        if m.samples == 1:
+            when = " (one sample: persistence not checked)"
+        elif not persisted:
+            when = ", every one a zombie at both samples"
+        else:
+            when = ""
+        headers = ["parent", "zombies", *(["in both samples"] if persisted else []),
+                   "SIGCHLD", "verdict"]
         parts.append(f"Zombies: {sum(p.zombies for p in leaking)} under {len(leaking)} "
-                     f"parent{'s' if len(leaking) != 1 else ''}\n" + tabulate(
-                         rows, headers=["parent", "zombies", "persisted", "SIGCHLD", "verdict"],
-                         tablefmt="simple", disable_numparse=True) + more)
+                     f"parent{'s' if len(leaking) != 1 else ''}{when}\n" + tabulate(
+                         rows, headers=headers, tablefmt="simple", disable_numparse=True) + more)
     else:
         parts.append("Zombies: none held by a live parent")
     orphans = [p for p in m.zombie_parents if p.is_reaper]
@@ -173,8 +187,9 @@ def _headline(t: TargetReport, me: ProcessInfo, style: Callable[..., str]) -> st
     if me.age_s is not None:
         facts.append(f"up {_duration(me.age_s)}")
     line = style(f"PID {me.pid}", bold=True) + f"  {command_line(me, 80)}  ({', '.join(facts)})"
-    sampling = (f"{t.samples} samples {t.grace_s:g} s apart" if t.samples > 1
-                else "1 sample (no persistence check)")
+    sampling = sampling_phrase(t.samples, t.elapsed_s)
+    if t.samples > 1 and t.pid1_wait:
+        sampling += f" (--grace {t.grace_s:g}; zombies of PID 1 get {PID1_GRACE_S:g} s)"
     extra = [f"SIGCHLD {me.sigchld or 'unknown'}", f"parent {me.ppid}", sampling]
     if t.gone:
         extra.append(style("the process exited during the scan", fg="yellow"))
@@ -265,19 +280,14 @@ def _collapsed_children(children: list[ProcessInfo], kids: dict[int, list[Proces
         fd_range = f" fds {min(fds)}–{max(fds)}" if fds and min(fds) != max(fds) else (
             f" fds {fds[0]}" if fds else "")
         rows.append((f"{len(group)} × {safe(name)} [{state}]{fd_range} "
-                     f"(pids {group[0].pid}…{group[-1].pid})", None))
+                     f"(pids {pid_list(c.pid for c in group)})", None))
     for (name, status), pids in sorted(zombies.items(), key=lambda kv: -len(kv[1])):
         if len(pids) == 1:
             rows.append((f"{pids[0]} {safe(name)} <defunct> {status}", None))
         else:
             rows.append((f"{len(pids)} × {safe(name)} <defunct> {status} "
-                         f"(pids {_pid_span(pids)})", None))
+                         f"(pids {pid_list(pids)})", None))
     return rows
-
-
-def _pid_span(pids: list[int]) -> str:
-    pids = sorted(pids)
-    return f"{pids[0]}…{pids[-1]}" if len(pids) > 2 else ", ".join(map(str, pids))
 
 
 def _zombies(snap: Snapshot) -> str:
@@ -426,7 +436,7 @@ def _findings(t: TargetReport, style: Callable[..., str]) -> str:
         return "Findings: none (the process exited before a second sample)"
     if not t.findings:
         return style("Findings: none", fg="green") + " — no leak seen" + (
-            f" over {t.grace_s:g} s" if t.samples > 1 else "")
+            f" over {t.elapsed_s:.1f} s" if t.samples > 1 else "")
     lines = [f"Findings: {len(t.findings)}"]
     for f in t.findings:
         lines.append(_finding_line(f, style))
