@@ -1,5 +1,5 @@
 """`python -m reaper_doctor` runs the command line."""
 
-from reaper_doctor.cli import run
+from .cli import run
 
 run()

@@ -37,7 +37,8 @@ class OneLineErrors(click.Group):
     and never a traceback, so every click error is caught here, in one place.
     """
 
-    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+    def main(self, args: Any = None, prog_name: str | None = None,  # type: ignore[override]
+             **extra: Any) -> Any:
         extra.pop("standalone_mode", None)
         try:
             rv = super().main(args=args, prog_name=prog_name or PROG,
@@ -75,7 +76,7 @@ class OneLineErrors(click.Group):
 
 # click >= 8.2 raises this for a group run without a command; 8.1 prints
 # the help and exits 0 by itself.
-NO_ARGS_IS_HELP: type[Exception] = getattr(click.exceptions, "NoArgsIsHelpError", ())  # type: ignore[assignment]
+NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def click_message(e: click.ClickException) -> str:
@@ -243,7 +244,8 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
     """
     import time
 
-    from .scan import ProcessGone, scan as run_scan
+    from .commands.scan import ProcessGone
+    from .commands.scan import scan as run_scan
 
     if as_json:
         if fmt not in (None, "json"):
@@ -259,7 +261,7 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
         die("--trace needs at least one PID (the whole-machine census is not traced)")
     notes: list[str] = []
     if pids:
-        from .targets import scan_targets
+        from .collect.targets import scan_targets
 
         resolved = scan_targets(pids)
         pids, notes = tuple(resolved.pids), resolved.notes
@@ -273,7 +275,7 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
                 report = run_scan(list(pids), grace_s=grace_s,
                                   with_fd_list=list_fds)
             else:
-                from .census import census
+                from .commands.census import census
 
                 report = census(grace_s=grace_s)
         except ProcessGone as gone:
@@ -312,9 +314,10 @@ def _echo_notes(notes: list[str]) -> None:
 
 def _traced_scan(pids: list[int], grace_s: float, list_fds: bool, trace_s: float) -> Any:
     """`scan --trace S`: tracefs is imported only here; its errors are one line, exit 2."""
-    from .scan import ProcessGone, scan as run_scan
-    from .trace import SigchldTracer
-    from .tracefs import TracefsError, preflight
+    from .commands.scan import ProcessGone
+    from .commands.scan import scan as run_scan
+    from .system.tracefs import TracefsError, preflight
+    from .system.tracers import SigchldTracer
 
 
     def attached(pid: int, instance: str) -> None:
@@ -373,10 +376,10 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     """
     import csv
 
-    from .collect import ProcessGone
+    from .collect.proc import ProcessGone
+    from .commands.watch import watch as run_watch
     from .render import watch as render
-    from .targets import live_target
-    from .watch import watch as run_watch
+    from .collect.targets import live_target
 
     pid, notes = live_target(pid, "watching")
     _echo_notes(notes)
@@ -418,8 +421,8 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     return report.exit_code
 
 
-# Names only: importing lesson.py here would be paid by every command.
-# tests/test_lesson.py checks they match lesson.STRATEGIES.
+# Names only: importing commands/lesson.py here would be paid by every command.
+# tests/test_lesson.py checks they match model.lesson.STRATEGIES.
 LESSON_STRATEGIES = ("wait-once", "waitpid-loop", "sig-ign", "pidfd")
 
 
@@ -454,11 +457,13 @@ def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json:
     Each trial runs in a fresh Python process; everything it forks is reaped.
     With --trace, the kernel's signal tracepoints show where the signals merged.
     """
-    from . import lesson as lesson_mod
+    from .commands import lesson as lesson_mod
+    from .model.lesson import STRATEGIES
+    from .render import lesson as lesson_render
 
     trace_errors: tuple[type[Exception], ...] = ()
     if trace:
-        from .tracefs import TracefsError, preflight
+        from .system.tracefs import TracefsError, preflight
 
         trace_errors = (TracefsError,)
         try:
@@ -467,15 +472,15 @@ def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json:
             die(str(e))
     try:
         report = lesson_mod.run_lesson(children, trials,
-                                       strategies or lesson_mod.STRATEGIES, trace=trace)
+                                       strategies or STRATEGIES, trace=trace)
     except lesson_mod.LessonError as e:
         die(str(e))
     except trace_errors as e:
         die(str(e))
     if as_json:
-        click.echo(lesson_mod.render_json(report))
+        click.echo(lesson_render.render_json(report))
     else:
-        click.echo(lesson_mod.render_text(report, color=use_color(no_color)))
+        click.echo(lesson_render.render_text(report, color=use_color(no_color)))
     if report.leftover_processes:
         click.echo(error_line(f"{report.leftover_processes} process(es) of the trials "
                               "were left over (killed)"), err=True)
@@ -491,7 +496,7 @@ def scenario() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def scenario_list(as_json: bool) -> None:
     """List the scenarios: what each reproduces and the findings it should get."""
-    from .scenarios import SCENARIOS
+    from .model.scenario import SCENARIOS
 
     if as_json:
         import json
@@ -553,7 +558,7 @@ class SignalType(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        from .tracefs import parse_signal
+        from .model.signals import parse_signal
 
         try:
             return parse_signal(str(value))
@@ -579,9 +584,12 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
           as_json: bool, no_color: bool) -> None:
     """(root) Count SIGCHLD generated / merged / delivered for PID, from the
     kernel's signal tracepoints, in a private tracing instance."""
-    from . import trace as tracing
-    from .targets import live_target
-    from .tracefs import TracefsError, signal_name
+    from .collect.targets import live_target
+    from .commands import trace as tracing
+    from .diagnose.trace import exit_code, trace_findings
+    from .model.signals import signal_name
+    from .render import trace as trace_render
+    from .system.tracefs import TracefsError
 
     pid, notes = live_target(pid, "tracing")
     _echo_notes(notes)
@@ -591,11 +599,11 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
         click.echo(f"{PROG}: tracing {signal_name(signum)} of PID {pid} in {tr.instance} "
                    f"{until}", err=True)
         if not as_json:
-            click.echo(tracing.SAMPLE_HEADER)
+            click.echo(trace_render.SAMPLE_HEADER)
 
     def sampled(s: Any) -> None:
         if not as_json:
-            click.echo(tracing.render_sample(s))
+            click.echo(trace_render.render_sample(s))
 
     def target_exited(t_s: float) -> None:
         click.echo(f"{PROG}: PID {pid} exited after {t_s:.1f} s; trace ended", err=True)
@@ -606,8 +614,8 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
                                    on_target_exit=target_exited)
     except TracefsError as e:
         die(str(e))
-    click.echo(tracing.render_json(result) if as_json else tracing.render_text(result))
-    sys.exit(tracing.exit_code(tracing.trace_findings(result)))
+    click.echo(trace_render.render_json(result) if as_json else trace_render.render_text(result))
+    sys.exit(exit_code(trace_findings(result)))
 
 
 def load_options(func: Any) -> Any:
@@ -667,12 +675,14 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     Exit 0: the expected findings and no other warning, nothing left over;
     1: otherwise; 2: bad input (unknown scenario).
     """
-    from . import runner
+    from .commands import scenario as runner
+    from .model.scenario import RunSettings
     from .render.scenario import render_run_json, render_run_text
+    from .system.lifecycle import sigterm_raises_systemexit
 
     if requests is None:
         requests = runner.default_requests(fd_limit, concurrency)
-    settings = runner.RunSettings(requests=requests, concurrency=concurrency,
+    settings = RunSettings(requests=requests, concurrency=concurrency,
                                   timeout_s=timeout_s, grace_s=grace_s,
                                   lifetime_s=lifetime_s, fd_limit=fd_limit)
     try:
@@ -683,7 +693,7 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     except ValueError as e:
         die(str(e))
     show = not as_json and sys.stderr.isatty()
-    with runner.sigterm_raises_systemexit(), \
+    with sigterm_raises_systemexit(), \
             _progress(f"{name}: requests", requests, show) as bar:
         try:
             run = runner.run_scenario(name, settings, on_result=lambda o: bar.update(1))
@@ -710,23 +720,21 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
 
     Exit 0 when every scenario behaved as expected and nothing was left over.
     """
-    from . import runner
+    from .commands import scenario as runner
+    from .model.scenario import RunSettings
     from .render.scenario import render_compare_json, render_compare_text
+    from .system.lifecycle import sigterm_raises_systemexit
 
     if requests is None:
         requests = runner.default_requests(None, concurrency)
-    settings = runner.RunSettings(requests=requests, concurrency=concurrency,
+    settings = RunSettings(requests=requests, concurrency=concurrency,
                                   timeout_s=timeout_s, grace_s=grace_s)
     show = not as_json and sys.stderr.isatty()
     runs = []
-    names = list(runner.SCENARIOS)
-    if any(runner.SCENARIOS[n].needs_pid_namespace for n in names):
-        problem = runner.pid_namespace_problem()
-        if problem:
-            skipped = [n for n in names if runner.SCENARIOS[n].needs_pid_namespace]
-            click.echo(f"{PROG}: skipping {', '.join(skipped)}: {problem}", err=True)
-            names = [n for n in names if n not in skipped]
-    with runner.sigterm_raises_systemexit():
+    names, skipped = runner.runnable_scenarios()
+    if skipped:
+        click.echo(f"{PROG}: {skipped}", err=True)
+    with sigterm_raises_systemexit():
         for name in names:
             with _progress(f"{name:>12}", requests, show) as bar:
                 try:

@@ -40,7 +40,7 @@ import pytest
 
 if TYPE_CHECKING:  # collect is imported only when the plugin is on
     from .model import FdDetail, ProcessInfo
-    from .procfs import StatLine
+    from .parse.procfs import StatLine
 
 CHECKS = ("children", "zombies", "fds")
 MODES = ("fail", "warn")
@@ -138,9 +138,9 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = _settings(config)
     if settings is None:
         return
-    from . import collect
+    from .collect.proc import has_procfs
 
-    if not collect.has_procfs():
+    if not has_procfs():
         # psutil could count descriptors elsewhere but not name them, nor
         # tell a zombie's exit status: better off than half right.
         config.issue_config_time_warning(
@@ -193,9 +193,9 @@ class LeakChecker:
     """Registered only when the plugin is on; holds the per-test states."""
 
     def __init__(self, settings: Settings) -> None:
-        from . import collect
+        from .collect import fds, process, tasks
 
-        self.collect = collect
+        self.fds, self.process, self.tasks = fds, process, tasks
         self.settings = settings
         self.pid = os.getpid()
         self.children_file: bool | None = None   # /proc/<pid>/task/*/children works
@@ -209,25 +209,23 @@ class LeakChecker:
     # -- sampling ------------------------------------------------------------
 
     def sample(self) -> Sample:
-        collect = self.collect
         pid = os.getpid()
-        fds = collect.fd_links(pid)
+        fds = self.fds.fd_links(pid)
         children, last = self._children(pid)
         sample = Sample(fds=fds, children=children, last_pid=last)
         self.last = sample
         return sample
 
     def _children(self, pid: int) -> tuple[dict[int, StatLine], int | None]:
-        collect = self.collect
         if self.children_file is not False:
-            pids = collect.task_children(pid)
+            pids = self.tasks.task_children(pid)
             self.children_file = pids is not None
             if pids is not None:
-                return collect.child_stats(pid, pids), None
+                return self.tasks.child_stats(pid, pids), None
         # No children file (CONFIG_PROC_CHILDREN off). Read the PID counter
         # first: any process created after it has a larger PID (modulo wrap).
-        last = collect.last_pid()
-        if not collect.has_children():
+        last = self.tasks.last_pid()
+        if not self.tasks.has_children():
             return {}, last
         candidates: Iterable[int] | None = None
         previous = self.last
@@ -236,7 +234,7 @@ class LeakChecker:
                 candidates = {*previous.children, *range(previous.last_pid + 1, last + 1)}
         # A walk of every process otherwise: the first time, after a wrap,
         # or when the machine forked a lot meanwhile.
-        return collect.child_stats(pid, candidates), last
+        return self.tasks.child_stats(pid, candidates), last
 
     def leaks(self, state: TestState) -> Leaks:
         after = self.sample()
@@ -245,7 +243,7 @@ class LeakChecker:
         found = Leaks()
         if "fds" in state.checks:
             for fd, link in after.fds.items():
-                key = ("fd", fd, link)
+                key: Key = ("fd", fd, link)
                 if key in owned:
                     continue
                 if before.fds.get(fd) != link or key in state.released:
@@ -328,7 +326,7 @@ class LeakChecker:
             return
         block = item.stash.get(_RESULT, "")
         info: dict[str, Any] = {"checks": sorted(state.checks), "leaked": bool(block)}
-        report.reaper_doctor = info  # travels with the report to an xdist controller
+        report.reaper_doctor = info  # type: ignore[attr-defined]  # travels to an xdist controller
         if not block or self.settings.mode != "fail":
             return
         if report.passed and not state.failed:
@@ -423,7 +421,7 @@ class LeakChecker:
 
     def render(self, found: Leaks, item: pytest.Item) -> str:
         pid = os.getpid()
-        details = self.collect.describe_fds(pid, found.fds)
+        details = self.fds.describe_fds(pid, found.fds)
         described = {d.fd for d in details}
         counts = []
         if found.fds:
@@ -437,9 +435,9 @@ class LeakChecker:
         lines += [f"  fd {fd:<5} {link}  (closed while being described)"
                   for fd, link in sorted(found.fds.items()) if fd not in described]
         for st in found.children:
-            lines.append("  " + _describe_child(st, self.collect.describe_process(st.pid)))
+            lines.append("  " + _describe_child(st, self.process.describe_process(st.pid)))
         for st in found.zombies:
-            lines.append("  " + _describe_zombie(st, self.collect.describe_process(st.pid)))
+            lines.append("  " + _describe_zombie(st, self.process.describe_process(st.pid)))
         lines.append("  hint: " + _hint(details, found))
         kinds = [c for c in CHECKS if getattr(found, c)]
         allow = ", ".join('"%s"' % k for k in kinds)

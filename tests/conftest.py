@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from helpers import Spawner, become_subreaper
-from reaper_doctor import tracefs
+
+from reaper_doctor.system import tracefs
 
 # Orphans of the test children (zombies a killed parent leaves) come to the
 # test process, which reaps them, instead of lingering under PID 1.

@@ -13,7 +13,7 @@ from typing import Any
 
 from helpers import Spawner
 
-from reaper_doctor.scenarios import script_path
+from reaper_doctor.commands.scenario import script_path
 
 ADDRESS = re.compile(rb"^127\.0\.0\.1:(\d+)$")
 

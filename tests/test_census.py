@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from helpers import run_cli, run_json
-from reaper_doctor.census import INIT_LIKE, _reapers, _uid_tasks
-from reaper_doctor.collect import MachineSample, TaskBrief
+
+from reaper_doctor.collect.machine import MachineSample
+from reaper_doctor.collect.tasks import TaskBrief
+from reaper_doctor.commands.census import INIT_LIKE, _reapers, _uid_tasks
 from reaper_doctor.model import ProcessInfo
 
 

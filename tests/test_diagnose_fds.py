@@ -3,12 +3,27 @@ test_fds.py and test_watch.py prove them on real processes)."""
 
 from __future__ import annotations
 
-from reaper_doctor.diagnose import (
-    accept_backlog_findings, close_wait_findings, fd_growth_findings,
-    inherited_listener_findings, linear_fit, watch_etas, watch_fd_growth, watch_rates,
+from reaper_doctor.diagnose.fds import (
+    accept_backlog_findings,
+    close_wait_findings,
+    fd_growth_findings,
+    inherited_listener_findings,
+)
+from reaper_doctor.diagnose.watch import (
+    linear_fit,
+    watch_etas,
+    watch_fd_growth,
+    watch_rates,
 )
 from reaper_doctor.model import (
-    FdCounts, FdTable, LimitUsage, ProcessInfo, Snapshot, SocketFd, WatchLimits, WatchSample,
+    FdCounts,
+    FdTable,
+    LimitUsage,
+    ProcessInfo,
+    Snapshot,
+    SocketFd,
+    WatchLimits,
+    WatchSample,
 )
 from reaper_doctor.render.watch import sparkline
 

@@ -8,7 +8,7 @@ import pytest
 from helpers import run_cli
 
 from reaper_doctor.catalog import CODES, EXPLAIN
-from reaper_doctor.scenarios import SCENARIOS
+from reaper_doctor.model.scenario import SCENARIOS
 
 
 def test_every_code_has_a_teaching_text() -> None:

@@ -8,7 +8,6 @@ import socket
 from typing import Callable
 
 import pytest
-
 from helpers import http_request, run_cli, run_json, wait_until
 from test_scan import codes_of, findings_of
 

@@ -7,10 +7,13 @@ import os
 import re
 
 import pytest
+from helpers import children_states as children_of
+from helpers import proc_stats, run_cli, wait_until
 
-from helpers import children_states as children_of, proc_stats, run_cli, wait_until
-from reaper_doctor import cli, lesson
-from reaper_doctor.lesson import LessonReport, StrategyResult, Trial
+from reaper_doctor import cli
+from reaper_doctor.commands import lesson
+from reaper_doctor.model.lesson import STRATEGIES, LessonReport, StrategyResult, Trial
+from reaper_doctor.render import lesson as lesson_render
 
 N = 64
 
@@ -37,7 +40,7 @@ def lesson_doc() -> dict:
 def test_json_shape(lesson_doc: dict) -> None:
     assert lesson_doc["schema"] == "reaper-doctor/lesson-coalescing/1"
     assert lesson_doc["children"] == N
-    assert [s["name"] for s in lesson_doc["strategies"]] == list(lesson.STRATEGIES)
+    assert [s["name"] for s in lesson_doc["strategies"]] == list(STRATEGIES)
     for s in lesson_doc["strategies"]:
         assert {"name", "children", "handler_runs", "reaped", "zombies_left",
                 "skipped"} <= s.keys()
@@ -114,7 +117,7 @@ def test_strategy_option_and_text_output() -> None:
 
 
 def test_cli_names_match_lesson() -> None:
-    assert cli.LESSON_STRATEGIES == lesson.STRATEGIES
+    assert cli.LESSON_STRATEGIES == STRATEGIES
 
 
 def test_run_trial_handshake_hooks() -> None:
@@ -177,7 +180,7 @@ def _report() -> LessonReport:
 
 
 def test_render_text_on_hand_built_data() -> None:
-    text = lesson.render_text(_report(), color=False)
+    text = lesson_render.render_text(_report(), color=False)
     assert "\x1b[" not in text
     for header in ("strategy", "children", "handler runs", "reaped by handler",
                    "zombies left"):
@@ -192,11 +195,11 @@ def test_render_text_on_hand_built_data() -> None:
     assert "waitpid(-1, os.WNOHANG)" in flat and "pending" in flat
     assert "waitpid-loop ran 19 times and reaped 64, 0 left" in flat
     assert text.rstrip().endswith("reaper-doctor explain RD102")
-    assert "\x1b[" in lesson.render_text(_report(), color=True)
+    assert "\x1b[" in lesson_render.render_text(_report(), color=True)
 
 
 def test_render_json_on_hand_built_data() -> None:
-    doc = json.loads(lesson.render_json(_report()))
+    doc = json.loads(lesson_render.render_json(_report()))
     assert doc["schema"] == "reaper-doctor/lesson-coalescing/1"
     assert doc["children"] == 64 and doc["trials"] == 3
     once, loop, ign, pidfd = doc["strategies"]

@@ -8,7 +8,8 @@ import threading
 import pytest
 from scenario_servers import start_scenario
 
-from reaper_doctor.load import LoadResult, drive, one_request, percentile
+from reaper_doctor.model.load import LoadResult
+from reaper_doctor.system.load import drive, one_request, percentile
 
 
 @pytest.mark.parametrize("host", ["localhost", "0.0.0.0", "::1", "10.0.0.1", "127.0.0.2"])

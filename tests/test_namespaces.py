@@ -13,8 +13,8 @@ import pytest
 from helpers import cli_argv, live_children, run_json, wait_until, zombie_children
 from namespaces import needs_namespaces, needs_tini, ns_pids, start_namespace, unshare_argv
 
-from reaper_doctor.diagnose import PID1_GRACE_S
-from reaper_doctor.scan import scan
+from reaper_doctor.commands.scan import scan
+from reaper_doctor.diagnose.zombies import PID1_GRACE_S
 
 # PID 1 of the namespace: orphans two helpers (they die as zombies of PID 1)
 # and then sleeps, reaping nothing.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from reaper_doctor import procfs
+from reaper_doctor.model.kernel import UnixSocketRow
+from reaper_doctor.parse import procfs
 
 # A zombie whose comm holds ") (" — a naive split reads the wrong fields.
 STAT_ZOMBIE = (b"4711 (a) b (c) Z 4242 4242 4242 0 -1 4227180 63 0 0 0 0 0 0 0 20 0 1 0 "
@@ -132,9 +133,9 @@ UNIX = """Num       RefCount Protocol Flags    Type St Inode Path
 def test_unix_table_rows():
     rows = list(procfs.parse_unix_table(UNIX))
     assert rows == [
-        procfs.UnixSocketRow(1001, "stream", "LISTEN", "/run/app.sock"),
-        procfs.UnixSocketRow(1002, "stream", "CONNECTED", None),
-        procfs.UnixSocketRow(1003, "dgram", "UNCONNECTED", "@abstract name"),
+        UnixSocketRow(1001, "stream", "LISTEN", "/run/app.sock"),
+        UnixSocketRow(1002, "stream", "CONNECTED", None),
+        UnixSocketRow(1003, "dgram", "UNCONNECTED", "@abstract name"),
     ]
     assert procfs.parse_unix_inodes(UNIX) == {1001, 1002, 1003}
 

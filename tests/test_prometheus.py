@@ -7,11 +7,15 @@ import shutil
 import subprocess
 
 import pytest
+from helpers import one_error_line, run_cli, wait_until, zombie_children
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import one_error_line, run_cli, wait_until, zombie_children
 from reaper_doctor.model import (
-    LimitUsage, ProcessInfo, Report, Snapshot, TargetReport,
+    LimitUsage,
+    ProcessInfo,
+    Report,
+    Snapshot,
+    TargetReport,
 )
 from reaper_doctor.render.prometheus import render_prometheus
 

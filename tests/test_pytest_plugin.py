@@ -395,7 +395,7 @@ def test_each_xdist_worker_checks_its_own_tests(run, pytester):
 def test_describe_fds_names_each_kind(tmp_path):
     import socket
 
-    from reaper_doctor import collect
+    from reaper_doctor.collect.fds import describe_fds, fd_links
 
     opened: list = []
     try:
@@ -407,7 +407,7 @@ def test_describe_fds_names_each_kind(tmp_path):
         log = open(tmp_path / "log.txt", "a")
         opened += [listener, unbound, left, right, log]
         fds = [r, w, listener.fileno(), unbound.fileno(), left.fileno(), log.fileno()]
-        by_fd = {d.fd: d for d in collect.describe_fds(os.getpid(), fds)}
+        by_fd = {d.fd: d for d in describe_fds(os.getpid(), fds)}
         assert (by_fd[r].kind, by_fd[r].peer_fds, by_fd[r].mode) == ("pipe", (w,), "r, cloexec")
         tcp = by_fd[listener.fileno()]
         assert tcp.kind == "tcp" and tcp.inet.state == "LISTEN"
@@ -417,7 +417,7 @@ def test_describe_fds_names_each_kind(tmp_path):
         assert by_fd[log.fileno()].mode == "w, append, cloexec"
         assert by_fd[log.fileno()].link == str(tmp_path / "log.txt")
         # asking the unbound socket itself left its descriptor open
-        assert unbound.fileno() in collect.fd_links(os.getpid())
+        assert unbound.fileno() in fd_links(os.getpid())
     finally:
         for thing in opened:
             os.close(thing) if isinstance(thing, int) else thing.close()

@@ -12,9 +12,16 @@ import time
 
 import pytest
 from click.testing import CliRunner
-
-from helpers import live_children, one_error_line, run_cli, run_json, wait_until, zombie_children
+from helpers import (
+    live_children,
+    one_error_line,
+    run_cli,
+    run_json,
+    wait_until,
+    zombie_children,
+)
 from scenario_servers import start_scenario
+
 from reaper_doctor.cli import main
 
 # Forks N children blocked on one pipe, then releases them together: the
@@ -270,8 +277,8 @@ def test_special_targets_give_valid_reports(spawner):
 def test_process_that_exits_during_the_scan_is_reported_not_crashed_on(spawner, reaped):
     """The target exits between the two samples: the scan's wait is the
     moment we end it, so the test does not race the clock."""
+    from reaper_doctor.commands.scan import scan
     from reaper_doctor.render.json import render_json
-    from reaper_doctor.scan import scan
 
     proc = spawner.python("import sys; print('ready', flush=True); sys.stdin.read()",
                           stdin=subprocess.PIPE)
@@ -332,8 +339,8 @@ def test_unprivileged_scan_of_a_root_process_is_partial_not_an_error(spawner):
     """Run the CLI as UID nobody (in a forked copy of this process: the
     interpreter under /root is not executable for nobody) against a
     root-owned parent with zombies."""
-    from reaper_doctor import scan as _scan  # noqa: F401  (import before dropping privileges)
-    from reaper_doctor.render import json as _json, text as _text  # noqa: F401
+    from reaper_doctor.commands import scan as _scan  # noqa: F401  (import before dropping privileges)
+    from reaper_doctor.render import json as _json  # noqa: F401
 
     parent = spawner.zombie_parent("3")
     r, w = os.pipe()
@@ -342,7 +349,9 @@ def test_unprivileged_scan_of_a_root_process_is_partial_not_an_error(spawner):
         code = 3
         try:
             os.close(r)
-            os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
             os.dup2(w, 1)
             sys.stdout = os.fdopen(1, "w")
             try:
@@ -368,7 +377,10 @@ def test_portable_fallback_through_psutil_sees_the_tree_and_zombies(spawner):
     """Where there is no /proc, collect falls back to psutil: the tree,
     zombies and descriptor counts, with the /proc-only fields reported as
     unavailable (DESIGN.md). psutil works on Linux too, so it is checked here."""
-    from reaper_doctor.collect_psutil import UNAVAILABLE, collect_snapshot_psutil
+    from reaper_doctor.collect.psutil_fallback import (
+        UNAVAILABLE,
+        collect_snapshot_psutil,
+    )
     from reaper_doctor.diagnose import diagnose
 
     parent = spawner.zombie_parent("0", "3")

@@ -10,12 +10,20 @@ import signal
 import subprocess
 
 import pytest
-from helpers import (Spawner, cli_argv, proc_stats, run_cli, run_json, stat_fields, wait_until,
-                     zombie_children)
-
+from helpers import (
+    Spawner,
+    cli_argv,
+    proc_stats,
+    run_cli,
+    run_json,
+    stat_fields,
+    wait_until,
+    zombie_children,
+)
 from namespaces import namespace_skip_reason, needs_namespaces
 
-from reaper_doctor.scenarios import SCENARIOS, script_path
+from reaper_doctor.commands.scenario import script_path
+from reaper_doctor.model.scenario import SCENARIOS
 
 # A fd-leak request never ends (no EOF): a short timeout keeps the run short.
 # Other requests take about 50 ms; a generous timeout keeps a busy machine
@@ -278,9 +286,9 @@ def test_sparkline() -> None:
 
 
 def test_compare_text_table_from_hand_built_runs() -> None:
-    from reaper_doctor.load import LoadResult
+    from reaper_doctor.model.load import LoadResult
+    from reaper_doctor.model.scenario import RunSettings, Sample, ScenarioRun, Teardown
     from reaper_doctor.render.scenario import render_compare_text
-    from reaper_doctor.runner import RunSettings, Sample, ScenarioRun, Teardown
 
     settings = RunSettings(requests=10, concurrency=2, timeout_s=1.0)
     runs = []

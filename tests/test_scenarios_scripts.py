@@ -21,8 +21,9 @@ from namespaces import namespace_skip_reason, needs_namespaces, ns_pids
 from scenario_servers import read_until, start_scenario
 
 from reaper_doctor.catalog import CODES
-from reaper_doctor.load import drive, one_request
-from reaper_doctor.scenarios import SCENARIOS, get, script_path, scripts_dir
+from reaper_doctor.commands.scenario import script_path, scripts_dir
+from reaper_doctor.model.scenario import SCENARIOS, get
+from reaper_doctor.system.load import drive, one_request
 
 NAMES = sorted(SCENARIOS)
 

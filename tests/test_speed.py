@@ -8,10 +8,11 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import wait_until
 
-from reaper_doctor import collect, netlink, procfs
+from reaper_doctor.collect import proc as proc_files
+from reaper_doctor.collect import sockets
+from reaper_doctor.parse import netlink, procfs
 
 
 @pytest.mark.parametrize("family, host, table_name", [
@@ -32,11 +33,11 @@ def test_sock_diag_rows_match_proc_net_tcp(family, host, table_name):
     waiting = socket.create_connection(("127.0.0.1", port))  # stays in the accept queue
     try:
         unaccepted: dict = {}
-        rows = collect._tcp_by_sock_diag(unaccepted)
+        rows = sockets._tcp_by_sock_diag(unaccepted)
         assert rows is not None, "sock_diag unavailable"
-        table = collect._SocketRows()
+        table = sockets._SocketRows()
         table.dump, table.diag = rows
-        text = collect.read_text(f"/proc/net/{table_name}")
+        text = proc_files.read_text(f"/proc/net/{table_name}")
         proc = {r.inode: r for r in procfs.parse_inet_table(text, table_name)}
         checked = 0
         for inode, ref in proc.items():   # by port: IPv6 tables write 127.0.0.1 as ::ffff:7f00:1
@@ -88,7 +89,7 @@ def test_one_walk_dump_matches_one_dump_per_family():
 
     def dump(*requests: bytes) -> tuple[bytes, dict[int, int]]:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_SOCK_DIAG) as nl:
-            return collect._dump_tcp(nl, list(requests), {})
+            return sockets._dump_tcp(nl, list(requests), {})
 
     try:
         wait_until(lambda: any(r.state == time_wait for r in netlink.parse_replies(
@@ -99,7 +100,7 @@ def test_one_walk_dump_matches_one_dump_per_family():
         assert not any(r.state == time_wait for r in netlink.parse_replies(one[0])[0])
         rows = []
         for dump, offsets in (one, per_family):
-            table = collect._SocketRows()
+            table = sockets._SocketRows()
             table.dump, table.diag = dump, offsets
             assert ours <= set(offsets)
             rows.append({i: table[i] for i in ours})

@@ -18,24 +18,27 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import one_error_line, run_cli, wait_until, zombie_children
-from reaper_doctor import tracefs
-from reaper_doctor.trace import TraceResult, trace_findings, trace_verdict
-from reaper_doctor.tracefs import (
+
+from reaper_doctor.diagnose.trace import trace_findings, trace_verdict
+from reaper_doctor.model.signals import parse_signal
+from reaper_doctor.model.trace import SignalCounts, TraceResult
+from reaper_doctor.parse.tracefs import (
+    EventFormat,
     LostEvents,
-    SignalCounts,
-    SignalEventsMissing,
-    SignalTrace,
     TraceRecord,
-    TracefsNotFound,
-    TracefsPermissionError,
     count_lines,
-    find_tracefs,
     mountinfo_tracefs_mounts,
     parse_event_format,
-    parse_signal,
     parse_trace_line,
+)
+from reaper_doctor.system import tracefs
+from reaper_doctor.system.tracefs import (
+    SignalEventsMissing,
+    SignalTrace,
+    TracefsNotFound,
+    TracefsPermissionError,
+    find_tracefs,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -45,7 +48,7 @@ CHILDREN = 64
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: tracefs is root-only")
 
 
-def _formats() -> dict[str, tracefs.EventFormat]:
+def _formats() -> dict[str, EventFormat]:
     return {name: parse_event_format((DATA / f"{name}.format").read_text())
             for name in ("signal_generate", "signal_deliver")}
 

@@ -16,12 +16,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import (
+    one_error_line,
+    run_cli,
+    trace_instance_ready,
+    wait_until,
+    zombie_children,
+)
 
-from helpers import one_error_line, run_cli, trace_instance_ready, wait_until, zombie_children
-from reaper_doctor import lesson, tracefs
-from reaper_doctor.diagnose import finding, measured_sigchld_text, with_measured_sigchld
-from reaper_doctor.lesson import LessonReport, StrategyResult, Trial
-from reaper_doctor.scan import scan
+from reaper_doctor.commands.scan import scan
+from reaper_doctor.diagnose.findings import finding
+from reaper_doctor.diagnose.trace import measured_sigchld_text, with_measured_sigchld
+from reaper_doctor.model.lesson import LessonReport, StrategyResult, Trial
+from reaper_doctor.render import lesson as lesson_render
+from reaper_doctor.system import tracefs
 
 TARGET = (Path(__file__).parent / "targets" / "sigchld_parent.py").read_text()
 N = 64
@@ -93,7 +101,7 @@ def _traced_report() -> LessonReport:
 
 
 def test_lesson_renders_kernel_counts_on_hand_built_data():
-    doc = json.loads(lesson.render_json(_traced_report()))
+    doc = json.loads(lesson_render.render_json(_traced_report()))
     assert doc["traced"] is True
     once, loop, ign, pidfd = doc["strategies"]
     assert once["kernel"] == {"generated": 64, "merged": 53, "delivered": 11, "ignored": 0,
@@ -102,7 +110,7 @@ def test_lesson_renders_kernel_counts_on_hand_built_data():
     assert ign["cpython_merged"] is None and pidfd["cpython_merged"] is None
     assert once["trials"][0]["kernel"]["merged"] == 53
 
-    text = lesson.render_text(_traced_report(), color=False)
+    text = lesson_render.render_text(_traced_report(), color=False)
     for word in ("generated", "in kernel", "delivered", "CPython"):
         assert word in text
     row = next(line for line in text.splitlines() if line.startswith("wait-once"))
@@ -114,12 +122,12 @@ def test_lesson_renders_kernel_counts_on_hand_built_data():
     assert "53 + 2 = 55 zombies" in flat
     assert "sig-ign the kernel sent no SIGCHLD at all" in flat
     # Without --trace the table and the text stay as they were.
-    plain = lesson.render_text(LessonReport(64, 1, _traced_report().strategies), color=False)
+    plain = lesson_render.render_text(LessonReport(64, 1, _traced_report().strategies), color=False)
     assert "in kernel" not in plain and "tracepoints" not in plain
 
 
 class FakeTracer:
-    """Stands in for trace.SigchldTracer: records what scan asks of it."""
+    """Stands in for system.tracers.SigchldTracer: records what scan asks of it."""
 
     def __init__(self) -> None:
         self.attached: list[int] = []

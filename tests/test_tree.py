@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from helpers import live_children, run_json, wait_until, zombie_children
-from reaper_doctor import collect
+
+from reaper_doctor.collect import tasks
 
 # A live child with zombie grandchildren, zombie children, and a zombie forked
 # by a second thread: while that thread lives, only its own children file
@@ -51,8 +51,8 @@ def test_children_files_find_the_same_tree_as_a_full_walk(spawner):
     wait_until(lambda: len(zombie_children(proc.pid)) == 4, what="4 zombie children")
     (child,) = live_children(proc.pid)
     wait_until(lambda: len(zombie_children(child)) == 2, what="2 zombie grandchildren")
-    walked = collect.read_tree(proc.pid)
-    full = collect._tree_from_table(proc.pid)
+    walked = tasks.read_tree(proc.pid)
+    full = tasks._tree_from_table(proc.pid)
     assert walked.order == full.order and len(walked.order) == 1 + 1 + 4 + 2
     assert walked.order[0] == proc.pid
     for pid in walked.order:
@@ -67,7 +67,7 @@ def test_nproc_counts_zombies_by_real_uid_not_by_proc_owner(spawner):
     proc = spawner.python(SETUID_PARENT, "5")
     wait_until(lambda: len(zombie_children(proc.pid)) == 5, what="5 zombies")
     assert os.stat(f"/proc/{zombie_children(proc.pid)[0]}").st_uid == 0  # owner: effective UID
-    tree = collect.read_tree(proc.pid)
+    tree = tasks.read_tree(proc.pid)
     assert {tree.table[pid].uid for pid in tree.order} == {65534}
     code, doc = run_json("scan", str(proc.pid), "--grace", "0")
     nproc = doc["targets"][0]["limits"]["nproc"]

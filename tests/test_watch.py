@@ -9,8 +9,14 @@ import signal
 import subprocess
 
 import pytest
-
-from helpers import cli_argv, http_request, one_error_line, run_cli, run_json, wait_until
+from helpers import (
+    cli_argv,
+    http_request,
+    one_error_line,
+    run_cli,
+    run_json,
+    wait_until,
+)
 from test_fds import FD_LEAK_SERVER, FD_OPENER, open_fds, start_server
 
 
@@ -187,7 +193,7 @@ def test_watch_counts_zombies_of_the_tree(spawner):
 def test_tree_tracker_finds_children_forked_after_it_started(spawner):
     """The incremental path (no full process-table pass): new PIDs since
     the last sample are probed, and those whose parent is in the tree join it."""
-    from reaper_doctor.collect import TreeTracker
+    from reaper_doctor.collect.watch import TreeTracker
 
     proc = spawner.python(ZOMBIE_DRIP, "20")
     tracker = TreeTracker(proc.pid, os.getuid())

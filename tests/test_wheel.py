@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from reaper_doctor.scenarios import SCENARIOS
+from reaper_doctor.model.scenario import SCENARIOS
 
 ROOT = Path(__file__).resolve().parent.parent
 # Signs that the build backend (hatchling) could not be fetched: no network
@@ -49,7 +49,7 @@ def test_wheel_ships_the_scenario_scripts(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for s in SCENARIOS.values():
         assert f"reaper_doctor/scenarios/{s.script}" in names, sorted(names)
-    assert "reaper_doctor/runner.py" in names
+    assert "reaper_doctor/commands/scenario.py" in names
 
 
 def _suite_site_dirs() -> list[str]:
@@ -73,8 +73,10 @@ def test_installed_wheel_lists_and_runs_scenarios(wheel: Path, tmp_path: Path) -
     (site,) = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
                    ).stdout.split()
     Path(site, "suite-environment.pth").write_text("".join(d + "\n" for d in _suite_site_dirs()))
+    # --ignore-installed: pip sees the suite's own copy of reaper-doctor through
+    # the .pth and would call the wheel "already satisfied".
     installed = _run([str(python), "-m", "pip", "install", "--quiet", "--no-deps",
-                      "--no-index", str(wheel)])
+                      "--no-index", "--ignore-installed", str(wheel)])
     assert installed.returncode == 0, installed.stderr
     command = str(venv / "bin" / "reaper-doctor")
     # Run from an empty folder, so the checkout cannot be imported by accident.

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from typing import Iterable, NamedTuple
 
-from ..diagnose import exit_status_counts
+from ..diagnose.zombies import exit_status_counts
 from ..model import ProcessInfo, Snapshot
-from ..procfs import STATE_NAMES
+from ..parse.procfs import STATE_NAMES
+
+
+# What the census says when the /proc it reads is a container's.
+OWN_NAMESPACE_NOTE = ("reaper-doctor runs inside a PID namespace (a container): it sees only "
+                      "the processes of its own PID namespace, whose PID 1 is the container's "
+                      "init")
 
 
 def state_word(info: ProcessInfo) -> str:
@@ -35,7 +41,7 @@ class ZombieGroup(NamedTuple):
     exit_statuses: dict[str, int]   # "exit 0" -> 412
 
     @property
-    def count(self) -> int:
+    def count(self) -> int:  # type: ignore[override]  # a field-like name, not tuple.count
         return len(self.pids)
 
 

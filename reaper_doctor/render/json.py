@@ -8,13 +8,19 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from ..diagnose import exit_status_describer
-from ..containers import OWN_NAMESPACE_NOTE, Container
+from ..diagnose.zombies import exit_status_describer
 from ..model import (
-    Finding, FdTable, MachineCensus, ProcessInfo, Report, Snapshot, TargetReport,
+    Container,
+    FdTable,
+    Finding,
+    MachineCensus,
+    ProcessInfo,
+    Report,
+    Snapshot,
+    TargetReport,
 )
-from ..procfs import STATE_NAMES
-from .common import children_map, state_word, zombie_groups
+from ..parse.procfs import STATE_NAMES
+from .common import OWN_NAMESPACE_NOTE, children_map, state_word, zombie_groups
 
 SCHEMA = "reaper-doctor/scan/1"
 
@@ -131,7 +137,7 @@ def target_document(t: TargetReport) -> dict[str, Any]:
         "fds": fds_document(fds),
         "limits": {
             "nofile": _usage(nofile),
-            "nproc": ({**_usage(snap.nproc), "uid": snap.nproc.uid,
+            "nproc": ({**(_usage(snap.nproc) or {}), "uid": snap.nproc.uid,
                        "enforced": snap.nproc.enforced} if snap.nproc else None),
             "pids_cgroup": (snap.pids_cgroup._asdict() if snap.pids_cgroup else None),
             "pid_max": {"used": snap.pids_in_use, "max": snap.pid_max},

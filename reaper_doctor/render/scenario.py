@@ -13,7 +13,7 @@ from typing import Any
 import click
 from tabulate import tabulate
 
-from ..runner import Sample, ScenarioRun
+from ..model.scenario import Sample, ScenarioRun
 from .common import sampling_phrase
 from .json import finding_document, target_document
 from .text import SEVERITY_COLORS, _finding_line

@@ -13,15 +13,24 @@ from typing import Callable
 import click
 from tabulate import tabulate
 
-from ..containers import OWN_NAMESPACE_NOTE, describe_place, is_known_init
-from ..diagnose import PID1_GRACE_S, exit_status_describer
+from ..diagnose.zombies import PID1_GRACE_S, exit_status_describer
 from ..model import (
-    Finding, FdTable, LimitUsage, MachineCensus, ProcessInfo, Report, Severity, Snapshot,
+    FdTable,
+    Finding,
+    LimitUsage,
+    MachineCensus,
+    ProcessInfo,
+    Report,
+    Severity,
+    Snapshot,
     TargetReport,
+    describe_place,
 )
-from ..procfs import ExitStatus
+from ..model.kernel import ExitStatus
+from ..parse.containers import is_known_init
 from .common import (
-    children_map, command_line, pid_list, safe, sampling_phrase, state_word, zombie_groups,
+    OWN_NAMESPACE_NOTE, children_map, command_line, pid_list, safe, sampling_phrase, state_word,
+    zombie_groups,
 )
 
 SEVERITY_COLORS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -396,7 +405,7 @@ def _num(value: int | None) -> str:
 
 
 def _limits(snap: Snapshot) -> str:
-    rows = []
+    rows: list[list[object]] = []
     nofile = snap.nofile.get(snap.target)
     if nofile:
         rows.append(["open files (ulimit -n)", _num(nofile.used), _num(nofile.soft),

@@ -1,0 +1,145 @@
+"""pids cgroups (v1 or v2): the one a process is in, and every one with a limit."""
+
+from __future__ import annotations
+
+import os
+from typing import (
+    TYPE_CHECKING,
+)
+
+from ..parse import procfs
+
+if TYPE_CHECKING:
+    pass
+from typing import TYPE_CHECKING
+
+from ..model import PidsCgroup
+from .proc import PROC, read_text
+
+if TYPE_CHECKING:
+    from .process import _Context
+
+def _cgroup_file_int(path: str) -> int | None:
+    try:
+        text = read_text(path).strip()
+    except OSError:
+        return None
+    return None if text == "max" or not text.lstrip("-").isdigit() else int(text)
+
+
+def pids_cgroup(pid: int, ctx: _Context) -> PidsCgroup | None:
+    """The pids cgroup (v1 or v2) of `pid`, walking up to the mount root:
+    the ancestor nearest its limit wins, as a limit anywhere above applies.
+    A missing pids.max (the root cgroup) means no limit (linux-facts 9)."""
+    try:
+        lines = procfs.parse_cgroup(read_text(f"{PROC}/{pid}/cgroup"))
+        mounts = procfs.parse_mountinfo(read_text(f"{PROC}/self/mountinfo"))
+    except OSError as e:
+        ctx.note(pid, "pids cgroup", e)
+        return None
+    directory = None
+    for line in lines:
+        if "pids" in line.controllers:  # v1
+            for m in mounts:
+                if m.fstype == "cgroup" and "pids" in m.super_options.split(","):
+                    directory = _join_cgroup(m, line.path)
+                    break
+    if directory is None:
+        for line in lines:
+            if line.hierarchy == 0:  # v2 unified
+                for m in mounts:
+                    if m.fstype == "cgroup2":
+                        path = _join_cgroup(m, line.path)
+                        if _v2_has_pids(m.mount_point):
+                            directory = path
+                        break
+    if directory is None:
+        return PidsCgroup(path=None, current=None, max=None)
+    best: PidsCgroup | None = None
+    walk, mount_root = directory, directory
+    while True:
+        limit = _cgroup_file_int(f"{walk}/pids.max")
+        current = _cgroup_file_int(f"{walk}/pids.current")
+        if limit is not None and current is not None:
+            candidate = PidsCgroup(path=walk, current=current, max=limit,
+                                   refusals=_pids_refusals(walk))
+            if best is None or (best.max and current / limit > (best.current or 0) / best.max):
+                best = candidate
+        if not os.path.exists(f"{walk}/pids.max") and walk != directory:
+            break  # reached the root of the hierarchy
+        parent = os.path.dirname(walk)
+        if parent == walk or not os.path.exists(f"{parent}/cgroup.procs"):
+            break
+        walk = parent
+    if best is None:
+        current = _cgroup_file_int(f"{mount_root}/pids.current")
+        return PidsCgroup(path=mount_root, current=current, max=None)
+    return best
+
+
+def _join_cgroup(mount: procfs.Mount, cgroup_path: str) -> str:
+    rel = cgroup_path
+    if mount.root != "/" and rel.startswith(mount.root):
+        rel = rel[len(mount.root):]
+    return os.path.normpath(mount.mount_point + "/" + rel.lstrip("/"))
+
+
+def _v2_has_pids(mount_point: str) -> bool:
+    try:
+        return "pids" in read_text(f"{mount_point}/cgroup.controllers").split()
+    except OSError:
+        return False
+
+
+def _pids_refusals(directory: str) -> int | None:
+    try:
+        for line in read_text(f"{directory}/pids.events").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "max":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def pids_cgroups_with_limits() -> list[PidsCgroup]:
+    """Every cgroup of the pids hierarchy (v1, or v2 with the pids controller)
+    that has a numeric pids.max, with its pids.current."""
+    try:
+        mounts = procfs.parse_mountinfo(read_text(f"{PROC}/self/mountinfo"))
+    except OSError:
+        return []
+    root = None
+    for m in mounts:
+        if m.fstype == "cgroup" and "pids" in m.super_options.split(","):
+            root = m.mount_point
+            break
+    if root is None:
+        for m in mounts:
+            if m.fstype == "cgroup2" and _v2_has_pids(m.mount_point):
+                root = m.mount_point
+                break
+    found: list[PidsCgroup] = []
+    if root is None:
+        return found
+    for dirpath, _dirs, files in os.walk(root):
+        if "pids.max" not in files:
+            continue
+        limit = _cgroup_file_int(f"{dirpath}/pids.max")
+        current = _cgroup_file_int(f"{dirpath}/pids.current")
+        if limit is not None and current is not None:
+            found.append(PidsCgroup(path=dirpath, current=current, max=limit,
+                                    refusals=_pids_refusals(dirpath)))
+    return found
+
+
+def cgroup_member(path: str) -> int | None:
+    """A process in the cgroup at `path` or below it (the lowest PID found first)."""
+    for dirpath, _dirs, _files in os.walk(path):
+        try:
+            pids = [int(x) for x in read_text(f"{dirpath}/cgroup.procs").split()]
+        except (OSError, ValueError):
+            continue
+        if pids:
+            return min(pids)
+    return None

@@ -1,0 +1,234 @@
+"""The socket tables of a network namespace: sock_diag dumps, with
+/proc/<pid>/net/* as the fallback."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import (
+    TYPE_CHECKING,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+
+from ..parse import netlink, procfs
+
+if TYPE_CHECKING:
+    pass
+from typing import TYPE_CHECKING
+
+from .proc import PROC, _cpus, read_text
+
+if TYPE_CHECKING:
+    from .process import _Context
+
+def _netns_key(pid: int) -> str:
+    try:
+        return os.readlink(f"{PROC}/{pid}/ns/net")
+    except OSError:
+        return f"pid:{pid}"
+
+
+def _socket_table(pid: int, ctx: _Context) -> tuple[_SocketRows, set[int]]:
+    """The inet and unix socket tables of `pid`'s network namespace, read
+    once per namespace per sample and shared (linux-facts 10)."""
+    if ctx.reading_sockets is not None:
+        ctx.reading_sockets.join()   # read ahead (_read_socket_table_ahead)
+        ctx.reading_sockets = None
+    return _read_socket_table(pid, ctx)
+
+
+# Listing a big fd directory is one long system call (~17 ms for 20,000
+# descriptors) that leaves the other CPU idle: long enough to read the
+# socket table on it, which most such tables will need.
+SOCKETS_AHEAD_MIN_FDS = 1024
+
+
+def _read_socket_table_ahead(pid: int, dir_fd: int, ctx: _Context) -> None:
+    if ctx.reading_sockets is not None or _netns_key(pid) in ctx.socket_tables \
+            or _cpus() < 2:
+        return
+    try:
+        if os.fstat(dir_fd).st_size < SOCKETS_AHEAD_MIN_FDS:  # the count, on Linux >= 6.2
+            return
+    except OSError:
+        return
+    import threading
+
+    def read_ahead() -> None:
+        try:
+            _read_socket_table(pid, ctx)
+        except Exception:  # noqa: BLE001 - _socket_table reads it again and meets the error
+            pass
+
+    ctx.reading_sockets = threading.Thread(target=read_ahead, name="reaper-doctor-sockets",
+                                           daemon=True)
+    ctx.reading_sockets.start()
+
+
+def _read_socket_table(pid: int, ctx: _Context) -> tuple[_SocketRows, set[int]]:
+    key = _netns_key(pid)
+    if key not in ctx.socket_tables:
+        rows = _SocketRows()
+        unaccepted: dict[int, set[tuple[str, int]]] = {}
+        # TCP over sock_diag when the target shares our network namespace;
+        # /proc/<pid>/net/tcp* otherwise, or if netlink is refused.
+        tcp = _tcp_by_sock_diag(unaccepted) if key == _netns_key(os.getpid()) else None
+        if tcp is not None:
+            rows.dump, rows.diag = tcp
+        for proto in (("udp", "udp6") if tcp is not None else ("tcp", "tcp6", "udp", "udp6")):
+            try:
+                text = read_text(f"{PROC}/{pid}/net/{proto}")
+            except OSError:
+                continue
+            for row in procfs.parse_inet_table(text, proto):
+                rows.parsed[row.inode] = row
+            if proto.startswith("tcp"):
+                for port, peers in procfs.parse_unaccepted(text).items():
+                    unaccepted.setdefault(port, set()).update(peers)
+        ctx.unaccepted[key] = unaccepted
+        try:
+            unix = procfs.parse_unix_inodes(read_text(f"{PROC}/{pid}/net/unix"))
+        except OSError:
+            unix = set()
+        ctx.socket_tables[key] = rows
+        ctx.unix_inodes[key] = unix
+    return ctx.socket_tables[key], ctx.unix_inodes[key]
+
+
+class _SocketRows(Mapping[int, procfs.SocketRow]):
+    """A netns's TCP/UDP sockets by inode. Rows from sock_diag stay raw
+    (an offset into the dump) until asked for: a process holds a few of
+    the machine's sockets."""
+
+    def __init__(self) -> None:
+        self.parsed: dict[int, procfs.SocketRow] = {}
+        self.dump = b""                     # a sock_diag dump's messages, joined
+        self.diag: dict[int, int] = {}      # inode -> offset of its inet_diag_msg there
+
+    def __getitem__(self, inode: int) -> procfs.SocketRow:
+        row = self.rows((inode,))[0]
+        if row is None:
+            raise KeyError(inode)
+        return row
+
+    def rows(self, inodes: Iterable[int]) -> list[procfs.SocketRow | None]:
+        """The row of each inode, None for one in no table; the dump's rows
+        are decoded together (a process may hold thousands)."""
+        inodes = list(inodes)
+        parsed, offsets = self.parsed, self.diag
+        todo = [inode for inode in inodes if inode not in parsed and inode in offsets]
+        if todo:
+            decoded = netlink.socket_rows(self.dump, [offsets[inode] for inode in todo])
+            parsed.update(zip(todo, decoded))
+        return [parsed.get(inode) for inode in inodes]
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self.parsed
+        yield from (inode for inode in self.diag if inode not in self.parsed)
+
+    def __len__(self) -> int:
+        return len(self.parsed) + sum(1 for inode in self.diag if inode not in self.parsed)
+
+
+def _tcp_by_sock_diag(unaccepted: dict[int, set[tuple[str, int]]]
+                      ) -> tuple[bytes, dict[int, int]] | None:
+    """Every TCP socket of our network namespace that a descriptor can hold,
+    from sock_diag: the dump's messages joined, and inode -> offset of its
+    message there (into `unaccepted`, the connections waiting in accept
+    queues). None if netlink is not available (the caller reads /proc)."""
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                           netlink.NETLINK_SOCK_DIAG) as nl:
+            nl.settimeout(5.0)
+            try:
+                return _dump_tcp(nl, [netlink.any_family_dump_request(netlink.FILE_STATES)],
+                                 unaccepted)
+            except netlink.DiagError:  # a kernel without the older request
+                unaccepted.clear()
+                return _dump_tcp(nl, [netlink.dump_request(family, netlink.FILE_STATES)
+                                      for family in (socket.AF_INET, socket.AF_INET6)], unaccepted)
+    except OSError:
+        return None
+
+
+def _dump_tcp(nl: socket.socket, requests: list[bytes],
+              unaccepted: dict[int, set[tuple[str, int]]]) -> tuple[bytes, dict[int, int]]:
+    chunks: list[bytes] = []
+    offsets: dict[int, int] = {}
+    base = 0
+    for request in requests:
+        nl.send(request)
+        done = False
+        while not done:
+            data = nl.recv(1 << 20)
+            done = netlink.index_replies(data, offsets, unaccepted, base)
+            chunks.append(data)
+            base += len(data)
+    return b"".join(chunks), offsets
+
+
+def _backlogs(ctx: _Context) -> dict[int, int]:
+    """LISTEN inode -> configured backlog, from one inet_diag dump per
+    sample, only when some listener has a queue. Optional: any failure
+    (no netlink, seccomp, other netns) leaves it empty, silently."""
+    if ctx.backlogs is None:
+        ctx.backlogs = {}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                for row in inet_diag_dump(family, 1 << netlink.TCP_LISTEN):
+                    ctx.backlogs[row.inode] = row.wqueue
+            except OSError:
+                continue
+    return ctx.backlogs
+
+
+def inet_diag_dump(family: int, states: int) -> list[netlink.DiagRow]:
+    """TCP sockets of this process's network namespace in `states` (a bit
+    mask of 1 << state), from NETLINK_SOCK_DIAG. Raises OSError."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         netlink.NETLINK_SOCK_DIAG)
+    try:
+        sock.settimeout(2.0)
+        sock.send(netlink.dump_request(family, states))
+        rows: list[netlink.DiagRow] = []
+        while True:
+            batch, done = netlink.parse_replies(sock.recv(1 << 16))
+            rows.extend(batch)
+            if done:
+                return rows
+    finally:
+        sock.close()
+
+
+def close_wait_on_ports(pid: int, ports: frozenset[int], same_netns: bool,
+                        families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)
+                        ) -> int | None:
+    """TCP sockets in CLOSE_WAIT whose local port is one of `ports`: from
+    inet_diag when `pid` shares our network namespace (the kernel filters
+    by state, so the cost follows the CLOSE_WAIT count), else from
+    /proc/PID/net/tcp{,6}. None when neither can be read."""
+    if not ports:
+        return 0
+    if same_netns:
+        try:
+            # Each dump walks the whole established hash in the kernel
+            # (~7 us per 10 sockets): only the families the tree listens on.
+            return sum(1 for family in families
+                       for row in inet_diag_dump(family, 1 << netlink.TCP_CLOSE_WAIT)
+                       if row.local_port in ports)
+        except OSError:
+            pass
+    total, read_any = 0, False
+    for proto in ("tcp", "tcp6"):
+        if (socket.AF_INET6 if proto == "tcp6" else socket.AF_INET) not in families:
+            continue
+        try:
+            text = read_text(f"{PROC}/{pid}/net/{proto}")
+        except OSError:
+            continue
+        read_any = True
+        total += sum(1 for row in procfs.parse_inet_table(text, proto)
+                     if row.state == "CLOSE_WAIT" and row.local[1] in ports)
+    return total if read_any else None

@@ -1,0 +1,329 @@
+"""The process table and the target's tree: ppid, real UID, threads and
+state of every process, the stat lines of a tree, children and new PIDs."""
+
+from __future__ import annotations
+
+import os
+from typing import (
+    TYPE_CHECKING,
+    Iterable,
+    Iterator,
+    NamedTuple,
+)
+
+from ..parse import containers, procfs
+
+if TYPE_CHECKING:
+    pass
+from .proc import (
+    PROC,
+    ProcessGone,
+    _read_small_or_none,
+    map_io,
+    read_bytes,
+    read_proc_files,
+    read_text,
+)
+
+class TaskBrief(NamedTuple):
+    """Just enough of every process on the machine: ppid, real uid, threads.
+    `name` and `fd_size` (the FDSize line: the size of the descriptor
+    table, an upper bound of the open count) are filled for the census."""
+
+    ppid: int
+    uid: int | None
+    threads: int
+    state: str
+    name: str | None = None
+    fd_size: int | None = None
+    nspid: tuple[int, ...] = ()       # the NSpid line: its PID in each namespace, ours first
+
+
+def read_stat(pid: int) -> procfs.StatLine | None:
+    """The stat line of `pid`, or None if it is gone."""
+    try:
+        return procfs.parse_stat(read_bytes(f"{PROC}/{pid}/stat"))
+    except OSError:
+        return None
+
+
+def stat_lines() -> Iterator[procfs.StatLine]:
+    """The stat line of every process; those that exit mid-walk are skipped."""
+    for entry in os.listdir(PROC):
+        if entry.isdigit():
+            line = read_stat(int(entry))
+            if line is not None:
+                yield line
+
+
+def child_states(ppid: int) -> dict[int, str]:
+    """{pid: state letter} of the children of `ppid`."""
+    return {st.pid: st.state for st in stat_lines() if st.ppid == ppid}
+
+
+def session_members(sid: int) -> list[procfs.StatLine]:
+    """The processes (live or zombie) in session `sid`."""
+    return [st for st in stat_lines() if st.session == sid]
+
+
+def _brief_field(raw: bytes, key: bytes) -> bytes | None:
+    start = raw.find(key)
+    if start < 0:
+        return None
+    start += len(key)
+    end = raw.find(b"\n", start)
+    return raw[start:end if end >= 0 else None].strip()
+
+
+def process_table(*, details: bool = False) -> dict[int, TaskBrief]:
+    """ppid, real uid, threads and state of every process, from one read of
+    each /proc/<pid>/status (searched, not fully parsed: this runs over
+    thousands of processes).
+
+    RLIMIT_NPROC counts tasks per *real* UID (linux-facts 6), and the only
+    per-process source of the real UID is `status` (the owner of /proc/<pid>
+    is the effective UID, and root for non-dumpable processes), so every
+    process's status is read once: the cheapest correct way.
+    """
+    table: dict[int, TaskBrief] = {}
+    entries = [e for e in os.listdir(PROC) if e.isdigit()]
+    raws = read_proc_files(entries, "status")
+    for entry, raw in zip(entries, raws):
+        if raw is None:
+            continue  # exited since listdir
+        brief = _brief_of(raw, details=details)
+        if brief is not None:
+            table[int(entry)] = brief
+    return table
+
+
+def _brief_of(raw: bytes, *, details: bool = False) -> TaskBrief | None:
+    """A TaskBrief from the text of /proc/<pid>/status, searched for the few
+    lines it needs; None without a PPid line."""
+    ppid = _brief_field(raw, b"\nPPid:")
+    if ppid is None:
+        return None
+    threads = _brief_field(raw, b"\nThreads:")
+    uid = _brief_field(raw, b"\nUid:")
+    state = _brief_field(raw, b"\nState:")
+    brief = TaskBrief(
+        ppid=int(ppid), uid=int(uid.split()[0]) if uid else None,
+        threads=int(threads) if threads else 1,
+        state=state[:1].decode() if state else "?")
+    if details:
+        name = _brief_field(raw, b"Name:")
+        size = _brief_field(raw, b"\nFDSize:")
+        brief = brief._replace(
+            name=procfs.unescape_status_name(name.decode("utf-8", "replace")) if name else None,
+            fd_size=int(size) if size else None,
+            nspid=containers.parse_nspid(_brief_field(raw, b"\nNSpid:") or b""))
+    return brief
+
+
+def descendants(table: dict[int, TaskBrief], root: int) -> list[int]:
+    """`root` and every process below it, parents before children."""
+    children: dict[int, list[int]] = {}
+    for pid, brief in table.items():
+        children.setdefault(brief.ppid, []).append(pid)
+    order, stack = [], [root]
+    seen = set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        order.append(pid)
+        stack.extend(sorted(children.get(pid, ()), reverse=True))
+    return order
+
+
+class ProcessTree(NamedTuple):
+    """The target's tree as one sample read it, and the machine around it."""
+
+    order: list[int]                       # the target and its descendants, parents first
+    stats: dict[int, procfs.StatLine]      # the stat line of each of them
+    table: dict[int, TaskBrief]            # every process on the machine (nproc, PIDs in use)
+    statuses: dict[int, bytes]             # raw status read on the way (live members)
+
+
+def read_tree(target: int) -> ProcessTree:
+    """The target's descendants, and ppid, real UID and threads of every
+    process on the machine. Raises ProcessGone if the target does not exist.
+
+    Where the kernel has /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN)
+    the tree is walked down from the target and each member is read once
+    (its stat); only the processes outside the tree and the live members
+    have their status read, for the real UID. Otherwise every process's
+    status is read and the tree found from the PPid lines.
+    """
+    if not os.path.exists(f"{PROC}/{target}/task/{target}/children"):
+        if not os.path.exists(f"{PROC}/{target}"):
+            raise ProcessGone(target)
+        return _tree_from_table(target)
+    stats: dict[int, procfs.StatLine] = {}
+    kids: dict[int, list[int]] = {}
+    level = [target]
+    while level:   # breadth first: each level's stat files are read as one batch
+        below: list[int] = []
+        for pid, raw in zip(level, read_proc_files(level, "stat")):
+            if raw is None:
+                if pid == target:
+                    raise ProcessGone(target)
+                continue  # exited since its parent listed it
+            st = stats[pid] = procfs.parse_stat(raw)
+            if st.state == "Z" and st.threads <= 1:
+                continue  # a zombie's children went to a reaper when it exited
+            try:
+                found = task_children(pid) or []
+            except ProcessGone:
+                found = []
+            kids[pid] = sorted(c for c in set(found) if c not in stats)
+            below.extend(kids[pid])
+        level = below
+    order, stack, members = [], [target], set()
+    while stack:
+        pid = stack.pop()
+        if pid in stats and pid not in members:  # a child reparented mid-walk is listed twice
+            members.add(pid)
+            order.append(pid)
+            stack.extend(reversed(kids.get(pid, ())))
+    others = [e for e in os.listdir(PROC) if e.isdigit() and int(e) not in members]
+    live = [pid for pid in order if stats[pid].state != "Z"]
+    raws = read_proc_files([*others, *live], "status")
+    table: dict[int, TaskBrief] = {}
+    for entry, raw in zip(others, raws):
+        brief = _brief_of(raw) if raw is not None else None
+        if brief is not None:
+            table[int(entry)] = brief
+    statuses = {pid: raw for pid, raw in zip(live, raws[len(others):]) if raw is not None}
+    for pid in live:
+        st = stats[pid]
+        brief = _brief_of(statuses[pid]) if pid in statuses else None
+        table[pid] = TaskBrief(st.ppid, brief.uid if brief else None, st.threads, st.state)
+    zombies = [pid for pid in order if stats[pid].state == "Z"]
+    for pid, uid in zip(zombies, _zombie_uids(zombies, stats, table)):
+        st = stats[pid]
+        table[pid] = TaskBrief(st.ppid, uid, st.threads, st.state)
+    return ProcessTree(order=order, stats=stats, table=table, statuses=statuses)
+
+
+def _zombie_uids(zombies: list[int], stats: dict[int, procfs.StatLine],
+                 table: dict[int, TaskBrief]) -> list[int | None]:
+    """The real UID of each of `zombies`, cheaply (`table` holds their parents).
+
+    A zombie's status costs as much to read as its stat. The owner of
+    /proc/<pid> (one stat() call) is its effective UID; it is taken as the
+    real one when it matches the parent's real UID, the common case. When
+    it does not (a set-user-ID child such as sudo or ping, exiting with
+    real and effective UIDs apart) the status is read: those zombies count
+    against their real UID's RLIMIT_NPROC. Missed: a child that changed
+    its real UID alone to something else, then exited.
+    """
+    uids = map_io(_dir_owner, zombies)
+    for i, (pid, owner) in enumerate(zip(zombies, uids)):
+        parent = table.get(stats[pid].ppid)
+        if owner is None or parent is None or owner != parent.uid:
+            raw = _read_small_or_none(f"{PROC}/{pid}/status")
+            brief = _brief_of(raw) if raw is not None else None
+            uids[i] = brief.uid if brief is not None else None
+    return uids
+
+
+def _dir_owner(pid: int) -> int | None:
+    try:
+        return os.stat(f"{PROC}/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def _tree_from_table(target: int) -> ProcessTree:
+    """read_tree without children files: every status, then the members' stat."""
+    table = process_table()
+    if target not in table:
+        raise ProcessGone(target)
+    order: list[int] = []
+    stats: dict[int, procfs.StatLine] = {}
+    members = descendants(table, target)
+    for pid, raw in zip(members, read_proc_files(members, "stat")):
+        if raw is not None:
+            stats[pid] = procfs.parse_stat(raw)
+            order.append(pid)
+        elif pid == target:
+            raise ProcessGone(target)
+    return ProcessTree(order=order, stats=stats, table=table, statuses={})
+
+
+_WALL = 0x40000000  # __WALL (linux/wait.h): clone children too
+
+
+def has_children() -> bool:
+    """Whether this process has any child, live or zombie, in one syscall:
+    waitid(P_ALL, WNOHANG | WNOWAIT) fails with ECHILD only when there is
+    none, and WNOWAIT reaps nothing."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT | _WALL)
+    except ChildProcessError:
+        return False
+    except OSError:
+        return True  # cannot tell (EINVAL on an odd kernel): assume some, look
+    return True
+
+
+def last_pid() -> int | None:
+    """The PID most recently allocated in our PID namespace (/proc/loadavg):
+    every process created after a reading of it has a PID above it, until
+    the PID counter wraps at pid_max."""
+    try:
+        return procfs.parse_loadavg_last_pid(read_text(f"{PROC}/loadavg"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def task_children(pid: int) -> list[int] | None:
+    """Children of every thread of `pid` from /proc/<pid>/task/*/children;
+    None when the kernel lacks it (CONFIG_PROC_CHILDREN is off)."""
+    try:
+        tids = os.listdir(f"{PROC}/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessGone(pid) from None
+    found: list[int] = []
+    for tid in tids:
+        try:
+            found.extend(procfs.parse_children(read_text(f"{PROC}/{pid}/task/{tid}/children")))
+        except FileNotFoundError:
+            if not os.path.exists(f"{PROC}/{pid}/task/{tid}"):
+                continue  # the thread ended since listdir
+            return None
+        except OSError:
+            continue
+    return found
+
+
+def child_stats(pid: int, candidates: Iterable[int] | None = None) -> dict[int, procfs.StatLine]:
+    """The stat lines of `pid`'s children (live and zombie), read among
+    `candidates`, or among every process when None (a /proc walk: about
+    20 us per process on the machine, so callers narrow it when they can)."""
+    if candidates is None:
+        candidates = (int(e) for e in os.listdir(PROC) if e.isdigit())
+    found: dict[int, procfs.StatLine] = {}
+    for child in candidates:
+        try:
+            st = procfs.parse_stat(read_bytes(f"{PROC}/{child}/stat"))
+        except (OSError, ValueError):
+            continue  # no such PID, or gone since
+        if st.ppid == pid:
+            found[child] = st
+    return found
+
+
+def read_brief(pid: int) -> TaskBrief | None:
+    """The TaskBrief of one process; None if it is gone or `pid` names a
+    thread (/proc/TID exists, hidden, for every thread)."""
+    try:
+        raw = read_bytes(f"{PROC}/{pid}/status")
+    except OSError:
+        return None
+    tgid = _brief_field(raw, b"\nTgid:")
+    if tgid is None or int(tgid) != pid:
+        return None
+    return _brief_of(raw)

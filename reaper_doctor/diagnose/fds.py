@@ -1,0 +1,308 @@
+"""Descriptor rules: CLOSE_WAIT leaks, inherited listeners, full accept
+queues, growing descriptor counts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable, Mapping, Sequence
+
+from ..model import (
+    FdCounts,
+    FdTable,
+    Finding,
+    LimitUsage,
+    ProcessInfo,
+    Snapshot,
+    SocketFd,
+)
+from .findings import MAX_EVIDENCE_PIDS, finding
+
+# RD201. A per-connection worker holds one connection; two or more accepted
+# sockets still in CLOSE_WAIT after the grace window -- or one, in a process
+# that forks (it hands connections to children and should keep none) -- is
+# the leak. One could be a handler still busy with a client that half-closed.
+CLOSE_WAIT_MIN = 2
+# Accepted sockets shut down (TCP CLOSE, in no table) but still open: a
+# listening process may briefly hold a few closed sockets (an outgoing
+# connection reset by its peer, a pool); ten that persist is a leak.
+CLOSED_TCP_MIN = 10
+# RD203 from scan: the count rises in every interval by at least this much,
+# and by at least FD_GROWTH_TOTAL over the window (connections come and go).
+FD_GROWTH_STEP = 3
+FD_GROWTH_TOTAL = 10
+
+
+def _listening_ports(snap: Snapshot) -> set[int]:
+    """TCP ports some process of the tree listens on."""
+    return {s.local[1] for fds in snap.fds.values() for s in fds.listeners
+            if s.proto.startswith("tcp")}
+
+
+def _accepted(fds: FdTable, ports: set[int]) -> list[SocketFd]:
+    """Connected TCP sockets whose local port is a listening port of the
+    tree: connections that came in through accept()."""
+    return [s for s in fds.sockets if s.proto.startswith("tcp") and s.state != "LISTEN"
+            and s.local[1] in ports]
+
+
+def close_wait_findings(earlier: Snapshot, later: Snapshot) -> Iterable[Finding]:
+    """RD201: accepted sockets a process keeps open after the peer closed.
+
+    Persistence as for zombies: the same socket (inode) held by the same
+    process in both samples. Two kinds of evidence: sockets in CLOSE_WAIT
+    on a port the tree listens on; and TCP sockets in no socket table
+    (shut down, so invisible to ss and psutil) held by a listening process.
+    """
+    ports = _listening_ports(later)
+    for pid, fds in sorted(later.fds.items()):
+        info = later.processes.get(pid)
+        before = earlier.fds.get(pid)
+        if info is None or before is None:
+            continue
+        if earlier is not later:
+            was = earlier.processes.get(pid)
+            if was is None or was.identity != info.identity:
+                continue
+        old_cw = {s.inode for s in before.sockets if s.state == "CLOSE_WAIT"}
+        waiting = [s for s in _accepted(fds, ports)
+                   if s.state == "CLOSE_WAIT" and s.inode in old_cw]
+        old_closed = {inode for _, inode in before.closed_tcp}
+        closed = [(fd, inode) for fd, inode in fds.closed_tcp if inode in old_closed]
+        own_ports = sorted({s.local[1] for s in fds.listeners if s.proto.startswith("tcp")})
+        cw_min = 1 if pid in later.parent_pids else CLOSE_WAIT_MIN
+        report_cw = len(waiting) >= cw_min
+        report_closed = bool(own_ports) and len(closed) >= CLOSED_TCP_MIN
+        if not (report_cw or report_closed):
+            continue
+        yield _close_wait_finding(info, waiting, closed, own_ports or sorted(
+            {s.local[1] for s in waiting}), cw_min, earlier, later)
+
+
+def _close_wait_finding(info: ProcessInfo, waiting: list[SocketFd],
+                        closed: list[tuple[int, int]], ports: list[int], cw_min: int,
+                        earlier: Snapshot, later: Snapshot) -> Finding:
+    parts = []
+    evidence: dict[str, object] = {
+        "close_wait": len(waiting), "close_wait_min": cw_min,
+        "shut_down": len(closed), "shut_down_min": CLOSED_TCP_MIN,
+        "listening_ports": ports,
+        "persisted_s": round(later.taken_at - earlier.taken_at, 3),
+        # Descriptors are allocated lowest-free first (POSIX), so the lowest
+        # fd is the earliest-accepted socket still open: a stable proxy for
+        # "oldest" that needs no timestamps.
+        "oldest_by": "lowest fd",
+    }
+    if waiting:
+        oldest = min(waiting, key=lambda s: s.fd)
+        by_port = Counter(s.local[1] for s in waiting)
+        port_text = ", ".join(f"port {p}" for p in sorted(by_port))
+        parts.append(f"{len(waiting)} accepted socket{'s' if len(waiting) != 1 else ''} "
+                     f"in CLOSE_WAIT on {port_text} (oldest fd {oldest.fd}, "
+                     f"peer {oldest.remote[0]}:{oldest.remote[1]})")
+        evidence.update(
+            close_wait_by_port={str(p): n for p, n in sorted(by_port.items())},
+            oldest_fd=oldest.fd, oldest_peer=f"{oldest.remote[0]}:{oldest.remote[1]}",
+            fds=sorted(s.fd for s in waiting)[:MAX_EVIDENCE_PIDS])
+    if len(closed) >= CLOSED_TCP_MIN:
+        parts.append(f"{len(closed)} accepted sockets already shut down but still open "
+                     f"(in no socket table: ss and psutil cannot see them; oldest fd "
+                     f"{closed[0][0]}; reported from {CLOSED_TCP_MIN})")
+        evidence.update(shut_down_oldest_fd=closed[0][0],
+                        shut_down_fds=[fd for fd, _ in closed][:MAX_EVIDENCE_PIDS])
+    # The advice fits what the process does: a forking server hands each
+    # connection to a child and must close its own copy; a process that
+    # never forked serves the connection itself and never closes it.
+    if info.pid in later.parent_pids or info.pid in earlier.parent_pids:
+        forks = "children in its tree"
+    elif info.has_reaped_children:
+        forks = "children it has reaped"
+    else:
+        forks = None
+    evidence["forks"] = forks
+    held = f"PID {info.pid} ({info.name}) holds " + " and ".join(parts)
+    if forks:
+        advice = (f"it forks ({forks}) and keeps its own copy of each connection it hands "
+                  "to a child; close that copy in the parent right after fork()")
+    else:
+        advice = ("it has never forked, and it never closes a connection once served; "
+                  "close each accepted socket when its request is done")
+    return finding("RD201", info.pid, f"{held}: {advice}", **evidence)
+
+
+def inherited_listener_findings(earlier: Snapshot, later: Snapshot) -> Iterable[Finding]:
+    """RD202: live per-connection children hold their parent's listening
+    socket (the same inode) and never accept on it.
+
+    Not for pre-fork pools, whose workers accept on the listener by design.
+    A pool is pre-fork when any child holding the listener has no accepted
+    connection of its own (an idle worker) in either sample, or holds other
+    accepted connections than before (it accepted again by itself). A child
+    per connection holds one connection for its whole life.
+    """
+    for ppid, parent_fds in sorted(later.fds.items()):
+        for listener in parent_fds.listeners:
+            port = listener.local[1]
+            holders = [c for c in later.children_of(ppid)
+                       if not c.is_zombie and c.pid in later.fds
+                       and any(s.inode == listener.inode for s in later.fds[c.pid].listeners)]
+            if not holders:
+                continue
+            if _looks_pre_fork(holders, listener.inode, port, earlier, later):
+                continue
+            pids = sorted(c.pid for c in holders)
+            yield finding(
+                "RD202", ppid,
+                f"{len(holders)} live per-connection child{'ren' if len(holders) != 1 else ''} "
+                f"of PID {ppid} hold a copy of its listening socket on port {port} that they "
+                "never accept on: close the listening socket in the child right after fork()",
+                port=port, inode=listener.inode, children=len(holders),
+                pids=pids[:MAX_EVIDENCE_PIDS])
+
+
+def _looks_pre_fork(holders: list[ProcessInfo], inode: int, port: int,
+                    earlier: Snapshot, later: Snapshot) -> bool:
+    for child in holders:
+        now = {s.inode for s in _accepted(later.fds[child.pid], {port})}
+        if not now:
+            return True  # idle worker: it waits in accept()
+        was_info = earlier.processes.get(child.pid)
+        was_fds = earlier.fds.get(child.pid)
+        if (earlier is later or was_info is None or was_info.identity != child.identity
+                or was_fds is None):
+            continue
+        if not any(s.inode == inode for s in was_fds.listeners):
+            continue
+        before = {s.inode for s in _accepted(was_fds, {port})}
+        if not before or (now - before):
+            return True  # idle before, or a connection it accepted since
+    return False
+
+
+def accept_backlog_findings(earlier: Snapshot, later: Snapshot,
+                            leaks: Iterable[Finding] = ()) -> Iterable[Finding]:
+    """RD401: a listening socket whose accept queue is non-empty in the
+    first and the last sample.
+
+    Where the queued connections are visible (established, inode 0, in
+    the socket table) at least one of them must be queued in both samples:
+    a busy server whose queue turns over is accepting, only behind.
+
+    A process at its descriptor limit cannot accept (EMFILE): its queue is
+    a symptom of what fills the table, so the finding says so and names
+    RD301 and the descriptor leaks found (`leaks`: RD201, RD203 findings).
+    """
+    leak_codes: dict[int, set[str]] = {}
+    for f in leaks:
+        leak_codes.setdefault(f.pid, set()).add(f.code)
+    seen: set[int] = set()
+    first: dict[int, SocketFd] = {}
+    for fds in earlier.fds.values():
+        for s in fds.listeners:
+            first.setdefault(s.inode, s)
+    for pid in later.processes:           # parents first: the topmost holder reports
+        table = later.fds.get(pid)
+        if table is None:
+            continue
+        for s in table.listeners:
+            if s.inode in seen or not s.rx_queue:
+                continue
+            seen.add(s.inode)
+            before = first.get(s.inode)
+            if before is None or not before.rx_queue:
+                continue
+            peers_then = earlier.accept_queue_peers.get(s.inode)
+            peers_now = later.accept_queue_peers.get(s.inode)
+            waited = None
+            if earlier is not later and peers_then and peers_now:
+                waited = len(peers_then & peers_now)
+                if not waited:
+                    continue
+            yield _backlog_finding(pid, s, before, waited, later.taken_at - earlier.taken_at,
+                                   later.nofile.get(pid), sorted(leak_codes.get(pid, ())))
+
+
+def _backlog_finding(pid: int, now: SocketFd, then: SocketFd, waited: int | None,
+                     elapsed_s: float, nofile: LimitUsage | None = None,
+                     leak_codes: Sequence[str] = ()) -> Finding:
+    port = now.local[1]
+    backlog = now.backlog if now.backlog is not None else then.backlog
+    full = backlog is not None and now.rx_queue > backlog
+    of = f" of a backlog of {backlog}" if backlog is not None else ""
+    text = (f"the accept queue of port {port} holds {now.rx_queue} connection"
+            f"{'s' if now.rx_queue != 1 else ''}{of}" + (" (full: new SYNs are dropped)"
+                                                         if full else ""))
+    if waited:
+        text += f"; {waited} waited the whole {elapsed_s:.1f} s"
+    # accept() needs a free descriptor below the soft limit: with none,
+    # it fails with EMFILE and the connection stays queued (linux-facts 7).
+    at_limit = bool(nofile and nofile.used is not None and nofile.soft
+                    and nofile.used >= nofile.soft)
+    if at_limit and nofile is not None:
+        see = ", ".join(["RD301", *leak_codes])
+        advice = (f"PID {pid} is at its descriptor limit ({nofile.used} of {nofile.soft}, "
+                  "ulimit -n), so accept() fails with EMFILE and connections stay queued; "
+                  f"the queue is a symptom: fix what fills the descriptor table (see {see})")
+    else:
+        advice = (f"PID {pid} is not accepting (a blocking handler in the accept loop); "
+                  "handle each connection concurrently (fork, thread, selectors) and "
+                  "return to accept()")
+    return finding(
+        "RD401", pid, f"{text}: {advice}",
+        port=port, inode=now.inode, queue=now.rx_queue, queue_first=then.rx_queue,
+        backlog=backlog, full=full, waited_whole_window=waited,
+        persisted_s=round(elapsed_s, 3), at_fd_limit=at_limit, leaks=list(leak_codes))
+
+
+def fd_growth_findings(series: Sequence[FdCounts],
+                       nofile: Mapping[int, LimitUsage]) -> Iterable[Finding]:
+    """RD203 from scan: the descriptor count of a process rises in every
+    interval by at least FD_GROWTH_STEP, and by FD_GROWTH_TOTAL overall,
+    over at least three samples."""
+    if len(series) < 3:
+        return
+    pids = set(series[0].counts).intersection(*(s.counts for s in series[1:]))
+    for pid in sorted(pids):
+        counts = [s.counts[pid] for s in series]
+        steps = [b - a for a, b in zip(counts, counts[1:])]
+        total = counts[-1] - counts[0]
+        if min(steps) < FD_GROWTH_STEP or total < FD_GROWTH_TOTAL:
+            continue
+        span_s = series[-1].taken_at - series[0].taken_at
+        if span_s <= 0:
+            continue
+        rate = total / span_s
+        usage = nofile.get(pid)
+        soft = usage.soft if usage else None
+        yield _fd_growth_finding(
+            pid, rate, counts[-1], soft, samples=len(series), span_s=span_s,
+            counts=counts, intervals_s=[round(b.taken_at - a.taken_at, 3)
+                                        for a, b in zip(series, series[1:])],
+            rule=f"rises >= {FD_GROWTH_STEP} in every interval and >= {FD_GROWTH_TOTAL} in total")
+
+
+def _fd_growth_finding(pid: int, rate_per_s: float, now: int, soft: int | None,
+                       **evidence: object) -> Finding:
+    eta = eta_s(now, soft, rate_per_s)
+    limit = (f"ulimit -n ({soft}) reached in about {_human_s(eta)}" if eta is not None
+             else "no soft limit to reach" if soft is None else f"at ulimit -n ({soft})")
+    return finding(
+        "RD203", pid,
+        f"open descriptors of PID {pid} grow steadily, {rate_per_s * 60:.0f} per minute; "
+        f"{limit}: find what is opened and never closed (scan --list-fds shows them)",
+        rate_per_s=round(rate_per_s, 3), rate_per_min=round(rate_per_s * 60, 1), fds=now,
+        soft=soft, eta_s=None if eta is None else round(eta, 1), **evidence)
+
+def eta_s(now: float | None, limit: int | None, rate_per_s: float) -> float | None:
+    """Seconds until `now` reaches `limit` at `rate_per_s`; None when not
+    growing, unknown, or unlimited; 0 when already there."""
+    if now is None or limit is None or rate_per_s <= 0:
+        return None
+    return max(0.0, (limit - now) / rate_per_s)
+
+
+def _human_s(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

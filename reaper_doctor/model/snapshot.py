@@ -1,0 +1,51 @@
+"""One sample of a target and its tree, and the light samples between."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Mapping, NamedTuple
+
+if TYPE_CHECKING:
+    from .fds import FdTable
+    from .limits import LimitUsage, NprocUsage, PidsCgroup
+    from .process import ProcessInfo, Unreadable
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One sample of a target and its descendants."""
+
+    target: int
+    taken_at: float                       # time.monotonic() seconds
+    processes: Mapping[int, ProcessInfo]  # the target and all its descendants
+    fds: Mapping[int, FdTable] = field(default_factory=dict)        # live processes
+    nofile: Mapping[int, LimitUsage] = field(default_factory=dict)  # live processes
+    nproc: NprocUsage | None = None
+    pids_cgroup: PidsCgroup | None = None
+    pid_max: int | None = None
+    pids_in_use: int | None = None        # tasks on the machine (each takes a PID)
+    unreadable: tuple[Unreadable, ...] = ()
+    target_parent: ProcessInfo | None = None  # filled when the target is a zombie
+    # Peers (host, port) of connections waiting in the accept queue of each
+    # LISTEN socket (by inode) of the tree that had a non-empty queue:
+    # established but not yet accept()ed, so inode 0 in /proc/net/tcp.
+    accept_queue_peers: Mapping[int, frozenset[tuple[str, int]]] = field(default_factory=dict)
+
+    @property
+    def zombies(self) -> list[ProcessInfo]:
+        return [p for p in self.processes.values() if p.is_zombie]
+
+    @cached_property
+    def parent_pids(self) -> frozenset[int]:
+        """PIDs of the tree's processes that have children in the tree."""
+        return frozenset(p.ppid for p in self.processes.values() if p.pid != self.target)
+
+    def children_of(self, pid: int) -> list[ProcessInfo]:
+        return [p for p in self.processes.values() if p.ppid == pid and p.pid != self.target]
+
+
+class FdCounts(NamedTuple):
+    """A light sample: open descriptors per live process, no links read."""
+
+    taken_at: float                       # time.monotonic() seconds
+    counts: Mapping[int, int]             # pid -> open fds

@@ -1,0 +1,78 @@
+"""`trace` output: the JSON document and the text summary."""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import TYPE_CHECKING, Any
+
+from ..diagnose.trace import trace_findings, trace_verdict
+from .json import finding_document
+
+if TYPE_CHECKING:
+    from ..model.trace import TraceResult, TraceSample
+
+SCHEMA = "reaper-doctor/trace/1"
+
+
+def result_document(r: TraceResult) -> dict[str, Any]:
+    """The `reaper-doctor/trace/1` JSON document (contract keys first)."""
+    c = r.counts
+    return {
+        "schema": SCHEMA, "pid": r.pid, "signal": r.signal,
+        "duration_s": round(r.duration_s, 3),
+        "generated": c.generated, "merged": c.merged, "delivered": c.delivered,
+        "ignored": c.ignored, "children_exited": r.children_exited,
+        "zombies_left": r.zombies_left,
+        "findings": [finding_document(f) for f in trace_findings(r)],
+        "queued": c.queued, "overflow_fail": c.overflow_fail, "lose_info": c.lose_info,
+        "other_result": c.other_result, "lost_events": c.lost_events,
+        "zombies_persisting": r.zombies_persisting, "zombies_before": r.zombies_before,
+        "grace_s": r.grace_s, "sigchld": r.disposition, "ended": r.ended,
+        "interval_s": r.interval_s, "instance": r.instance,
+        "verdict": trace_verdict(r),
+        "samples": [s.as_dict() for s in r.samples],
+    }
+
+
+def render_json(r: TraceResult) -> str:
+    return json.dumps(result_document(r), indent=2)
+
+
+SAMPLE_HEADER = (f"{'t_s':>7}  {'generated':>9}  {'merged':>6}  {'delivered':>9}  "
+                 f"{'ignored':>7}  {'exited':>6}  {'zombies':>7}")
+
+
+def render_sample(s: TraceSample) -> str:
+    c = s.counts
+    return (f"{s.t_s:7.1f}  {c.generated:9d}  {c.merged:6d}  {c.delivered:9d}  "
+            f"{c.ignored:7d}  {s.children_exited:6d}  {s.zombies:7d}")
+
+
+def render_text(r: TraceResult) -> str:
+    """The summary printed at the end (the interval lines are printed as they come)."""
+    from tabulate import tabulate
+
+    c = r.counts
+    rows = [
+        ("generated", c.generated, f"{r.signal} sent to PID {r.pid}"),
+        ("merged", c.merged, "already pending: merged, never seen on its own"),
+        ("delivered", c.delivered, "dequeued by the process (handler runs)"),
+        ("ignored", c.ignored, "discarded by the disposition"),
+    ]
+    if c.overflow_fail or c.lose_info or c.other_result:
+        rows.append(("other", c.overflow_fail + c.lose_info + c.other_result,
+                     f"overflow_fail {c.overflow_fail}, lose_info {c.lose_info}"))
+    if r.signum == signal.SIGCHLD:
+        rows += [("children exited", r.children_exited, "seen in /proc"),
+                 ("zombies left", r.zombies_left,
+                  f"at the end ({r.zombies_before} before the trace)")]
+    ended = {"duration": "duration reached", "interrupted": "interrupted",
+             "target-exited": "the target exited"}[r.ended]
+    head = (f"PID {r.pid}: {r.signal} for {r.duration_s:.1f} s ({ended}); "
+            f"SIGCHLD disposition {r.disposition or 'unknown'}")
+    lines = [head, tabulate(rows, tablefmt="plain", colalign=("left", "right", "left")),
+             f"verdict: {trace_verdict(r)}"]
+    if c.lost_events:
+        lines.append(f"warning: the ring buffer dropped {c.lost_events} events")
+    return "\n".join(lines)
