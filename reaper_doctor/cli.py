@@ -614,7 +614,8 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
                                    on_target_exit=target_exited)
     except TracefsError as e:
         die(str(e))
-    click.echo(trace_render.render_json(result) if as_json else trace_render.render_text(result))
+    click.echo(trace_render.render_json(result) if as_json
+               else trace_render.render_text(result, color=use_color(no_color)))
     sys.exit(exit_code(trace_findings(result)))
 
 

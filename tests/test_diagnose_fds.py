@@ -101,16 +101,22 @@ def test_rd202_per_connection_children_but_not_a_pre_fork_pool():
     assert list(inherited_listener_findings(s0, snap(1, accepted_again, [parent, a, b]))) == []
 
 
-def test_rd401_queue_must_hold_the_same_connection():
+def test_rd401_queue_must_stay_non_empty_in_every_sample():
     parent = [proc(10, 1)]
     peers0 = {100: frozenset({("127.0.0.1", 1), ("127.0.0.1", 2)})}
     s0 = snap(0, {10: table(listener(queue=2, backlog=5))}, parent, peers0)
     stuck = snap(1, {10: table(listener(queue=2, backlog=5))}, parent, peers0)
-    (f,) = accept_backlog_findings(s0, stuck)
+    (f,) = accept_backlog_findings(s0, stuck, between=[{100: 2}, {100: 1}])
     assert f.evidence["queue"] == 2 and f.evidence["backlog"] == 5 and not f.evidence["full"]
+    assert f.evidence["queue_samples"] == [2, 2, 1, 2] and f.evidence["waited_whole_window"] == 2
+    # Other connections each time, but never an empty queue: a server that
+    # takes one at a time and is always behind.
     turned_over = snap(1, {10: table(listener(queue=2))}, parent,
                        {100: frozenset({("127.0.0.1", 3)})})
-    assert list(accept_backlog_findings(s0, turned_over)) == []
+    (f,) = accept_backlog_findings(s0, turned_over, between=[{100: 3}, {100: 2}])
+    assert f.evidence["waited_whole_window"] == 0
+    # Empty in a sample between: it accepts.
+    assert list(accept_backlog_findings(s0, stuck, between=[{100: 2}, {100: 0}])) == []
     emptied = snap(1, {10: table(listener(queue=0))}, parent)
     assert list(accept_backlog_findings(s0, emptied)) == []
 

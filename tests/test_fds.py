@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from typing import Callable
 
 import pytest
@@ -134,9 +135,11 @@ for pid in workers:
     os.waitpid(pid, 0)
 """.replace("RESPONSE", RESPONSE)
 
-# Iterative server: the handler sleeps, so nobody accepts meanwhile.
+# Iterative server: the handler sleeps argv[1] seconds, so nobody accepts
+# meanwhile (backlog 5).
 ITERATIVE_SERVER = r"""
-import socket, time
+import socket, sys, time
+work_s = float(sys.argv[1])
 ls = socket.socket()
 ls.bind(("127.0.0.1", 0))
 ls.listen(5)
@@ -145,7 +148,7 @@ print(ls.getsockname()[1], flush=True)
 while True:
     conn, _ = ls.accept()
     print("accepted", flush=True)
-    time.sleep(60)
+    time.sleep(work_s)
     conn.close()
 """
 
@@ -346,7 +349,7 @@ def test_no_rd203_when_descriptors_stay_put(spawner):
 
 
 def test_rd401_iterative_server_with_a_sleeping_handler(spawner):
-    proc, port = start_server(spawner, ITERATIVE_SERVER)
+    proc, port = start_server(spawner, ITERATIVE_SERVER, "60")
     code, doc = _scan_while_connected(
         proc.pid, port, 4, "0.5",
         lambda: proc.stdout.readline().strip() == "accepted" or pytest.fail("not accepted"))
@@ -359,6 +362,38 @@ def test_rd401_iterative_server_with_a_sleeping_handler(spawner):
     assert ev["waited_whole_window"] in (3, None)
     (listening,) = doc["targets"][0]["fds"]["listening"]
     assert listening["accept_queue"] == 3
+
+
+def test_rd401_when_the_queue_turns_over_but_never_empties(spawner):
+    # A connection every 50 ms: the queue turns over in about 0.3 s, while
+    # clients keep arriving faster than that.
+    proc, port = start_server(spawner, ITERATIVE_SERVER, "0.05")
+    stop = threading.Event()
+    clients: list[socket.socket] = []
+
+    def feed() -> None:           # 50 connections a second, at most 300
+        while not stop.is_set() and len(clients) < 300:
+            c = socket.socket()
+            clients.append(c)
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", port))
+            stop.wait(0.02)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        wait_until(lambda: len(clients) >= 20, what="20 clients")
+        code, doc = run_json("scan", str(proc.pid), "--grace", "1.0")
+    finally:
+        stop.set()
+        feeder.join()
+        for c in clients:
+            c.close()
+    rd401 = only(findings_of(doc), "RD401")
+    ev = rd401["evidence"]
+    assert len(ev["queue_samples"]) == 4 and min(ev["queue_samples"]) >= 1, ev
+    assert "non-empty in all 4 samples" in rd401["message"]
+    assert code == 1
 
 
 MANY_FDS = r"""

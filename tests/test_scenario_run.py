@@ -144,6 +144,20 @@ def test_blocking_run_finds_rd401() -> None:
     assert doc["as_expected"] and code == 0
 
 
+def test_a_run_that_misbehaves_says_why_in_run_and_compare() -> None:
+    from reaper_doctor.commands.scenario import run_scenario
+    from reaper_doctor.model.scenario import RunSettings
+    from reaper_doctor.render.scenario import render_compare_text, run_document
+
+    # One request never fills the blocking server's queue: no RD401.
+    run = run_scenario("blocking", RunSettings(requests=1, concurrency=1, grace_s=0.3))
+    assert not run.as_expected and run.leftover_processes == 0
+    assert run.why_not == ["missing RD401 (expected, not found)"]
+    assert run_document(run)["why_not"] == run.why_not
+    text = render_compare_text([run])
+    assert "Not as expected\n  blocking: missing RD401 (expected, not found)" in text, text
+
+
 def test_fd_leak_with_a_low_fd_limit_reaches_errno_24() -> None:
     # About 60 leaked connections fill 64 descriptors; the rest wait queued.
     # The default load grows with --fd-limit: 64 + 8 requests (60 would stop

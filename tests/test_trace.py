@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -344,3 +345,108 @@ def test_signal_trace_api(spawner, tracefs_root):
             instance = tr.instance
             1 / 0
     assert not instance.exists()
+
+
+# ------------------------------------------- the trace agrees with itself
+
+# Forks N children on request ("N" on stdin); they exit at once and are
+# never reaped, so they are born and become zombies between two looks.
+FORKS_ON_REQUEST = r"""
+import os, sys
+print("ready", flush=True)
+for line in sys.stdin:
+    for _ in range(int(line)):
+        if os.fork() == 0:
+            os._exit(0)
+    print("forked", flush=True)
+"""
+
+
+def test_children_never_seen_alive_count_as_exited(spawner):
+    from reaper_doctor.commands.trace import ChildWatch
+
+    proc = spawner.python(FORKS_ON_REQUEST, stdin=subprocess.PIPE)
+    watch = ChildWatch(proc.pid)
+    assert watch.poll() and watch.exited == 0
+    assert _tell(proc, "20") == "forked"
+    wait_until(lambda: len(zombie_children(proc.pid)) == 20, what="20 zombies")
+    assert watch.poll()
+    assert watch.exited == 20 and watch.zombies == 20
+    assert watch.poll() and watch.exited == 20       # counted once
+
+
+def test_zombies_left_is_one_number_or_labelled():
+    from reaper_doctor.render.trace import render_text
+
+    r = TraceResult(pid=7, signum=signal.SIGCHLD, duration_s=3.0, interval_s=1.0,
+                    counts=SignalCounts(generated=100, queued=20, merged=80, delivered=20),
+                    children_exited=100, zombies_left=137, zombies_persisting=107,
+                    zombies_before=0, disposition="caught", ended="duration", grace_s=1.0,
+                    instance="x")
+    verdict = trace_verdict(r)
+    assert "107 zombies left for 1 s or more (137 in all)" in verdict, verdict
+    (rd102,) = trace_findings(r)
+    assert "107 zombies left for 1 s or more (137 in all)" in rd102.message
+    text = render_text(r)
+    row = next(line for line in text.splitlines() if line.startswith("zombies left"))
+    assert "137" in row and "107 of them for 1 s or more" in row, row
+    assert "\x1b[" not in text and "\x1b[" in render_text(r, color=True)
+
+
+def _read_pty(argv: list[str], env: dict[str, str], timeout_s: float = 30) -> str:
+    """Run `argv` with its stdout on a pseudo-terminal; return what it wrote."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=slave, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:       # EIO: the other side is closed
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return out.decode("utf-8", "replace")
+
+
+@needs_root
+def test_trace_no_color_on_a_terminal(spawner, trace_env):
+    target = spawner.zombie_parent("0")
+    env = {k: v for k, v in trace_env.items() if k != "NO_COLOR"}
+    argv = [sys.executable, "-m", "reaper_doctor", "trace", str(target.pid), "--duration", "0.3"]
+    coloured = _read_pty(argv, env)
+    assert "verdict: " in coloured and "\x1b[" in coloured, coloured
+    plain = _read_pty([*argv, "--no-color"], env)
+    assert "verdict: " in plain and "\x1b[" not in plain, plain
+
+
+@needs_root
+def test_trace_of_another_signal_speaks_of_that_signal(spawner, trace_env):
+    target = spawner.zombie_parent("0")
+    result = run_cli("trace", str(target.pid), "--signal", "TERM", "--duration", "0.3",
+                     "--no-color", env=trace_env)
+    assert result.returncode == 0, result.stderr
+    head = result.stdout.splitlines()[-7:]
+    text = "\n".join(head)
+    assert "SIGTERM disposition default" in text and "SIGCHLD" not in text, result.stdout
+    doc = json.loads(run_cli("trace", str(target.pid), "--signal", "TERM", "--duration", "0.3",
+                             "--json", env=trace_env).stdout)
+    assert doc["signal"] == "SIGTERM" and doc["disposition"] == "default"
+    assert doc["sigchld"] is None and doc["ended"] == "duration"

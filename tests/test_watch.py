@@ -104,7 +104,7 @@ def test_watch_json_when_the_target_exits(spawner, tmp_path):
             watcher.wait()
     assert watcher.returncode == 0 and "Traceback" not in err, err
     doc = json.loads(out)
-    assert doc["ended"] == "target exited" and doc["gone"] is True
+    assert doc["ended"] == "target-exited" and doc["gone"] is True
     assert len(doc["samples"]) >= 2
 
 

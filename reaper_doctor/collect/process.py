@@ -4,6 +4,7 @@ RLIMIT_NPROC usage, read within one sample's context."""
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
@@ -125,8 +126,10 @@ def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
                        bool(st.flags & procfs.PF_KTHREAD), st.child_faults > 0, *ns)
 
 
-def _sigchld(pid: int, ctx: _Context, threads: int) -> tuple[str | None, bool]:
-    """SIGCHLD disposition from the status masks; SigBlk is per thread, so
+def _sigchld(pid: int, ctx: _Context, threads: int,
+             bit: int = procfs.SIGCHLD_BIT) -> tuple[str | None, bool]:
+    """SIGCHLD disposition (or that of the signal of mask bit `bit`) from
+    the status masks, and whether it is pending; SigBlk is per thread, so
     every task is checked when there is more than one (linux-facts 2)."""
     try:
         status = procfs.parse_status(_status_text(pid, ctx))
@@ -141,13 +144,13 @@ def _sigchld(pid: int, ctx: _Context, threads: int) -> tuple[str | None, bool]:
         try:
             for tid in os.listdir(f"{PROC}/{pid}/task"):
                 text = read_text(f"{PROC}/{pid}/task/{tid}/status")
-                if (procfs.parse_status(text).sig_blk or 0) & procfs.SIGCHLD_BIT:
+                if (procfs.parse_status(text).sig_blk or 0) & bit:
                     blocked = True
                     break
         except OSError:
             pass  # a thread exited mid-walk: the process-level mask still counts
-    pending = bool((status.shd_pnd or 0) & procfs.SIGCHLD_BIT)
-    return procfs.sigchld_disposition(status, any_thread_blocks=blocked), pending
+    pending = bool((status.shd_pnd or 0) & bit)
+    return procfs.sigchld_disposition(status, any_thread_blocks=blocked, bit=bit), pending
 
 
 def _status_text(pid: int, ctx: _Context) -> str:
@@ -156,13 +159,14 @@ def _status_text(pid: int, ctx: _Context) -> str:
     return (raw if raw is not None else read_bytes(f"{PROC}/{pid}/status")).decode("utf-8", "replace")
 
 
-def sigchld_of(pid: int) -> str | None:
-    """The SIGCHLD disposition of `pid` ("blocked" in any thread, "ignored",
-    "caught", "default"); None if it cannot be read."""
+def disposition_of(pid: int, signum: int = signal.SIGCHLD) -> str | None:
+    """The disposition of signal `signum` (SIGCHLD by default) in `pid`
+    ("blocked" in any thread, "ignored", "caught", "default"); None if it
+    cannot be read."""
     st = read_stat(pid)
     if st is None:
         return None
-    return _sigchld(pid, _new_context(), st.threads)[0]
+    return _sigchld(pid, _new_context(), st.threads, 1 << (signum - 1))[0]
 
 
 # ----------------------------------------------------------------------------

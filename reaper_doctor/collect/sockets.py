@@ -202,6 +202,35 @@ def inet_diag_dump(family: int, states: int) -> list[netlink.DiagRow]:
         sock.close()
 
 
+def listen_queues(pid: int, inodes: Iterable[int]) -> dict[int, int]:
+    """The accept-queue length of each listening socket in `inodes`, in
+    `pid`'s network namespace: sock_diag's listeners when it is ours (a
+    few rows), /proc/<pid>/net/tcp{,6} otherwise. A socket not found (closed
+    since, or unreadable) is left out."""
+    wanted = set(inodes)
+    found: dict[int, int] = {}
+    if not wanted:
+        return found
+    if _netns_key(pid) == _netns_key(os.getpid()):
+        try:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for diag in inet_diag_dump(family, 1 << netlink.TCP_LISTEN):
+                    if diag.inode in wanted:
+                        found[diag.inode] = diag.rqueue  # a listener's rqueue: its queue
+            return found
+        except OSError:
+            found.clear()  # no netlink here: read the tables
+    for proto in ("tcp", "tcp6"):
+        try:
+            text = read_text(f"{PROC}/{pid}/net/{proto}")
+        except OSError:
+            continue
+        for row in procfs.parse_inet_table(text, proto):
+            if row.inode in wanted and row.state == "LISTEN":
+                found[row.inode] = row.rx_queue
+    return found
+
+
 def close_wait_on_ports(pid: int, ports: frozenset[int], same_netns: bool,
                         families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)
                         ) -> int | None:

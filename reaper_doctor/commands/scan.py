@@ -10,6 +10,7 @@ import time
 from typing import Callable, Mapping, Protocol, Sequence
 
 from ..collect.fds import fd_counts
+from ..collect.sockets import listen_queues
 from ..collect.proc import ProcessGone
 from ..collect.snapshot import collect_snapshot
 from ..diagnose import diagnose
@@ -36,7 +37,7 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
     """Scan each target: one sample, then (grace_s > 0) another `grace_s`
     later, and diagnose each from its samples. Between them, LIGHT_SAMPLES
     descriptor counts of every live process of each tree, evenly spaced,
-    for RD203.
+    for RD203, with the accept queues of its listeners that had one (RD401).
 
     With a `tracer` (`scan --trace S`), the window lasts at least `trace_s`
     and each parent that has zombies at the first sample and catches SIGCHLD
@@ -61,10 +62,17 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
         traced_at = _attach_tracer(tracer, first)
         live = {pid: [p.pid for p in snap.processes.values() if not p.is_zombie]
                 for pid, snap in first.items()}
+        # RD401 needs the accept queue non-empty in every sample: follow
+        # the listeners that have a queue now.
+        queued = {pid: {s.inode for fds in snap.fds.values() for s in fds.listeners
+                        if s.rx_queue} for pid, snap in first.items()}
         for k in range(1, LIGHT_SAMPLES + 1):
             _sleep_until(first, wait_s * k / (LIGHT_SAMPLES + 1), sleep)
             for pid in pids:
-                light[pid].append(fd_counts(live[pid]))
+                counts = fd_counts(live[pid])
+                if queued[pid]:
+                    counts = counts._replace(queues=listen_queues(pid, queued[pid]))
+                light[pid].append(counts)
         _sleep_until(first, wait_s, sleep)
         if tracer is not None:
             remaining = traced_at + trace_s - time.monotonic() if traced_at else 0.0

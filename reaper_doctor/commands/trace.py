@@ -10,7 +10,7 @@ import signal
 import time
 from typing import Callable
 
-from ..collect.process import sigchld_of
+from ..collect.process import disposition_of
 from ..collect.tasks import child_states, read_stat
 from ..model.trace import TraceResult, TraceSample
 from ..system.tracefs import SignalTrace, TraceTargetGone
@@ -28,9 +28,11 @@ def target_alive(pid: int) -> bool:
 class ChildWatch:
     """Children of a process followed across polls of /proc.
 
-    A child counts as exited when it is seen alive and later seen as a
-    zombie or not at all. A child that is born and reaped between two polls
-    is never seen: `exited` is a lower bound (the signal counts are not).
+    A child counts as exited when it shows up as a zombie that was not
+    there at the first poll (seen alive before or not), or when it is seen
+    alive and then not at all (reaped between two polls). A child born and
+    reaped between two polls is never seen: `exited` is a lower bound (the
+    signal counts are not).
     """
 
     def __init__(self, pid: int, clock: Callable[[], float] = time.monotonic) -> None:
@@ -39,6 +41,7 @@ class ChildWatch:
         self.alive: set[int] = set()
         self.zombie_since: dict[int, float] = {}   # zombie child -> first seen as one
         self.zombies_before: int | None = None     # zombies at the first poll
+        self.old_zombies: set[int] = set()         # those zombies: exited before the trace
         self.exited = 0
         self.reaped = 0                            # zombies or live children that vanished
 
@@ -51,11 +54,11 @@ class ChildWatch:
         zombies = {p for p, s in states.items() if s == "Z"}
         if self.zombies_before is None:
             self.zombies_before = len(zombies)
-        for p in self.alive - set(states):
-            self.exited += 1
-            self.reaped += 1
-        for p in self.alive & zombies:
-            self.exited += 1
+            self.old_zombies = set(zombies)
+        vanished = self.alive - set(states)        # exited and reaped since the last look
+        self.exited += len(vanished)
+        self.reaped += len(vanished)
+        self.exited += len(zombies - set(self.zombie_since) - self.old_zombies)
         self.reaped += len(set(self.zombie_since) - zombies)
         self.zombie_since = {p: self.zombie_since.get(p, now) for p in zombies}
         self.alive = set(states) - zombies
@@ -82,7 +85,7 @@ def run_trace(pid: int, signum: int = signal.SIGCHLD, *, duration_s: float | Non
     watch = ChildWatch(pid, clock)
     if not watch.poll():
         raise TraceTargetGone(f"no process with PID {pid}")
-    disposition = sigchld_of(pid)
+    disposition = disposition_of(pid, signum)
     samples: list[TraceSample] = []
     ended = "duration"
     with _sigterm_as_interrupt(), SignalTrace(pid, signum, tracefs=tracefs) as tr:
@@ -126,7 +129,7 @@ def run_trace(pid: int, signum: int = signal.SIGCHLD, *, duration_s: float | Non
         tr.read()
         if ended != "target-exited":
             watch.poll()
-            disposition = sigchld_of(pid) or disposition
+            disposition = disposition_of(pid, signum) or disposition
         if end_t - last_t > 0.05 or not samples:
             sample(end_t)
         totals = tr.totals

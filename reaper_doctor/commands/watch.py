@@ -54,7 +54,7 @@ def watch(pid: int, *, interval_s: float = 1.0, duration_s: float | None = None,
             try:
                 sample = watch_sample(plan, tracker, t0)
             except ProcessGone:
-                ended = "target exited"
+                ended = "target-exited"
                 break
             samples.append(sample)
             on_sample(sample)

@@ -179,13 +179,16 @@ def _looks_pre_fork(holders: list[ProcessInfo], inode: int, port: int,
 
 
 def accept_backlog_findings(earlier: Snapshot, later: Snapshot,
-                            leaks: Iterable[Finding] = ()) -> Iterable[Finding]:
-    """RD401: a listening socket whose accept queue is non-empty in the
-    first and the last sample.
+                            leaks: Iterable[Finding] = (),
+                            between: Sequence[Mapping[int, int]] = ()) -> Iterable[Finding]:
+    """RD401: a listening socket whose accept queue stays non-empty: in the
+    first and the last sample, and in each light sample between them that
+    read it (`between`: {listener inode: queue length} per light sample).
 
-    Where the queued connections are visible (established, inode 0, in
-    the socket table) at least one of them must be queued in both samples:
-    a busy server whose queue turns over is accepting, only behind.
+    The rule rests on the queue's length, not on which connections wait:
+    a server that takes one connection at a time turns its queue over and
+    still leaves it full (on a busy CPU, no single connection need wait
+    the whole window). How many did wait it is evidence, when visible.
 
     A process at its descriptor limit cannot accept (EMFILE): its queue is
     a symptom of what fills the table, so the finding says so and names
@@ -210,20 +213,25 @@ def accept_backlog_findings(earlier: Snapshot, later: Snapshot,
             before = first.get(s.inode)
             if before is None or not before.rx_queue:
                 continue
+            lengths = [before.rx_queue, *(q[s.inode] for q in between if s.inode in q)]
+            if earlier is not later:
+                lengths.append(s.rx_queue)
+            if min(lengths) == 0:
+                continue  # it emptied in between: the server accepts
             peers_then = earlier.accept_queue_peers.get(s.inode)
             peers_now = later.accept_queue_peers.get(s.inode)
             waited = None
             if earlier is not later and peers_then and peers_now:
                 waited = len(peers_then & peers_now)
-                if not waited:
-                    continue
             yield _backlog_finding(pid, s, before, waited, later.taken_at - earlier.taken_at,
-                                   later.nofile.get(pid), sorted(leak_codes.get(pid, ())))
+                                   later.nofile.get(pid), sorted(leak_codes.get(pid, ())),
+                                   lengths)
 
 
 def _backlog_finding(pid: int, now: SocketFd, then: SocketFd, waited: int | None,
                      elapsed_s: float, nofile: LimitUsage | None = None,
-                     leak_codes: Sequence[str] = ()) -> Finding:
+                     leak_codes: Sequence[str] = (),
+                     lengths: Sequence[int] = ()) -> Finding:
     port = now.local[1]
     backlog = now.backlog if now.backlog is not None else then.backlog
     full = backlog is not None and now.rx_queue > backlog
@@ -231,8 +239,10 @@ def _backlog_finding(pid: int, now: SocketFd, then: SocketFd, waited: int | None
     text = (f"the accept queue of port {port} holds {now.rx_queue} connection"
             f"{'s' if now.rx_queue != 1 else ''}{of}" + (" (full: new SYNs are dropped)"
                                                          if full else ""))
+    if len(lengths) > 1:
+        text += f"; non-empty in all {len(lengths)} samples over {elapsed_s:.1f} s"
     if waited:
-        text += f"; {waited} waited the whole {elapsed_s:.1f} s"
+        text += f" ({waited} waited the whole time)"
     # accept() needs a free descriptor below the soft limit: with none,
     # it fails with EMFILE and the connection stays queued (linux-facts 7).
     at_limit = bool(nofile and nofile.used is not None and nofile.soft
@@ -250,6 +260,7 @@ def _backlog_finding(pid: int, now: SocketFd, then: SocketFd, waited: int | None
         "RD401", pid, f"{text}: {advice}",
         port=port, inode=now.inode, queue=now.rx_queue, queue_first=then.rx_queue,
         backlog=backlog, full=full, waited_whole_window=waited,
+        queue_samples=list(lengths),
         persisted_s=round(elapsed_s, 3), at_fd_limit=at_limit, leaks=list(leak_codes))
 
 

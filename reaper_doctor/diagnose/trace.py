@@ -36,28 +36,39 @@ def _times(n: int) -> str:
     return "once" if n == 1 else f"{n} times"
 
 
+def zombies_left_text(persisting: int, left: int, grace_s: float) -> str:
+    """"107 zombies left for 1 s or more (137 in all)": the zombies that count
+    (older than the grace), labelled apart from all of them when they differ."""
+    noun = "zombie" if persisting == 1 else "zombies"
+    if persisting == left:
+        return f"{left} {noun} left"
+    return f"{persisting} {noun} left for {grace_s:g} s or more ({left} in all)"
+
+
 def sigchld_findings(pid: int, counts: SignalTally, *, disposition: str | None,
-                   zombies_persisting: int, zombies_left: int,
-                   children_exited: int) -> list[Finding]:
+                     zombies_persisting: int, zombies_left: int,
+                     children_exited: int, grace_s: float = 1.0) -> list[Finding]:
     """Findings of a SIGCHLD trace of `pid`: RD101/RD102/RD103 when zombies
-    persist (`zombies_persisting` of the `zombies_left`, older than the grace)."""
+    persist (`zombies_persisting` of the `zombies_left`, older than `grace_s`)."""
     if zombies_persisting == 0:
         return []
-    c, z = counts, zombies_persisting
+    c = counts
+    z = zombies_left_text(zombies_persisting, zombies_left, grace_s)
     evidence = {"generated": c.generated, "merged": c.merged, "delivered": c.delivered,
                 "ignored": c.ignored, "children_exited": children_exited,
-                "zombies_left": zombies_left, "sigchld": disposition}
+                "zombies_left": zombies_left, "zombies_persisting": zombies_persisting,
+                "sigchld": disposition}
     if disposition == "blocked":
         return [finding("RD103", pid, f"SIGCHLD is blocked: {c.generated} sent, "
-                        f"{c.delivered} delivered; {z} zombies left", **evidence)]
+                        f"{c.delivered} delivered; {z}", **evidence)]
     if disposition == "caught" or c.delivered > 0:
         return [finding("RD102", pid, f"{c.merged} of {c.generated} SIGCHLD merged; "
-                        f"the handler ran {_times(c.delivered)}; {z} zombies left: the "
+                        f"the handler ran {_times(c.delivered)}; {z}: the "
                         "handler reaps one child per signal; loop waitpid(-1, WNOHANG)",
                         **evidence)]
     if disposition == "default":
         return [finding("RD101", pid, f"SIGCHLD is not caught and nobody calls waitpid: "
-                        f"{z} zombies left", **evidence)]
+                        f"{z}", **evidence)]
     return []
 
 
@@ -98,7 +109,8 @@ def trace_findings(r: TraceResult) -> list[Finding]:
         return []
     return sigchld_findings(r.pid, r.counts, disposition=r.disposition,
                             zombies_persisting=r.zombies_persisting,
-                            zombies_left=r.zombies_left, children_exited=r.children_exited)
+                            zombies_left=r.zombies_left, children_exited=r.children_exited,
+                            grace_s=r.grace_s)
 
 
 def trace_verdict(r: TraceResult) -> str:
@@ -115,16 +127,17 @@ def trace_verdict(r: TraceResult) -> str:
                 f"{c.ignored} ignored, {c.delivered} delivered{lost}")
     found = trace_findings(r)
     if found:
-        code, z = found[0].code, r.zombies_persisting
+        code = found[0].code
+        z = zombies_left_text(r.zombies_persisting, r.zombies_left, r.grace_s)
         if code == "RD102":
             body = (f"{c.merged} of {c.generated} SIGCHLD merged; the handler ran "
-                    f"{_times(c.delivered)}; {z} zombies left: a wait-once handler")
+                    f"{_times(c.delivered)}; {z}: a wait-once handler")
         elif code == "RD103":
             body = (f"{c.generated} SIGCHLD sent while blocked, {c.merged} merged, "
-                    f"{c.delivered} delivered; {z} zombies left: SIGCHLD blocked, never waited")
+                    f"{c.delivered} delivered; {z}: SIGCHLD blocked, never waited")
         else:
             body = (f"{c.generated} SIGCHLD sent and {c.ignored} discarded (no handler); "
-                    f"{z} zombies left: nobody calls waitpid")
+                    f"{z}: nobody calls waitpid")
         return f"{gone}{body} — see `reaper-doctor explain {code}`{lost}"
     if r.disposition == "ignored":
         return (f"{gone}{c.generated} SIGCHLD sent and ignored (SIG_IGN): the kernel reaps "

@@ -122,6 +122,22 @@ class ScenarioRun:
                 and self.leftover_processes == 0 and not self.interrupted)
 
     @property
+    def why_not(self) -> list[str]:
+        """Why the run did not behave as expected, one reason each; [] if it did."""
+        reasons = []
+        if self.scan is None:
+            reasons.append(f"no scan ({self.scan_error or 'not run'})")
+        if self.missing:
+            reasons.append("missing " + " ".join(self.missing) + " (expected, not found)")
+        if self.unexpected:
+            reasons.append("unexpected " + " ".join(sorted({f.code for f in self.unexpected})))
+        if self.leftover_processes:
+            reasons.append(f"{self.leftover_processes} processes left over")
+        if self.interrupted:
+            reasons.append("interrupted")
+        return reasons
+
+    @property
     def exit_code(self) -> int:
         return 0 if self.as_expected else 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping, NamedTuple
 
 if TYPE_CHECKING:
@@ -49,3 +50,6 @@ class FdCounts(NamedTuple):
 
     taken_at: float                       # time.monotonic() seconds
     counts: Mapping[int, int]             # pid -> open fds
+    # Accept-queue length of the listening sockets (by inode) that had a
+    # queue at the first sample; a listener it could not read is absent.
+    queues: Mapping[int, int] = MappingProxyType({})

@@ -69,7 +69,7 @@ class TraceResult:
     zombies_left: int
     zombies_persisting: int          # of zombies_left, those older than grace_s
     zombies_before: int
-    disposition: str | None          # SIGCHLD disposition at the end (or the start)
+    disposition: str | None          # of the traced signal, at the end (or the start)
     ended: str
     grace_s: float
     instance: str

@@ -43,7 +43,7 @@ class WatchReport(NamedTuple):
     rates_per_min: Mapping[str, float | None]   # least-squares slope of each series
     eta_s: Mapping[str, float | None]           # "nofile" "nproc" "pids_cgroup"
     findings: tuple[Finding, ...]
-    ended: str                                  # "duration" | "interrupted" | "target exited"
+    ended: str                                  # "duration" | "interrupted" | "target-exited" (as trace)
     listen_ports: tuple[int, ...] = ()
 
     @property

@@ -148,18 +148,20 @@ def unescape_status_name(value: str) -> str:
 _unescape_status_name = unescape_status_name  # the old private name
 
 
-def sigchld_disposition(process: StatusFields, *, any_thread_blocks: bool = False) -> str:
-    """Classify SIGCHLD handling: "blocked", "ignored", "caught" or "default".
+def sigchld_disposition(process: StatusFields, *, any_thread_blocks: bool = False,
+                        bit: int = SIGCHLD_BIT) -> str:
+    """Classify SIGCHLD handling (or that of the signal whose mask bit is
+    `bit`: 1 << (signum - 1)): "blocked", "ignored", "caught" or "default".
 
     Blocked wins: a blocked SIGCHLD is never delivered whatever the handler.
     SigBlk is per thread, so the caller says whether any task blocks it.
     SA_NOCLDWAIT with SIG_DFL does not show in /proc and reads as "default".
     """
-    if any_thread_blocks or (process.sig_blk or 0) & SIGCHLD_BIT:
+    if any_thread_blocks or (process.sig_blk or 0) & bit:
         return "blocked"
-    if (process.sig_ign or 0) & SIGCHLD_BIT:
+    if (process.sig_ign or 0) & bit:
         return "ignored"
-    if (process.sig_cgt or 0) & SIGCHLD_BIT:
+    if (process.sig_cgt or 0) & bit:
         return "caught"
     return "default"
 

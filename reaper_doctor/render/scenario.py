@@ -51,6 +51,7 @@ def run_document(run: ScenarioRun) -> dict[str, Any]:
         "missing": run.missing,
         "unexpected": [f.code for f in run.unexpected],
         "as_expected": run.as_expected,
+        "why_not": run.why_not,
         "fix": s.fix,
         "scanned": run.scanned,
         "scan_error": run.scan_error,
@@ -211,7 +212,8 @@ def _cleanup(run: ScenarioRun, style: Callable[..., str]) -> str:
                     fg="green" if left == 0 else "red")
             + (f" (PIDs {' '.join(map(str, c.leftover_pids[:20]))})" if left else ""))
     verdict = (style("behaved as expected", fg="green", bold=True) if run.as_expected
-               else style("did NOT behave as expected", fg="red", bold=True))
+               else style("did NOT behave as expected", fg="red", bold=True)
+               + ": " + "; ".join(run.why_not))
     return text + f"\nVerdict: {run.scenario.name} {verdict}"
 
 
@@ -244,6 +246,10 @@ def render_compare_text(runs: Sequence[ScenarioRun], *, color: bool = False) -> 
             f"timeout {st.timeout_s:g} s each; hung = no end of reply within the timeout")
     left = sum(r.leftover_processes for r in runs)
     tail = f"Left over after all runs: {left} processes"
+    why = [f"  {run.scenario.name}: {'; '.join(run.why_not)}" for run in runs if run.why_not]
+    if why:
+        tail = style("Not as expected", fg="red", bold=True) + "\n" + "\n".join(why) \
+            + "\n\n" + tail
     return f"{head}\n\n{table}\n\n{tail}\n"
 
 

@@ -28,7 +28,8 @@ def result_document(r: TraceResult) -> dict[str, Any]:
         "queued": c.queued, "overflow_fail": c.overflow_fail, "lose_info": c.lose_info,
         "other_result": c.other_result, "lost_events": c.lost_events,
         "zombies_persisting": r.zombies_persisting, "zombies_before": r.zombies_before,
-        "grace_s": r.grace_s, "sigchld": r.disposition, "ended": r.ended,
+        "grace_s": r.grace_s, "disposition": r.disposition,
+        "sigchld": r.disposition if r.signum == signal.SIGCHLD else None, "ended": r.ended,
         "interval_s": r.interval_s, "instance": r.instance,
         "verdict": trace_verdict(r),
         "samples": [s.as_dict() for s in r.samples],
@@ -49,9 +50,14 @@ def render_sample(s: TraceSample) -> str:
             f"{c.ignored:7d}  {s.children_exited:6d}  {s.zombies:7d}")
 
 
-def render_text(r: TraceResult) -> str:
-    """The summary printed at the end (the interval lines are printed as they come)."""
+def render_text(r: TraceResult, *, color: bool = False) -> str:
+    """The summary printed at the end (the interval lines are printed as they
+    come); `color`: the verdict in red (a finding) or green, a warning in yellow."""
+    import click
     from tabulate import tabulate
+
+    def style(text: str, **how: Any) -> str:
+        return click.style(text, **how) if color else text
 
     c = r.counts
     rows = [
@@ -64,15 +70,22 @@ def render_text(r: TraceResult) -> str:
         rows.append(("other", c.overflow_fail + c.lose_info + c.other_result,
                      f"overflow_fail {c.overflow_fail}, lose_info {c.lose_info}"))
     if r.signum == signal.SIGCHLD:
-        rows += [("children exited", r.children_exited, "seen in /proc"),
+        persisting = ("" if r.zombies_persisting == r.zombies_left else
+                      f"; {r.zombies_persisting} of them for {r.grace_s:g} s or more")
+        rows += [("children exited", r.children_exited,
+                  "at least: seen in /proc (one born and reaped between two looks is missed)"),
                  ("zombies left", r.zombies_left,
-                  f"at the end ({r.zombies_before} before the trace)")]
+                  f"at the end ({r.zombies_before} before the trace){persisting}")]
     ended = {"duration": "duration reached", "interrupted": "interrupted",
              "target-exited": "the target exited"}[r.ended]
     head = (f"PID {r.pid}: {r.signal} for {r.duration_s:.1f} s ({ended}); "
-            f"SIGCHLD disposition {r.disposition or 'unknown'}")
+            f"{r.signal} disposition {r.disposition or 'unknown'}")
+    found = trace_findings(r)
+    verdict = style(trace_verdict(r), fg="red" if found else "green" if
+                    r.signum == signal.SIGCHLD else None, bold=bool(found))
     lines = [head, tabulate(rows, tablefmt="plain", colalign=("left", "right", "left")),
-             f"verdict: {trace_verdict(r)}"]
+             f"verdict: {verdict}"]
     if c.lost_events:
-        lines.append(f"warning: the ring buffer dropped {c.lost_events} events")
+        lines.append(style(f"warning: the ring buffer dropped {c.lost_events} events",
+                           fg="yellow"))
     return "\n".join(lines)

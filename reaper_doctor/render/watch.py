@@ -89,7 +89,7 @@ def summary_text(report: WatchReport, *, color: bool = False) -> str:
     style = _styler(color)
     lines = []
     span = report.samples[-1].t_s if report.samples else 0.0
-    if report.ended == "target exited":
+    if report.ended == "target-exited":
         lines.append(style(f"PID {report.pid} exited after {span:.1f} s: watch ended",
                            fg="yellow"))
     elif report.ended == "interrupted":
@@ -133,7 +133,7 @@ def watch_document(report: WatchReport) -> dict[str, Any]:
                    "nproc_enforced": report.limits.nproc_enforced,
                    "pids_cgroup": report.limits.pids_cgroup},
         "listen_ports": list(report.listen_ports),
-        "ended": report.ended, "gone": report.ended == "target exited",
+        "ended": report.ended, "gone": report.ended == "target-exited",
         "findings": [finding_document(f) for f in report.findings],
     }
 
