@@ -377,9 +377,9 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     import csv
 
     from .collect.proc import ProcessGone
+    from .collect.targets import live_target
     from .commands.watch import watch as run_watch
     from .render import watch as render
-    from .collect.targets import live_target
 
     pid, notes = live_target(pid, "watching")
     _echo_notes(notes)
@@ -679,7 +679,7 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     from .commands import scenario as runner
     from .model.scenario import RunSettings
     from .render.scenario import render_run_json, render_run_text
-    from .system.lifecycle import sigterm_raises_systemexit
+    from .system.lifecycle import signals_unwind
 
     if requests is None:
         requests = runner.default_requests(fd_limit, concurrency)
@@ -694,7 +694,7 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     except ValueError as e:
         die(str(e))
     show = not as_json and sys.stderr.isatty()
-    with sigterm_raises_systemexit(), \
+    with signals_unwind(), \
             _progress(f"{name}: requests", requests, show) as bar:
         try:
             run = runner.run_scenario(name, settings, on_result=lambda o: bar.update(1))
@@ -724,7 +724,7 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
     from .commands import scenario as runner
     from .model.scenario import RunSettings
     from .render.scenario import render_compare_json, render_compare_text
-    from .system.lifecycle import sigterm_raises_systemexit
+    from .system.lifecycle import signals_unwind
 
     if requests is None:
         requests = runner.default_requests(None, concurrency)
@@ -735,7 +735,7 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
     names, skipped = runner.runnable_scenarios()
     if skipped:
         click.echo(f"{PROG}: {skipped}", err=True)
-    with sigterm_raises_systemexit():
+    with signals_unwind():
         for name in names:
             with _progress(f"{name:>12}", requests, show) as bar:
                 try:
@@ -750,6 +750,48 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
     else:
         click.echo(render_compare_text(runs, color=use_color(no_color)), nl=False)
     return 0 if all(r.as_expected for r in runs) else 1
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:9563", show_default=True, metavar="HOST:PORT",
+              help="Address to serve /metrics on ([::1]:9563 for IPv6; port 0: any free "
+                   "port). Only this machine by default.")
+@click.option("--min-interval", "min_interval_s",
+              type=SecondsType("--min-interval", 3600, minimum=0), default=5.0,
+              show_default=True,
+              help="Seconds a census is served before a scrape takes a new one; scrapes "
+                   "during a census share it.")
+@click.option("--grace", "grace_s", type=GraceType(), default=1.0, show_default=True,
+              help="A zombie, CLOSE_WAIT socket or queued connection counts when it was "
+                   "there in two censuses at least this far apart.")
+def exporter(listen: str, min_interval_s: float, grace_s: float) -> None:
+    """Serve the whole-machine census to Prometheus at /metrics.
+
+    The same census as `scan` with no PID (zombies by parent, descriptor
+    leaks, limits), as Prometheus series with pid and comm labels, plus the
+    exporter's own (census duration, errors, scrapes). It keeps a short
+    history of each process between censuses, so persistence and RD203
+    (steady descriptor growth) work across scrapes. Runs until SIGTERM or
+    Ctrl-C.
+    """
+    from .commands.exporter import CensusHistory, parse_listen, serve
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as e:
+        die(str(e))
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        click.echo(f"{PROG}: serving http://{shown}:{bound_port}/metrics "
+                   f"(a census at most {min_interval_s:g} s old)", err=True)
+
+    history = CensusHistory(grace_s=grace_s)
+    try:
+        serve(host, port, history.run, min_interval_s=min_interval_s, on_ready=ready)
+    except OSError as e:
+        die(f"cannot listen on {listen}: {e.strerror or e}")
+    click.echo(f"{PROG}: exporter stopped", err=True)
 
 
 def run() -> NoReturn:

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from helpers import Spawner, become_subreaper
+from helpers import Spawner
 
 from reaper_doctor.system import tracefs
+from reaper_doctor.system.lifecycle import become_subreaper
 
 # Orphans of the test children (zombies a killed parent leaves) come to the
 # test process, which reaps them, instead of lingering under PID 1.

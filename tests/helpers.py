@@ -32,6 +32,21 @@ time.sleep(120)
 """
 
 
+# A server that accepts N connections (argv[1]) whose clients then close,
+# and never closes its side: N accepted sockets in CLOSE_WAIT (RD201).
+CLOSE_WAIT_HOLDER = r"""
+import socket, sys, time
+srv = socket.create_server(("127.0.0.1", 0))
+held = []
+for _ in range(int(sys.argv[1])):
+    c = socket.create_connection(srv.getsockname())
+    a, _ = srv.accept()
+    c.close()
+    held.append(a)
+print("ready", flush=True)
+time.sleep(300)
+"""
+
 def wait_until(predicate: Callable[[], Any], timeout_s: float = 10.0,
                interval_s: float = 0.02, what: str = "condition") -> Any:
     """Poll `predicate` until it returns something truthy; fail after `timeout_s`."""
@@ -117,22 +132,6 @@ def _group_exists(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_subreaper() -> bool:
-    """Make this process a child subreaper, so orphans of our children (the
-    zombies a killed test parent leaves) come to us to be reaped instead of
-    waiting on PID 1. False where prctl is not available."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def reap_adopted(keep: set[int] = frozenset()) -> int:

@@ -121,7 +121,9 @@ def test_grace_0_never_says_persist_and_one_zombie_persists(spawner):
     assert not re.search(r"\bpersists?\b", result.stdout) and "in one sample" in rd101, rd101
     result = run_cli("scan", str(proc.pid), "--grace", "0.2")
     assert re.search(rf"\b1 zombie child of PID {proc.pid} \(\S+\) persists over ", result.stdout)
-    assert "2 samples 0.2 s apart" in result.stdout.splitlines()[1]
+    # The real interval: at least the grace, more on a busy machine.
+    apart = re.search(r"\b2 samples (\d+(?:\.\d+)?) s apart", result.stdout.splitlines()[1])
+    assert apart and float(apart.group(1)) >= 0.2, result.stdout.splitlines()[1]
 
 
 def test_census_says_what_its_samples_checked(spawner):

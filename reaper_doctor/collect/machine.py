@@ -16,11 +16,12 @@ if TYPE_CHECKING:
     pass
 from ..model import LimitUsage, PidsCgroup, ProcessInfo, Snapshot, Unreadable
 from .cgroups import pids_cgroup, pids_cgroups_with_limits
-from .proc import PROC, ProcessGone, _int_file, _read_small, read_text
 from .namespaces import MachineNamespaces, machine_namespaces
+from .proc import PROC, ProcessGone, _int_file, _read_small, read_proc_files, read_text
 from .process import _new_context, _nproc, _read_process
 from .snapshot import _dedupe
 from .tasks import TaskBrief, process_table
+
 
 class MachineSample(NamedTuple):
     """One pass over every process on the machine."""
@@ -58,6 +59,7 @@ def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8) -> MachineSample
     zombies: dict[int, ProcessInfo] = {}
     sessions: dict[int, int] = {}
     limits: dict[int, dict[str, tuple[int | None, int | None]]] = {}
+    live: list[int] = []
     for pid, brief in table.items():
         if brief.state == "Z":
             try:
@@ -67,10 +69,11 @@ def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8) -> MachineSample
             except (OSError, ProcessGone, ValueError, IndexError):
                 continue  # reaped since the table was read
         else:
-            try:
-                limits[pid] = procfs.parse_limits(_read_small(f"{PROC}/{pid}/limits").decode())
-            except OSError:
-                continue
+            live.append(pid)
+    # Only ulimit -n and ulimit -u matter here: found in each file, not parsed.
+    for pid, raw in zip(live, read_proc_files(live, "limits")):
+        if raw is not None:
+            limits[pid] = procfs.parse_some_limits(raw)
     fd_counts, skipped, denied = _count_fds_nearest(table, limits, fd_top, fd_floor)
     try:
         file_nr: tuple[int, int, int] | None = procfs.parse_file_nr(
@@ -84,6 +87,15 @@ def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8) -> MachineSample
         pid_max=_int_file(f"{PROC}/sys/kernel/pid_max"),
         tasks=sum(b.threads for b in table.values()), unreadable=ctx.unreadable,
         namespaces=machine_namespaces(table))
+
+
+def _fd_count(pid: int) -> int:
+    """Open descriptors of `pid`: Linux 6.2 and later give the count as the
+    size of /proc/PID/fd (a stat: ~4x cheaper than listing it, and allowed
+    where listing it is not); older kernels say 0 there, and then it is
+    listed. Raises OSError."""
+    fd_dir = f"{PROC}/{pid}/fd"
+    return os.stat(fd_dir).st_size or len(os.listdir(fd_dir))
 
 
 def _count_fds_nearest(table: dict[int, TaskBrief],
@@ -104,7 +116,7 @@ def _count_fds_nearest(table: dict[int, TaskBrief],
         if len(best) >= top and bound < floor and bound < best[0]:
             return counts, len(candidates) - i, denied
         try:
-            count = len(os.listdir(f"{PROC}/{pid}/fd"))
+            count = _fd_count(pid)
         except PermissionError:
             denied += 1
             continue

@@ -25,6 +25,7 @@ from .proc import (
     read_text,
 )
 
+
 class TaskBrief(NamedTuple):
     """Just enough of every process on the machine: ppid, real uid, threads.
     `name` and `fd_size` (the FDSize line: the size of the descriptor

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ..collect.cgroups import cgroup_member
+from ..collect.listeners import (
+    SocketCensus, find_holders, holder_tables, read_socket_census, reread_socket_census,
+)
 from ..collect.machine import (
     MachineSample,
     collect_census_target,
@@ -26,13 +29,16 @@ from ..collect.machine import (
 from ..collect.namespaces import MachineNamespaces
 from ..collect.process import has_cap_exemption
 from ..diagnose.containers import pid1_findings
+from ..diagnose.fds import accept_backlog_findings, close_wait_findings, fd_growth_findings
 from ..diagnose.limits import WARN_RATIO, limit_findings
 from ..diagnose.zombies import PID1_GRACE_S, persistent_zombies, zombie_findings
 from ..model import (
     Container,
     ContainerRow,
+    FdCounts,
     Finding,
     LimitUsage,
+    ListenerQueue,
     MachineCensus,
     NofileUsage,
     NprocUsage,
@@ -40,6 +46,7 @@ from ..model import (
     Report,
     Severity,
     Snapshot,
+    SocketHolder,
     TargetReport,
     UidTasks,
     ZombieParent,
@@ -56,45 +63,80 @@ INIT_LIKE = frozenset({
 })
 
 
-def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> Report:
+class CensusState(NamedTuple):
+    """What a census leaves for the next one to judge persistence against
+    (the exporter's censuses, one after another)."""
+
+    taken_at: float                          # time.monotonic() of its zombie sample
+    zombies: dict[int, ProcessInfo]
+    sockets: SocketCensus | None
+    fd_series: tuple[FdCounts, ...]          # descriptor counts of the last censuses
+
+
+# Censuses of descriptor counts kept for RD203 (it needs at least three).
+FD_HISTORY = 6
+
+
+def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep,
+           sockets: bool = True) -> Report:
     """Sample the machine; with grace_s > 0 re-read its zombies `grace_s`
     later (PID1_GRACE_S when PID 1 or a subreaper holds some) and judge
-    persistence by (PID, start time), as `scan PID` does."""
-    first = collect_machine(fd_top=TOP_NOFILE, fd_floor=WARN_RATIO)
-    first_by_parent = _by_parent(first.zombies)
-    parents, parent_sessions = read_processes(sorted(first_by_parent), first.table)
-    slow = _reapers(first_by_parent, parents, parent_sessions, first.sessions)
-    later_zombies, later_at, samples = first.zombies, first.taken_at, 1
-    if grace_s > 0 and first.zombies:
-        wait_s = grace_s
-        if slow & set(first_by_parent):
-            wait_s = max(wait_s, PID1_GRACE_S)
-        remaining = first.taken_at + wait_s - time.monotonic()
+    persistence by (PID, start time), as `scan PID` does. `sockets`: also
+    read every network namespace's listeners and CLOSE_WAIT sockets (RD201,
+    RD401), re-read after the grace too when one has something to explain."""
+    return census_after(None, grace_s=grace_s, sleep=sleep, sockets=sockets)[0]
+
+
+def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
+                 sleep: Callable[[float], None] = time.sleep,
+                 sockets: bool = True) -> tuple[Report, CensusState]:
+    """A census judged against `earlier` when it is at least the grace old
+    (no sleep: the exporter's previous census), else as `census` does; and
+    the state the next census judges against. PIDs that are gone are
+    forgotten: the state holds this census's processes only."""
+    now = collect_machine(fd_top=TOP_NOFILE, fd_floor=WARN_RATIO)
+    now_sockets = read_socket_census(now.table) if sockets else None
+    now_by_parent = _by_parent(now.zombies)
+    parents, parent_sessions = read_processes(sorted(now_by_parent), now.table)
+    slow = _reapers(now_by_parent, parents, parent_sessions, now.sessions)
+    wait_s = grace_s
+    if slow & set(now_by_parent):
+        wait_s = max(wait_s, PID1_GRACE_S)
+    then_zombies, then_at, then_sockets = now.zombies, now.taken_at, now_sockets
+    later_zombies, later_at, later_sockets, samples = now.zombies, now.taken_at, now_sockets, 1
+    if grace_s > 0 and earlier is not None and now.taken_at - earlier.taken_at >= wait_s:
+        then_zombies, then_at, then_sockets = earlier.zombies, earlier.taken_at, earlier.sockets
+        samples = 2
+    elif grace_s > 0 and (now.zombies or _to_explain(now_sockets)):
+        remaining = now.taken_at + wait_s - time.monotonic()
         if remaining > 0:
             sleep(remaining)
-        later_at, later_zombies = resample_zombies(first.zombies)
+        later_at, later_zombies = resample_zombies(now.zombies)
+        if now_sockets is not None and _to_explain(now_sockets):
+            later_sockets = reread_socket_census(now_sockets)
         samples = 2
         # Parents may have changed their handler, or be new (orphans re-parented).
         parents, _ = read_processes(sorted({z.ppid for z in later_zombies.values()}),
-                                            first.table)
+                                    now.table)
     later_by_parent = _by_parent(later_zombies)
+    first = now   # the machine-wide figures below are this census's
 
     findings: list[Finding] = []
     zombie_parents = []
     for ppid, zombies in later_by_parent.items():
         parent = parents.get(ppid)
         later = Snapshot(target=ppid, taken_at=later_at, processes=zombies, target_parent=parent)
-        earlier = later if samples == 1 else Snapshot(
-            target=ppid, taken_at=first.taken_at,
-            processes={pid: first.zombies[pid] for pid in zombies if pid in first.zombies},
+        before = later if samples == 1 else Snapshot(
+            target=ppid, taken_at=then_at,
+            processes={pid: then_zombies[pid] for pid in zombies if pid in then_zombies},
             target_parent=parent)
-        found = list(zombie_findings(earlier, later, grace_s, slow))
+        found = list(zombie_findings(before, later, grace_s, slow))
         findings += found
         zombie_parents.append(ZombieParent(
             pid=ppid, name=parent.name if parent else _name(first, ppid),
             uid=parent.uid if parent else None, sigchld=parent.sigchld if parent else None,
             zombies=len(zombies),
-            persistent=len(persistent_zombies(earlier, later, grace_s, slow)),
+            persistent=len(persistent_zombies(before, later, grace_s, slow)),
             is_reaper=ppid in slow, verdict=found[0].code if found else None))
     zombie_parents.sort(key=lambda p: (-p.zombies, p.pid))
 
@@ -140,7 +182,18 @@ def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep)
                                                processes={info.pid: info}))
     containers = _container_rows(ns, first, inits, findings) if ns is not None else []
 
-    elapsed_s = round(later_at - first.taken_at, 3)
+    fd_series = _fd_series(earlier, now)
+    findings += fd_growth_findings(fd_series, {
+        pid: LimitUsage(used=used, soft=first.limits[pid].get("Max open files", (None, None))[0],
+                        hard=None) for pid, used in now.fd_counts.items()})
+
+    holders: list[SocketHolder] = []
+    if later_sockets is not None:
+        found, holders = _descriptor_leaks(then_sockets if samples == 2 else None,
+                                           later_sockets, now, then_at, later_at)
+        findings += found
+
+    elapsed_s = round(later_at - then_at, 3)
     targets = _targets(findings, first, parents, later_by_parent, samples, grace_s, elapsed_s)
     files_open = None
     if first.file_nr:
@@ -151,9 +204,70 @@ def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep)
         zombie_parents=tuple(zombie_parents), nofile_top=tuple(nofile_rows[:TOP_NOFILE]),
         nofile_counted=len(first.fd_counts), nofile_unreadable=first.fds_unreadable,
         uids=tuple(uids), pids_cgroups=tuple(cgroups), samples=samples, grace_s=grace_s,
-        elapsed_s=elapsed_s, containers=tuple(containers),
+        elapsed_s=elapsed_s, socket_holders=tuple(holders),
+        netns_read=len(later_sockets.netns) if later_sockets else 0,
+        containers=tuple(containers),
         pid_namespace_is_host=ns.view.proc_is_host if ns is not None else True)
-    return Report(targets=tuple(targets), machine=machine)
+    state = CensusState(taken_at=later_at, zombies=later_zombies, sockets=later_sockets,
+                        fd_series=fd_series)
+    return Report(targets=tuple(targets), machine=machine), state
+
+
+def _to_explain(sockets: SocketCensus | None) -> bool:
+    return sockets is not None and any(ns.to_explain for ns in sockets.netns)
+
+
+def _fd_series(earlier: CensusState | None, now: MachineSample) -> tuple[FdCounts, ...]:
+    """The descriptor counts of the last FD_HISTORY censuses, this one
+    included, of the processes that are still there."""
+    series = [*(earlier.fd_series if earlier else ()), FdCounts(now.taken_at, now.fd_counts)]
+    alive = now.table
+    return tuple(FdCounts(s.taken_at, {pid: n for pid, n in s.counts.items() if pid in alive})
+                 for s in series[-FD_HISTORY:])
+
+
+def _descriptor_leaks(then: SocketCensus | None, later: SocketCensus,
+                      sample: MachineSample, then_at: float, later_at: float
+                      ) -> tuple[list[Finding], list[SocketHolder]]:
+    """RD201 and RD401 by the rules of `scan PID`, for the processes that
+    hold what a network namespace has to explain. With `then` (two
+    samples) only what was there in both counts: the same CLOSE_WAIT
+    socket, a listener whose queue was never empty."""
+    forking = frozenset(b.ppid for b in sample.table.values())
+    findings: list[Finding] = []
+    rows: list[SocketHolder] = []
+    for ns in later.netns:
+        wanted = ns.to_explain
+        before = then.get(ns.key) if then is not None else None
+        if then is not None:
+            if before is None:
+                continue
+            wanted = frozenset(i for i in wanted if i in before.close_wait
+                               or (i in before.listeners and before.listeners[i].rx_queue))
+        if not wanted:
+            continue
+        held = find_holders(ns, wanted, sample.table, {ns.owners[i] for i in wanted})
+        infos, _ = read_processes(sorted(held), sample.table)
+        held = {pid: inodes for pid, inodes in held.items() if pid in infos}
+        later_snap = Snapshot(target=0, taken_at=later_at, processes=infos,
+                              fds=holder_tables(ns, held))
+        earlier_snap = later_snap if before is None else Snapshot(
+            target=0, taken_at=then_at, processes=infos, fds=holder_tables(before, held))
+        found = [*close_wait_findings(earlier_snap, later_snap, forking),
+                 *accept_backlog_findings(earlier_snap, later_snap)]
+        findings += found
+        for pid, inodes in sorted(held.items()):
+            cw = sum(1 for i in inodes if i in wanted and i in ns.close_wait)
+            queues = tuple(ListenerQueue(port=s.local[1], queue=s.rx_queue, backlog=s.backlog)
+                           for i in inodes if i in wanted and (s := ns.listeners.get(i)))
+            if cw or queues:
+                rows.append(SocketHolder(
+                    pid=pid, name=infos[pid].name, uid=infos[pid].uid, close_wait=cw,
+                    listeners=queues,
+                    verdicts=tuple(sorted({f.code for f in found if f.pid == pid}))))
+    rows.sort(key=lambda h: (not h.verdicts, -h.close_wait,
+                             -sum(q.queue for q in h.listeners), h.pid))
+    return findings, rows
 
 
 def _container_rows(ns: MachineNamespaces, sample: MachineSample,

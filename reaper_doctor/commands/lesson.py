@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..collect.tasks import session_members
 from ..model.lesson import (
     KERNEL_KEYS,
     MAX_CHILDREN,
@@ -38,8 +38,10 @@ from ..model.lesson import (
     StrategyResult,
     Trial,
 )
+from ..system.lifecycle import deferred_signals, end_session, start_session
 
 MAX_TRIALS = 20
+STOP_GRACE_S = 5.0     # a trial asked to end (EOF on stdin) has this long before SIGKILL
 
 TrialHook = Callable[[int], None]
 
@@ -82,37 +84,14 @@ def _read_line(fd: int, buf: bytearray, deadline: float) -> str | None:
     return line.decode()
 
 
-def session_processes(sid: int) -> list[int]:
-    """PIDs of live or zombie processes in session `sid`."""
-    from ..collect.tasks import session_members
-
-    return [st.pid for st in session_members(sid)]
-
-
-def _stop_trial(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
-    """End a trial early: EOF on its stdin makes it release and reap its
-    children and exit; if it does not within `grace_s`, kill it."""
+def _close_stdin(proc: subprocess.Popen[bytes]) -> None:
+    """Ask a trial to end: EOF on its stdin makes it release and reap its
+    children and exit."""
     try:
         if proc.stdin is not None and not proc.stdin.closed:
             proc.stdin.close()
     except OSError:
         pass  # it is gone already (EPIPE)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        _kill_trial(proc)
-
-
-def _kill_trial(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the trial's whole process group (its children share it) and reap it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def run_trial(strategy: str, children: int, *,
@@ -140,12 +119,13 @@ def run_trial(strategy: str, children: int, *,
     with tempfile.TemporaryFile() as errf:
         # A new session: the trial and its children are one process group we
         # can kill, and a session id we can find them by.
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=errf, env=env, start_new_session=True)
+        proc = start_session(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=errf, env=env)
         try:
             doc = _drive(proc, before_release, after_release, timeout_s)
         except BaseException:
-            _stop_trial(proc)
+            with deferred_signals():
+                end_session(proc, stop=_close_stdin, grace_s=STOP_GRACE_S)
             raise
         finally:
             for stream in (proc.stdin, proc.stdout):
@@ -154,13 +134,15 @@ def run_trial(strategy: str, children: int, *,
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            _kill_trial(proc)
+            end_session(proc, grace_s=0)
             raise LessonError(f"{strategy} trial (PID {proc.pid}) did not exit") from None
         errf.seek(0)
         stderr = errf.read().decode(errors="replace").strip()
-    leftover = session_processes(proc.pid)
+    # Left over: processes of the trial's session still there after it
+    # exited (its children it failed to reap or kill).
+    leftover = session_members(proc.pid)
     if leftover:
-        _kill_trial(proc)
+        end_session(proc)
     if "error" in doc:
         raise LessonError(f"{strategy} trial: {doc['error']}")
     if rc != 0:

@@ -55,10 +55,11 @@ from ..model.scenario import (
 )
 from ..system.lifecycle import (
     MIN_FD_LIMIT,
-    _lower_nofile,
     become_subreaper,
     deferred_signals,
-    teardown,
+    end_session,
+    lower_nofile,
+    start_session,
 )
 from ..system.load import LOOPBACK, drive
 
@@ -198,10 +199,10 @@ def run_scenario(name: str, settings: RunSettings = RunSettings(), *,
     stdout = stderr = None
     try:
         started_at = time.monotonic()
-        proc = subprocess.Popen(
+        proc = start_session(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, close_fds=True,
-            preexec_fn=_lower_nofile(settings.fd_limit) if settings.fd_limit else None)
+            close_fds=True,
+            preexec_fn=lower_nofile(settings.fd_limit) if settings.fd_limit else None)
         run.server_pid = proc.pid
         stdout = _Lines(proc.stdout, "server-stdout")
         stderr = _Lines(proc.stderr, "server-stderr")
@@ -222,7 +223,7 @@ def run_scenario(name: str, settings: RunSettings = RunSettings(), *,
                 run.timeline = sampler.timeline()
             if proc is not None:
                 run.server_exit = proc.poll()
-                run.cleanup = teardown(proc, sampler.seen if sampler else set())
+                run.cleanup = end_session(proc, seen=sampler.seen if sampler else ())
                 if stderr is not None:
                     run.server_errors = _distinct(stderr.rest())
                 if stdout is not None:

@@ -14,7 +14,7 @@ from ..collect.process import disposition_of
 from ..collect.tasks import child_states, read_stat
 from ..model.trace import TraceResult, TraceSample
 from ..system.tracefs import SignalTrace, TraceTargetGone
-from ..system.tracers import TICK_S, _sigterm_as_interrupt
+from ..system.tracers import TICK_S, sigterm_ends_trace
 
 # (read through collect/, the package's one /proc reader)
 
@@ -88,7 +88,7 @@ def run_trace(pid: int, signum: int = signal.SIGCHLD, *, duration_s: float | Non
     disposition = disposition_of(pid, signum)
     samples: list[TraceSample] = []
     ended = "duration"
-    with _sigterm_as_interrupt(), SignalTrace(pid, signum, tracefs=tracefs) as tr:
+    with sigterm_ends_trace(), SignalTrace(pid, signum, tracefs=tracefs) as tr:
         instance = str(tr.instance)
         t0 = clock()
         last_t, last_exited = t0, watch.exited

@@ -4,7 +4,7 @@ queues, growing descriptor counts."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Mapping, Sequence
+from typing import Collection, Iterable, Mapping, Sequence
 
 from ..model import (
     FdCounts,
@@ -45,8 +45,12 @@ def _accepted(fds: FdTable, ports: set[int]) -> list[SocketFd]:
             and s.local[1] in ports]
 
 
-def close_wait_findings(earlier: Snapshot, later: Snapshot) -> Iterable[Finding]:
+def close_wait_findings(earlier: Snapshot, later: Snapshot,
+                        forking: Collection[int] | None = None) -> Iterable[Finding]:
     """RD201: accepted sockets a process keeps open after the peer closed.
+
+    `forking`: the processes that have children, when the snapshots do not
+    hold them (the census); by default, the parents within the snapshot.
 
     Persistence as for zombies: the same socket (inode) held by the same
     process in both samples. Two kinds of evidence: sockets in CLOSE_WAIT
@@ -69,7 +73,8 @@ def close_wait_findings(earlier: Snapshot, later: Snapshot) -> Iterable[Finding]
         old_closed = {inode for _, inode in before.closed_tcp}
         closed = [(fd, inode) for fd, inode in fds.closed_tcp if inode in old_closed]
         own_ports = sorted({s.local[1] for s in fds.listeners if s.proto.startswith("tcp")})
-        cw_min = 1 if pid in later.parent_pids else CLOSE_WAIT_MIN
+        cw_min = 1 if pid in (later.parent_pids if forking is None else forking) \
+            else CLOSE_WAIT_MIN
         report_cw = len(waiting) >= cw_min
         report_closed = bool(own_ports) and len(closed) >= CLOSED_TCP_MIN
         if not (report_cw or report_closed):

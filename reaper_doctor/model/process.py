@@ -3,6 +3,7 @@ could not be read."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .kernel import ExitStatus
@@ -86,3 +87,13 @@ class Unreadable(NamedTuple):
     pid: int
     field: str
     reason: str
+
+
+@dataclass
+class Teardown:
+    """What the clean-up did: processes signalled, reaped, and left over."""
+
+    killed: int = 0
+    reaped: int = 0
+    leftover_processes: int = 0
+    leftover_pids: list[int] = field(default_factory=list)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .report import Finding, Severity, TargetReport
 from .load import LoadResult
+from .process import Teardown
+from .report import Finding, Severity, TargetReport
 
 DEFAULT_REQUESTS = 60
 MAX_REQUESTS = 5000           # the load stays bounded (--requests accepts no more)
@@ -15,16 +16,6 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_GRACE_S = 1.0
 SETTLE_TIMEOUT_S = 3.0        # after the load: children finish, tick-synchronised exits land
-
-
-@dataclass
-class Teardown:
-    """What the clean-up did: processes signalled, reaped, and left over."""
-
-    killed: int = 0
-    reaped: int = 0
-    leftover_processes: int = 0
-    leftover_pids: list[int] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 
 from .signals import signal_name
 
+
 @dataclass(frozen=True)
 class SignalCounts:
     """What happened to the traced signal. All counts are events.

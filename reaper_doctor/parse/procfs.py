@@ -180,6 +180,30 @@ def parse_limits(text: str) -> dict[str, tuple[int | None, int | None]]:
     return limits
 
 
+CENSUS_LIMITS = ("Max open files", "Max processes")
+_CENSUS_LIMIT_KEYS = tuple((name, b"\n" + name.encode()) for name in CENSUS_LIMITS)
+
+
+def parse_some_limits(raw: bytes, names: tuple[tuple[str, bytes], ...] = _CENSUS_LIMIT_KEYS
+                      ) -> dict[str, tuple[int | None, int | None]]:
+    """The soft and hard values of a few lines of /proc/<pid>/limits (by
+    default ulimit -n and ulimit -u), found rather than parsed: the census
+    reads the limits of every process on the machine."""
+    limits: dict[str, tuple[int | None, int | None]] = {}
+    for name, key in names:
+        start = raw.find(key)
+        if start < 0:
+            continue
+        start += len(key)
+        end = raw.find(b"\n", start)
+        fields = raw[start:end if end >= 0 else None].split()
+        if len(fields) >= 2:
+            soft, hard = fields[0], fields[1]
+            limits[name] = (None if soft == b"unlimited" else int(soft),
+                            None if hard == b"unlimited" else int(hard))
+    return limits
+
+
 def _limit_value(text: str) -> int | None:
     return None if text == "unlimited" else int(text)
 

@@ -95,6 +95,13 @@ def machine_document(m: MachineCensus) -> dict[str, Any]:
             for u in m.uids],
         "pids_cgroups": [{"path": c.path, "current": c.current, "max": c.max,
                           "refusals": c.refusals} for c in m.pids_cgroups],
+        "descriptor_leaks": [
+            {"pid": h.pid, "name": h.name, "uid": h.uid, "close_wait": h.close_wait,
+             "listeners": [{"port": q.port, "queue": q.queue, "backlog": q.backlog}
+                           for q in h.listeners],
+             "verdicts": list(h.verdicts)}
+            for h in m.socket_holders],
+        "netns_read": m.netns_read,
         "samples": m.samples, "grace_s": m.grace_s, "elapsed_s": m.elapsed_s,
         "pid_namespace": {"is_host": m.pid_namespace_is_host,
                           "note": None if m.pid_namespace_is_host else OWN_NAMESPACE_NOTE},

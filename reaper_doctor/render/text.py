@@ -95,6 +95,21 @@ def render_census(report: Report, style: Callable[..., str]) -> str:
     else:
         parts.append("Orphaned zombies (waiting on PID 1 or a subreaper): none")
 
+    if m.socket_holders:
+        rows = [[f"{h.pid} {safe(h.name or '?')}", h.close_wait or "-",
+                 ", ".join(f"{q.port}: {q.queue}" + (f" of {q.backlog}" if q.backlog else "")
+                           for q in h.listeners) or "-",
+                 " ".join(h.verdicts) or "-"] for h in m.socket_holders[:MAX_CENSUS_ROWS]]
+        parts.append(f"Descriptor leaks ({m.netns_read} network namespace"
+                     f"{'s' if m.netns_read != 1 else ''} read)\n" + tabulate(
+                         rows, headers=["process", "CLOSE_WAIT", "accept queue", "verdict"],
+                         tablefmt="simple", disable_numparse=True)
+                     + _more(len(m.socket_holders), "processes"))
+    else:
+        parts.append(f"Descriptor leaks: no CLOSE_WAIT socket on a listening port, no accept "
+                     f"queue waiting ({m.netns_read} network namespace"
+                     f"{'s' if m.netns_read != 1 else ''} read)")
+
     if m.nofile_top:
         rows = [[f"{r.pid} {safe(r.name or '?')}", r.used, r.soft, f"{r.ratio:.0%}"]
                 for r in m.nofile_top]

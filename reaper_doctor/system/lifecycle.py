@@ -1,5 +1,17 @@
-"""Acting on our own processes: become a child subreaper, kill and reap a
-server's session, defer SIGINT/SIGTERM while cleaning up."""
+"""The clean-up contract: everything we start is killed and reaped.
+
+One place for it, used by `scenario run`, `lesson`, `trace` and `scan
+--trace`:
+
+  become_subreaper()   orphans of our descendants come back to us, not to PID 1
+  start_session()      a child in a session of its own: one process group to
+                       signal, one session ID to find every member by
+  end_session()        stop that child, SIGKILL whatever is left in its
+                       session, reap what is ours, count what remains
+  deferred_signals()   SIGINT/SIGTERM wait until a clean-up is done
+  signals_unwind()     SIGTERM (or others) unwinds the stack like Ctrl-C, so
+                       every `finally` runs
+"""
 
 from __future__ import annotations
 
@@ -9,26 +21,24 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from ..collect.tasks import read_stat, session_members, stat_lines
-from ..model.scenario import Teardown
+from ..model.process import Teardown
 
 PR_SET_CHILD_SUBREAPER = 36
-TERM_TIMEOUT_S = 3.0          # SIGTERM -> SIGKILL
+TERM_TIMEOUT_S = 3.0          # stop -> SIGKILL
 REAP_TIMEOUT_S = 5.0          # orphans reparented to us, or to a slow PID 1 if prctl failed
 MIN_FD_LIMIT = 16             # the interpreter itself needs a handful to start
 
 
-# ----------------------------------------------------------------------------
-# Processes: subreaper, sessions, teardown
-
-
 def become_subreaper() -> bool:
     """Make this process a child subreaper (prctl PR_SET_CHILD_SUBREAPER):
-    orphans of our descendants are re-parented to us, not to PID 1, so we can
-    reap them (linux-facts 8). False where prctl is not available."""
+    orphans of our descendants are re-parented to us, not to PID 1 (which on
+    some machines reaps only every second or two), so we can reap them.
+    False where prctl is not available."""
     try:
         import ctypes
 
@@ -54,27 +64,41 @@ def _reap_child(pid: int) -> bool:
     return done == pid
 
 
-def teardown(proc: subprocess.Popen[bytes], seen: set[tuple[int, int]]) -> Teardown:
-    """Kill and reap the server's session, then count what is still there.
+def start_session(argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Popen(argv) in a new session: the child and everything it forks share
+    one process group to signal and one session ID to find them by (zombies
+    included), whatever they do to their own process groups."""
+    return subprocess.Popen(list(argv), start_new_session=True, **popen)
 
-    1. SIGTERM the server's process group (its children share it), wait
-       for the server with a deadline, then SIGKILL every member of the
-       session still alive.
-    2. Reap: the server is our child; its orphans come to us (subreaper).
-       waitpid each child of ours in the session until none is left
-       (bounded: if prctl failed, PID 1 reaps them, about 1-2 s later).
-    3. Count: processes still in the session, our own zombie children
-       from it, and any process seen in the server's tree during the run
-       (pid and start time) that still exists.
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    _kill(proc.pid, signal.SIGTERM, group=True)
+
+
+def end_session(proc: subprocess.Popen[bytes], *,
+                stop: Callable[[subprocess.Popen[bytes]], None] = _terminate,
+                grace_s: float = TERM_TIMEOUT_S,
+                seen: Collection[tuple[int, int]] = ()) -> Teardown:
+    """Kill and reap `proc` (started by start_session) and its whole session,
+    then count what is still there.
+
+    1. If `proc` still runs: `stop(proc)` (default: SIGTERM its process
+       group), wait `grace_s` for it, then SIGKILL the group and wait again.
+    2. SIGKILL every live member of the session; waitpid each one that is
+       our child (`proc`'s orphans come to us once we are a subreaper),
+       until none is left (bounded: if prctl failed, PID 1 reaps them,
+       about 1-2 s later).
+    3. Count: processes still in the session, our own zombie children from
+       it, and any process of `seen` (pid, start time) that still exists.
     """
     result = Teardown()
     sid = proc.pid
     me = os.getpid()
     if proc.poll() is None:
         result.killed += 1
-        _kill(sid, signal.SIGTERM, group=True)
+        stop(proc)
         try:
-            proc.wait(timeout=TERM_TIMEOUT_S)
+            proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             _kill(sid, signal.SIGKILL, group=True)
             try:
@@ -87,7 +111,7 @@ def teardown(proc: subprocess.Popen[bytes], seen: set[tuple[int, int]]) -> Teard
         members = session_members(sid)
         for st in members:
             if st.state != "Z" and st.pid not in killed:
-                _kill(st.pid, signal.SIGKILL)  # a child that outlived SIGTERM
+                _kill(st.pid, signal.SIGKILL)  # a member that outlived the stop
                 killed.add(st.pid)
             if st.ppid == me and _reap_child(st.pid):
                 result.reaped += 1
@@ -131,29 +155,36 @@ def deferred_signals(signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -
             signal.raise_signal(received[0])
 
 
+def _exit_status(signum: int) -> BaseException:
+    return SystemExit(128 + signum)
+
+
 @contextmanager
-def sigterm_raises_systemexit(code: int = 128 + signal.SIGTERM) -> Iterator[None]:
-    """Let SIGTERM unwind the stack like Ctrl-C does, so `finally:` blocks run
-    (a default SIGTERM kills without them: linux-facts, practical notes)."""
+def signals_unwind(signums: Sequence[int] = (signal.SIGTERM,),
+                   error: Callable[[int], BaseException] = _exit_status) -> Iterator[None]:
+    """While the body runs, each of `signums` raises `error(signum)` (by
+    default SystemExit(128 + signum), the shell's status for it) in the main
+    thread: the stack unwinds like Ctrl-C and every `finally` runs, which a
+    default SIGTERM would skip. Only the main thread can set handlers;
+    elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def terminate(signum: int, frame: object) -> None:
-        raise SystemExit(code)
+    def unwind(signum: int, frame: object) -> None:
+        raise error(signum)
 
-    old = signal.signal(signal.SIGTERM, terminate)
+    old = {s: signal.signal(s, unwind) for s in signums}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
-# ----------------------------------------------------------------------------
-# The server: start, address, stderr
+def lower_nofile(limit: int) -> Callable[[], None]:
+    """A preexec_fn for start_session: the child's soft RLIMIT_NOFILE set to `limit`."""
 
-
-def _lower_nofile(limit: int) -> Callable[[], None]:
     def apply() -> None:  # runs in the child between fork and exec
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))

@@ -44,6 +44,7 @@ from ..parse.tracefs import (
     parse_event_format,
     parse_trace_line,
 )
+from .lifecycle import deferred_signals
 
 if TYPE_CHECKING:
     from ..parse.tracefs import EventFormat
@@ -329,14 +330,8 @@ class SignalTrace:
         so that a Ctrl-C cannot leave the instance behind; they act right
         after. Raises TracefsError if the instance cannot be removed.
         """
-        held = {signal.SIGINT, signal.SIGTERM}
-        masked = threading.current_thread() is threading.main_thread()
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, held) if masked else None
-        try:
+        with deferred_signals():
             self._close()
-        finally:
-            if old is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _close(self) -> None:
         for enable in self._enabled:

@@ -7,35 +7,24 @@ import os
 import signal
 import threading
 import time
-from contextlib import ExitStack, contextmanager
-from typing import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
+from typing import Callable
 
 from ..model.trace import SignalCounts
+from .lifecycle import signals_unwind
 from .tracefs import SignalTrace, TracefsError, TraceTargetGone
 
 TICK_S = 0.1          # how often the pipe is drained and /proc looked at
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def _interrupt(signum: int) -> BaseException:
+    return KeyboardInterrupt()
+
+
+def sigterm_ends_trace() -> AbstractContextManager[None]:
     """While tracing, SIGTERM/SIGHUP end the trace like Ctrl-C, so the
-    instance is removed (a default SIGTERM would skip every `finally`)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
-# ------------------------------------------ several traces, in the background
+    instance is removed."""
+    return signals_unwind((signal.SIGTERM, signal.SIGHUP), _interrupt)
 
 
 class SigchldTracer:
@@ -71,7 +60,7 @@ class SigchldTracer:
 
     def __enter__(self) -> SigchldTracer:
         self._stack = ExitStack()
-        self._stack.enter_context(_sigterm_as_interrupt())
+        self._stack.enter_context(sigterm_ends_trace())
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -1,0 +1,244 @@
+"""The census's view of sockets: every listening TCP socket of the machine
+and the CLOSE_WAIT sockets on listening ports, one socket table per
+network namespace, and the processes that hold them.
+
+A namespace's table is one sock_diag dump for our own (the kernel filters
+by state: a few hundred bytes on a healthy host) or its /proc/PID/net/tcp
+and tcp6, read through one of its processes, for the others. Descriptors
+are only read when a table holds something to explain (a CLOSE_WAIT socket
+on a listening port, a listener with a queue): then the fd links of the
+namespace's processes are read until every such socket has its holders,
+the processes of the sockets' owner UIDs first.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from typing import Iterable, Mapping, NamedTuple
+
+from ..model import FdTable, SocketFd
+from ..parse import netlink, procfs
+from .proc import PROC, map_io, read_text
+from .sockets import _dump_tcp
+from .tasks import TaskBrief
+
+# What a census needs of TCP: listeners and CLOSE_WAIT sockets.
+CENSUS_STATES = (1 << netlink.TCP_LISTEN) | (1 << netlink.TCP_CLOSE_WAIT)
+_WQUEUE = struct.Struct("=I")
+_WQUEUE_OFFSET = 60      # idiag_wqueue in struct inet_diag_msg
+
+
+class NetnsSockets(NamedTuple):
+    """The census's sockets of one network namespace."""
+
+    key: str                               # "net:[4026531840]"
+    pids: tuple[int, ...]                  # its live processes (that we could place)
+    listeners: Mapping[int, SocketFd]      # inode -> LISTEN socket (fd -1: not placed)
+    close_wait: Mapping[int, SocketFd]     # inode -> CLOSE_WAIT socket on a listening port
+    owners: Mapping[int, int]              # inode -> owner UID, of the sockets to explain
+
+    @property
+    def to_explain(self) -> frozenset[int]:
+        """Inodes whose holders the census needs: CLOSE_WAIT sockets on a
+        listening port, and listeners with connections in their queue."""
+        return frozenset(self.close_wait) | {i for i, s in self.listeners.items() if s.rx_queue}
+
+
+class SocketCensus(NamedTuple):
+    netns: tuple[NetnsSockets, ...]
+    unplaced: int            # live processes whose network namespace we could not read
+    own: str | None = None   # our own network namespace
+
+    def get(self, key: str) -> NetnsSockets | None:
+        return next((ns for ns in self.netns if ns.key == key), None)
+
+
+def netns_of(pids: Iterable[int]) -> tuple[dict[str, list[int]], int]:
+    """Live processes grouped by network namespace; and how many could not
+    be placed (gone, or /proc/PID/ns/net denied without CAP_SYS_PTRACE)."""
+    pids = list(pids)
+
+    def key(pid: int) -> str | None:
+        try:
+            return os.readlink(f"{PROC}/{pid}/ns/net")
+        except OSError:
+            return None
+
+    groups: dict[str, list[int]] = {}
+    unplaced = 0
+    for pid, ns in zip(pids, map_io(key, pids)):
+        if ns is None:
+            unplaced += 1
+        else:
+            groups.setdefault(ns, []).append(pid)
+    return groups, unplaced
+
+
+def read_socket_census(table: Mapping[int, TaskBrief]) -> SocketCensus:
+    """The listeners and CLOSE_WAIT-on-listening-port sockets of every
+    network namespace of the machine's live processes."""
+    live = [pid for pid, brief in table.items() if brief.state != "Z" and not _kernel(brief)]
+    groups, unplaced = netns_of(live)
+    try:
+        own = os.readlink(f"{PROC}/self/ns/net")
+    except OSError:
+        own = None
+    found = []
+    for key, pids in groups.items():
+        rows = _netns_rows(key == own, pids)
+        if rows is None:
+            continue
+        found.append(_classify(key, pids, rows))
+    return SocketCensus(netns=tuple(found), unplaced=unplaced, own=own)
+
+
+def reread_socket_census(before: SocketCensus) -> SocketCensus:
+    """The same namespaces read again, those with something to explain
+    only (the others are kept as they were: nothing there to judge)."""
+    found = []
+    for ns in before.netns:
+        rows = _netns_rows(ns.key == before.own, list(ns.pids)) if ns.to_explain else None
+        found.append(ns if rows is None else _classify(ns.key, list(ns.pids), rows))
+    return before._replace(netns=tuple(found))
+
+
+def _kernel(brief: TaskBrief) -> bool:
+    """Kernel threads hold no descriptors (kthreadd, PID 2, is their parent)."""
+    return brief.ppid == 2
+
+
+def _netns_rows(own: bool, pids: list[int]) -> list[tuple[procfs.SocketRow, int | None]] | None:
+    """(row, backlog) of every LISTEN and CLOSE_WAIT TCP socket of a
+    namespace; None when no table of it can be read."""
+    if own:
+        rows = _dump_own()
+        if rows is not None:
+            return rows
+    for pid in pids[:3]:          # a member may exit between the grouping and here
+        found: list[tuple[procfs.SocketRow, int | None]] = []
+        read_any = False
+        for proto in ("tcp", "tcp6"):
+            try:
+                text = read_text(f"{PROC}/{pid}/net/{proto}")
+            except OSError:
+                continue
+            read_any = True
+            found += [(row, None) for row in procfs.parse_inet_table(text, proto)
+                      if row.state in ("LISTEN", "CLOSE_WAIT") and row.inode]
+        if read_any:
+            return found
+    return None
+
+
+def _dump_own() -> list[tuple[procfs.SocketRow, int | None]] | None:
+    """Our namespace's LISTEN and CLOSE_WAIT sockets from one sock_diag dump
+    of both families; None if netlink is refused."""
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                           netlink.NETLINK_SOCK_DIAG) as nl:
+            nl.settimeout(5.0)
+            dump, offsets = _dump_tcp(nl, [netlink.any_family_dump_request(CENSUS_STATES)], {})
+    except OSError:
+        return None
+    inodes = list(offsets)
+    rows = netlink.socket_rows(dump, [offsets[i] for i in inodes])
+    return [(row, _WQUEUE.unpack_from(dump, offsets[inode] + _WQUEUE_OFFSET)[0]
+             if row.state == "LISTEN" else None) for inode, row in zip(inodes, rows)]
+
+
+def _classify(key: str, pids: list[int],
+              rows: list[tuple[procfs.SocketRow, int | None]]) -> NetnsSockets:
+    listeners: dict[int, SocketFd] = {}
+    for row, backlog in rows:
+        if row.state == "LISTEN":
+            listeners[row.inode] = _socket_fd(-1, row, backlog)
+    ports = {s.local[1] for s in listeners.values()}
+    close_wait = {row.inode: _socket_fd(-1, row, None) for row, _ in rows
+                  if row.state == "CLOSE_WAIT" and row.local[1] in ports}
+    owners = {row.inode: row.uid for row, _ in rows
+              if row.inode in close_wait or (row.state == "LISTEN" and row.rx_queue)}
+    return NetnsSockets(key=key, pids=tuple(pids), listeners=listeners, close_wait=close_wait,
+                        owners=owners)
+
+
+def _socket_fd(fd: int, row: procfs.SocketRow, backlog: int | None) -> SocketFd:
+    return SocketFd(fd=fd, inode=row.inode, proto=row.proto, local=row.local, remote=row.remote,
+                    state=row.state, rx_queue=row.rx_queue, tx_queue=row.tx_queue,
+                    backlog=backlog)
+
+
+def find_holders(ns: NetnsSockets, wanted: frozenset[int], table: Mapping[int, TaskBrief],
+                 owner_uids: Iterable[int]) -> dict[int, dict[int, int]]:
+    """pid -> {inode: fd} of the processes of `ns` that hold any of
+    `wanted` (and of the namespace's listeners: a holder's listening ports
+    are part of its picture). The owner UIDs' processes are read first;
+    the others only if some wanted socket is still without a holder."""
+    interesting = wanted | frozenset(ns.listeners)
+    uids = set(owner_uids)
+    first = [pid for pid in ns.pids if table[pid].uid in uids]
+    rest = [pid for pid in ns.pids if table[pid].uid not in uids]
+    holders: dict[int, dict[int, int]] = {}
+    for batch in (first, rest):
+        if not batch:
+            continue
+        for pid, held in zip(batch, map_io(lambda pid: _socket_inodes(pid, interesting), batch)):
+            if held:
+                holders[pid] = held
+        placed = {inode for held in holders.values() for inode in held}
+        if wanted <= placed:
+            break
+    # A holder of only a listener matters when the listener's port is one
+    # of the wanted sockets' ports: its port makes them accepted connections.
+    ports = {s.local[1] for i in wanted for s in (ns.close_wait.get(i), ns.listeners.get(i))
+             if s is not None}
+    return {pid: held for pid, held in holders.items()
+            if wanted & held.keys() or any(ns.listeners[i].local[1] in ports
+                                           for i in held if i in ns.listeners)}
+
+
+def _socket_inodes(pid: int, interesting: frozenset[int]) -> dict[int, int]:
+    """{inode: fd} of the sockets of `pid` among `interesting`; {} when its
+    descriptors cannot be read."""
+    try:
+        dir_fd = os.open(f"{PROC}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        names = os.listdir(dir_fd)
+        found: dict[int, int] = {}
+        for name in names:
+            try:
+                link = os.readlink(name, dir_fd=dir_fd)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inode = int(link[8:-1])
+                if inode in interesting:
+                    found[inode] = int(name)
+        return found
+    except OSError:
+        return {}
+    finally:
+        os.close(dir_fd)
+
+
+def holder_tables(ns: NetnsSockets, holders: Mapping[int, Mapping[int, int]],
+                  counts: Mapping[int, int] | None = None) -> dict[int, FdTable]:
+    """An FdTable per holder with just the census's sockets of it (its
+    listeners and CLOSE_WAIT sockets, with their descriptor numbers)."""
+    tables = {}
+    for pid, held in holders.items():
+        sockets = []
+        for inode, fd in sorted(held.items(), key=lambda item: item[1]):
+            s = ns.listeners.get(inode) or ns.close_wait.get(inode)
+            if s is not None:
+                sockets.append(s._replace(fd=fd))
+        tables[pid] = FdTable(open=(counts or {}).get(pid, len(held)), by_kind={},
+                              sockets=tuple(sockets))
+    return tables
+
+
+__all__ = ["NetnsSockets", "SocketCensus", "find_holders", "holder_tables", "netns_of",
+           "read_socket_census", "reread_socket_census"]

@@ -1,0 +1,225 @@
+"""`reaper-doctor exporter`: a real server process scraped over HTTP."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers import cli_argv, one_error_line, run_cli, wait_until
+from reaper_doctor.commands.exporter import SharedResult, parse_listen
+
+
+class Exporter:
+    """`reaper-doctor exporter` on a free port of 127.0.0.1, always ended."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([*cli_argv(), "exporter", "--listen", "127.0.0.1:0", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        line = self.proc.stderr.readline() if self.proc.stderr else ""
+        assert "serving http://127.0.0.1:" in line, line
+        self.url = line.split("serving ")[1].split()[0].removesuffix("/metrics")
+
+    def get(self, path: str = "/metrics", timeout_s: float = 30.0) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout_s) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def metrics(self) -> dict:
+        _status, text = self.get()
+        return {f.name: f for f in text_string_to_metric_families(text)}
+
+    def stop(self) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            _out, err = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _out, err = self.proc.communicate()
+        return self.proc.returncode, err
+
+
+@pytest.fixture
+def exporter():
+    started: list[Exporter] = []
+
+    def start(*args: str) -> Exporter:
+        ex = Exporter(*args)
+        started.append(ex)
+        return ex
+
+    yield start
+    for ex in started:
+        ex.stop()
+
+
+def one(fams: dict, name: str, **labels: str) -> float:
+    found = [s.value for f in fams.values() for s in f.samples
+             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
+
+
+def test_metrics_root_pointer_and_404(exporter, spawner):
+    parent = spawner.zombie_parent("0", "0", "0")
+    ex = exporter("--min-interval", "0")
+    status, text = ex.get("/metrics")
+    assert status == 200
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert one(fams, "reaper_doctor_zombie_children", pid=str(parent.pid)) == 3
+    assert one(fams, "reaper_doctor_machine_tasks") > 0
+    assert one(fams, "reaper_doctor_census_duration_seconds") > 0
+    assert one(fams, "reaper_doctor_scrapes_total") == 1
+    assert one(fams, "reaper_doctor_census_errors_total") == 0
+    status, text = ex.get("/")
+    assert status == 200 and text == "reaper-doctor exporter: metrics at /metrics\n"
+    assert ex.get("/nope")[0] == 404
+
+
+def test_sigterm_ends_it_cleanly(exporter):
+    ex = exporter()
+    assert ex.get("/")[0] == 200
+    code, err = ex.stop()
+    assert code == 0 and "Traceback" not in err and "exporter stopped" in err
+
+
+def test_ctrl_c_ends_it_cleanly(exporter):
+    ex = exporter()
+    ex.proc.send_signal(signal.SIGINT)
+    code, err = ex.stop()
+    assert code == 0 and "Traceback" not in err
+
+
+def test_census_is_reused_within_min_interval(exporter):
+    ex = exporter("--min-interval", "600")
+    first, second = ex.metrics(), ex.metrics()
+    assert one(first, "reaper_doctor_censuses_total") == 1
+    assert one(second, "reaper_doctor_censuses_total") == 1
+    assert one(second, "reaper_doctor_scrapes_total") == 2
+    ex0 = exporter("--min-interval", "0")
+    ex0.metrics()
+    assert one(ex0.metrics(), "reaper_doctor_censuses_total") == 2
+
+
+def test_concurrent_scrapes_share_one_census(exporter):
+    ex = exporter("--min-interval", "0")
+    ex.metrics()                            # warm: imports done, first census taken
+    results: list[dict] = []
+
+    def scrape() -> None:
+        results.append(ex.metrics())
+
+    threads = [threading.Thread(target=scrape) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    counts = sorted(one(r, "reaper_doctor_censuses_total") for r in results)
+    assert len(counts) == 6
+    # 6 scrapes at once: far fewer censuses than scrapes (each waits for at most one).
+    assert counts[-1] - 1 <= 3, counts
+
+
+def test_default_listen_is_loopback_and_bad_listen_is_one_line():
+    help_text = run_cli("exporter", "--help").stdout
+    assert "127.0.0.1:9563" in help_text
+    for bad in ("9563", "host:port", "127.0.0.1:99999", ":9563"):
+        one_error_line(run_cli("exporter", "--listen", bad))
+
+
+def test_busy_port_is_one_line():
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        line = one_error_line(run_cli("exporter", "--listen", f"127.0.0.1:{port}"))
+    assert "cannot listen on" in line
+
+
+def test_parse_listen():
+    assert parse_listen("127.0.0.1:9563") == ("127.0.0.1", 9563)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    with pytest.raises(ValueError):
+        parse_listen("9563")
+
+
+def test_shared_result_runs_once_for_callers_that_arrive_during_a_run():
+    gate = threading.Event()
+    runs = []
+
+    def produce() -> int:
+        runs.append(1)
+        gate.wait(10)
+        return len(runs)
+
+    # A long max age: a caller that comes only after the run takes its
+    # result; those that come during it must wait for it, not start another.
+    shared = SharedResult(produce, max_age_s=600)
+    got: list = []
+    threads = [threading.Thread(target=lambda: got.append(shared.get())) for _ in range(5)]
+    threads[0].start()
+    wait_until(lambda: runs, what="the first run")
+    for t in threads[1:]:
+        t.start()
+    time.sleep(0.2)                 # most of them now wait behind the run
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert len(runs) == 1 and got == [(1, None)] * 5
+
+
+def test_shared_result_counts_errors_and_recovers():
+    calls = iter([RuntimeError("boom"), 7])
+
+    def produce() -> int:
+        item = next(calls)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    shared = SharedResult(produce, max_age_s=60)
+    value, error = shared.get()
+    assert value is None and isinstance(error, RuntimeError) and shared.errors == 1
+    assert shared.get() == (7, None) and shared.runs == 2
+
+
+# Lowers its soft RLIMIT_NOFILE to 1000 (so the census ranks it among the
+# nearest their limit), then opens 4 descriptors every 50 ms.
+FD_GROWER = r"""
+import os, resource, time
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+soft = 1000 if hard == resource.RLIM_INFINITY else min(1000, hard)
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+held = []
+print("ready", flush=True)
+while len(held) < soft - 40:
+    held += [os.open("/dev/null", os.O_RDONLY) for _ in range(4)]
+    time.sleep(0.05)
+time.sleep(300)
+"""
+
+
+def test_history_gives_rd203_across_censuses_and_forgets_gone_pids(spawner):
+    from reaper_doctor.commands.census import census_after
+
+    grower = spawner.python(FD_GROWER)
+    state, codes = None, []
+    for _ in range(4):
+        report, state = census_after(state, grace_s=0)
+        codes = [f.code for t in report.targets for f in t.findings if f.pid == grower.pid]
+        time.sleep(0.3)
+    assert "RD203" in codes, codes
+    assert all(grower.pid in s.counts for s in state.fd_series[-4:])
+    spawner.reap_all()
+    _report, state = census_after(state, grace_s=0)
+    assert not any(grower.pid in s.counts for s in state.fd_series)
