@@ -207,12 +207,15 @@ def run_scenario(name: str, settings: RunSettings = RunSettings(), *,
         stdout = _Lines(proc.stdout, "server-stdout")
         stderr = _Lines(proc.stderr, "server-stderr")
         run.port = _read_address(scenario, proc, stdout, stderr)
+        # Live processes of the session before any load: the server (with a
+        # PID namespace, its runtime and init too). The scan waits for this.
+        idle = sum(1 for st in session_members(proc.pid) if st.state != "Z")
         sampler = Sampler(proc.pid, run.port, started_at)
         sampler.snapshot_now()
         sampler.start()
         if on_started is not None:
             on_started(run)
-        _load_and_scan(run, proc.pid, sampler, on_result)
+        _load_and_scan(run, proc.pid, sampler, on_result, idle)
     except (KeyboardInterrupt, SystemExit):
         run.interrupted = True
         raise
@@ -251,7 +254,7 @@ def _read_address(scenario: Scenario, proc: subprocess.Popen[bytes], stdout: _Li
 
 
 def _load_and_scan(run: ScenarioRun, pid: int, sampler: Sampler,
-                   on_result: Callable[[Outcome], object] | None) -> None:
+                   on_result: Callable[[Outcome], object] | None, idle: int = 1) -> None:
     from .scan import scan
 
     settings = run.settings
@@ -294,8 +297,7 @@ def _load_and_scan(run: ScenarioRun, pid: int, sampler: Sampler,
         # lost-sigchld: os.wait() reaps the oldest zombie first, so under load
         # old zombies go while the total grows; once the load stops, the same
         # PIDs persist. Let the last children finish, then scan.
-        timeline = sampler.timeline()
-        _settle(pid, baseline=timeline[0].processes if timeline else 1)
+        _settle(pid, baseline=idle)
         do_scan()
     sampler.snapshot_now()
     report = outcome_box.get("report")
