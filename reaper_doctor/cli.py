@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
+from .collect.proc import ProcUnavailable
 
 PROG = "reaper-doctor"
 
@@ -61,6 +62,8 @@ class OneLineErrors(click.Group):
             die(click_message(e))
         except click.ClickException as e:
             die(click_message(e), e.exit_code if e.exit_code != 1 else 2)
+        except ProcUnavailable as e:
+            die(str(e))
         except click.exceptions.Abort:
             click.echo(error_line("interrupted"), err=True)
             sys.exit(130)

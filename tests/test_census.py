@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from docs_reference import assert_documented
 from helpers import run_cli, run_json
 
 from reaper_doctor.collect.machine import MachineSample
@@ -15,6 +16,7 @@ def test_census_finds_a_zombie_leaking_parent_among_all_processes(spawner):
     code, doc = run_json("scan", "--grace", "0.3")
     assert code == 1
     assert doc["schema"] == "reaper-doctor/scan/1"
+    assert_documented(doc)
     (target,) = [t for t in doc["targets"] if t["pid"] == parent.pid]
     (rd101,) = [f for f in target["findings"] if f["code"] == "RD101"]
     assert rd101["pid"] == parent.pid and rd101["evidence"]["count"] == 3

@@ -10,6 +10,7 @@ import signal
 import subprocess
 
 import pytest
+from docs_reference import assert_documented
 from helpers import (
     Spawner,
     cli_argv,
@@ -66,9 +67,7 @@ def codes(doc: dict) -> set[str]:
 def run_scenario(name: str, *extra: str) -> tuple[int, dict]:
     code, doc = run_json("scenario", "run", name, *SMALL,
                          "--timeout", TIMEOUTS.get(name, "5"), *extra, timeout_s=120)
-    for key in ("schema", "scenario", "requests", "latency_ms", "expected", "findings",
-                "scan", "leftover_processes", "timeline", "server_errors"):
-        assert key in doc, key
+    assert_documented(doc)   # every key as docs/json.md says
     assert doc["schema"] == "reaper-doctor/scenario/1" and doc["scenario"] == name
     assert set(doc["requests"]) >= {"sent", "ok", "failed", "hung"}
     assert doc["requests"]["sent"] == 16
@@ -253,6 +252,7 @@ def test_compare_shows_the_collapse_the_leaks_and_the_clean_designs() -> None:
     assert "Traceback" not in result.stderr
     doc = json.loads(result.stdout)
     assert doc["schema"] == "reaper-doctor/scenario-compare/1"
+    assert_documented(doc)
     runs = {r["scenario"]: r for r in doc["runs"]}
     # Where no PID namespace can be made, compare skips the container scenarios.
     assert list(runs) == [name for name in SCENARIOS if not (

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from docs_reference import assert_documented
 from helpers import one_error_line, run_cli, wait_until, zombie_children
 
 from reaper_doctor.diagnose.trace import trace_findings, trace_verdict
@@ -254,6 +255,7 @@ def test_wait_once_parent_merges_sigchld(spawner, trace_cli):
     runs, reaped = (int(x) for x in _tell(target, "report").split()[1::2])
     print(doc["verdict"], f"(python handler runs {runs})")
     assert doc["schema"] == "reaper-doctor/trace/1" and doc["pid"] == target.pid
+    assert_documented(doc)
     assert doc["signal"] == "SIGCHLD" and doc["ended"] == "duration"
     assert doc["generated"] >= CHILDREN
     assert doc["merged"] > 0

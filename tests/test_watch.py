@@ -9,6 +9,7 @@ import signal
 import subprocess
 
 import pytest
+from docs_reference import assert_documented
 from helpers import (
     cli_argv,
     http_request,
@@ -28,6 +29,7 @@ def test_watch_reports_steady_fd_growth_with_rate_and_eta(spawner):
     code, doc = run_json("watch", str(proc.pid), "--interval", "0.25", "--duration", "4")
     assert code == 1
     assert doc["schema"] == "reaper-doctor/watch/1" and doc["pid"] == proc.pid
+    assert_documented(doc)   # RD203's evidence from watch included
     assert doc["interval_s"] == 0.25 and len(doc["samples"]) >= 8
     fds = [s["fds"] for s in doc["samples"]]
     assert fds == sorted(fds) and fds[-1] - fds[0] >= 40

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 from typing import TYPE_CHECKING
 
 from ..model import PidsCgroup
-from .proc import PROC, read_text
+from . import proc
+from .proc import read_text
 
 if TYPE_CHECKING:
     from .process import _Context
@@ -32,8 +33,8 @@ def pids_cgroup(pid: int, ctx: _Context) -> PidsCgroup | None:
     the ancestor nearest its limit wins, as a limit anywhere above applies.
     A missing pids.max (the root cgroup) means no limit (linux-facts 9)."""
     try:
-        lines = procfs.parse_cgroup(read_text(f"{PROC}/{pid}/cgroup"))
-        mounts = procfs.parse_mountinfo(read_text(f"{PROC}/self/mountinfo"))
+        lines = procfs.parse_cgroup(read_text(f"{proc.ROOT}/{pid}/cgroup"))
+        mounts = procfs.parse_mountinfo(read_text(f"{proc.ROOT}/self/mountinfo"))
     except OSError as e:
         ctx.note(pid, "pids cgroup", e)
         return None
@@ -106,7 +107,7 @@ def pids_cgroups_with_limits() -> list[PidsCgroup]:
     """Every cgroup of the pids hierarchy (v1, or v2 with the pids controller)
     that has a numeric pids.max, with its pids.current."""
     try:
-        mounts = procfs.parse_mountinfo(read_text(f"{PROC}/self/mountinfo"))
+        mounts = procfs.parse_mountinfo(read_text(f"{proc.ROOT}/self/mountinfo"))
     except OSError:
         return []
     root = None

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 from typing import TYPE_CHECKING
 
 from ..model import FdCounts, FdDetail, FdTable, SocketFd
-from .proc import PROC, ProcessGone, map_io, read_text
+from . import proc
+from .proc import ProcessGone, check_gone, map_io, read_text
 from .process import _new_context
 from .sockets import _backlogs, _netns_key, _read_socket_table_ahead, _socket_table
 
@@ -71,12 +72,11 @@ def _readlinks(dir_fd: int, names: Sequence[str]) -> list[str | OSError]:
 
 def read_fds(pid: int, ctx: _Context) -> FdTable | None:
     """Every descriptor of `pid` by kind: one readlink per fd (about 5 us each)."""
-    fd_dir = f"{PROC}/{pid}/fd"
+    fd_dir = f"{proc.ROOT}/{pid}/fd"
     try:
         dir_fd = os.open(fd_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (FileNotFoundError, ProcessLookupError):
-        raise ProcessGone(pid) from None
     except OSError as e:
+        check_gone(pid, e)
         ctx.note(pid, "fds", e)
         return None
     try:
@@ -89,9 +89,8 @@ def _read_fd_dir(pid: int, dir_fd: int, fd_dir: str, ctx: _Context) -> FdTable |
     _read_socket_table_ahead(pid, dir_fd, ctx)
     try:
         names = os.listdir(dir_fd)
-    except (FileNotFoundError, ProcessLookupError):
-        raise ProcessGone(pid) from None   # it exited since the open
     except OSError as e:
+        check_gone(pid, e)   # it exited since the open
         ctx.note(pid, "fds", e)
         return None
     kinds: Counter[str] = Counter()
@@ -166,13 +165,12 @@ def count_fds(pid: int) -> int | None:
     listdir (about 0.8 us per fd, linux-facts 10). Raises ProcessGone;
     None when the directory may not be read (another user's process).
     """
-    path = f"{PROC}/{pid}/fd"
+    path = f"{proc.ROOT}/{pid}/fd"
     try:
         size = os.stat(path).st_size
         return size if size > 0 else len(os.listdir(path))
-    except (FileNotFoundError, ProcessLookupError):
-        raise ProcessGone(pid) from None
-    except OSError:
+    except OSError as e:
+        check_gone(pid, e)
         return None
 
 
@@ -197,11 +195,12 @@ def fd_counts(pids: "list[int] | tuple[int, ...] | set[int]") -> FdCounts:
 def fd_links(pid: int) -> dict[int, str]:
     """{fd: link text} of every descriptor of `pid`: one listdir and one
     readlink per fd (about 5 us each). Raises ProcessGone."""
-    fd_dir = f"{PROC}/{pid}/fd"
+    fd_dir = f"{proc.ROOT}/{pid}/fd"
     try:
         names = os.listdir(fd_dir)
-    except (FileNotFoundError, ProcessLookupError):
-        raise ProcessGone(pid) from None
+    except OSError as e:
+        check_gone(pid, e)
+        raise
     links: dict[int, str] = {}
     for name in names:
         try:
@@ -224,7 +223,7 @@ def describe_fds(pid: int, fds: Iterable[int]) -> list[FdDetail]:
         table = read_fds(pid, ctx)
         inet = {s.fd: s for s in table.sockets} if table else {}
         try:
-            text = read_text(f"{PROC}/{pid}/net/unix")
+            text = read_text(f"{proc.ROOT}/{pid}/net/unix")
             unix = {row.inode: row for row in procfs.parse_unix_table(text)}
         except OSError:
             unix = {}
@@ -241,14 +240,14 @@ def describe_fds(pid: int, fds: Iterable[int]) -> list[FdDetail]:
         kind, inode = procfs.fd_link_kind(link)
         mode = offset = None
         try:
-            info = procfs.parse_fdinfo(read_text(f"{PROC}/{pid}/fdinfo/{fd}"))
+            info = procfs.parse_fdinfo(read_text(f"{proc.ROOT}/{pid}/fdinfo/{fd}"))
             mode = procfs.describe_open_flags(info.flags) if info.flags is not None else None
             offset = info.pos
         except OSError:
             pass
         extra: dict[str, object] = {}
         if kind == "path":
-            kind = _path_kind(f"{PROC}/{pid}/fd/{fd}")
+            kind = _path_kind(f"{proc.ROOT}/{pid}/fd/{fd}")
         elif kind == "pipe" and inode is not None:
             extra["peer_fds"] = tuple(f for f in sorted(by_pipe.get(inode, ())) if f != fd)
         elif kind == "socket" and inode is not None:

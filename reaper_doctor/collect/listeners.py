@@ -20,7 +20,8 @@ from typing import Iterable, Mapping, NamedTuple
 
 from ..model import FdTable, SocketFd
 from ..parse import netlink, procfs
-from .proc import PROC, map_io, read_text
+from . import proc
+from .proc import map_io, read_text
 from .sockets import _dump_tcp
 from .tasks import TaskBrief
 
@@ -62,7 +63,7 @@ def netns_of(pids: Iterable[int]) -> tuple[dict[str, list[int]], int]:
 
     def key(pid: int) -> str | None:
         try:
-            return os.readlink(f"{PROC}/{pid}/ns/net")
+            return os.readlink(f"{proc.ROOT}/{pid}/ns/net")
         except OSError:
             return None
 
@@ -82,7 +83,7 @@ def read_socket_census(table: Mapping[int, TaskBrief]) -> SocketCensus:
     live = [pid for pid, brief in table.items() if brief.state != "Z" and not _kernel(brief)]
     groups, unplaced = netns_of(live)
     try:
-        own = os.readlink(f"{PROC}/self/ns/net")
+        own = os.readlink(f"{proc.ROOT}/self/ns/net")
     except OSError:
         own = None
     found = []
@@ -121,7 +122,7 @@ def _netns_rows(own: bool, pids: list[int]) -> list[tuple[procfs.SocketRow, int 
         read_any = False
         for proto in ("tcp", "tcp6"):
             try:
-                text = read_text(f"{PROC}/{pid}/net/{proto}")
+                text = read_text(f"{proc.ROOT}/{pid}/net/{proto}")
             except OSError:
                 continue
             read_any = True
@@ -202,7 +203,7 @@ def _socket_inodes(pid: int, interesting: frozenset[int]) -> dict[int, int]:
     """{inode: fd} of the sockets of `pid` among `interesting`; {} when its
     descriptors cannot be read."""
     try:
-        dir_fd = os.open(f"{PROC}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dir_fd = os.open(f"{proc.ROOT}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return {}
     try:

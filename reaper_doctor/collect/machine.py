@@ -15,9 +15,10 @@ from ..parse import procfs
 if TYPE_CHECKING:
     pass
 from ..model import LimitUsage, PidsCgroup, ProcessInfo, Snapshot, Unreadable
+from . import proc
 from .cgroups import pids_cgroup, pids_cgroups_with_limits
 from .namespaces import MachineNamespaces, machine_namespaces
-from .proc import PROC, ProcessGone, _int_file, _read_small, read_proc_files, read_text
+from .proc import ProcessGone, read_int, read_proc_files, read_small, read_text
 from .process import _new_context, _nproc, _read_process
 from .snapshot import _dedupe
 from .tasks import TaskBrief, process_table
@@ -63,7 +64,7 @@ def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8) -> MachineSample
     for pid, brief in table.items():
         if brief.state == "Z":
             try:
-                st = procfs.parse_stat(_read_small(f"{PROC}/{pid}/stat"))
+                st = procfs.parse_stat(read_small(f"{proc.ROOT}/{pid}/stat"))
                 zombies[pid] = _read_process(pid, ctx, brief, wants_sigchld=False, stat=st)
                 sessions[pid] = st.session
             except (OSError, ProcessGone, ValueError, IndexError):
@@ -77,14 +78,14 @@ def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8) -> MachineSample
     fd_counts, skipped, denied = _count_fds_nearest(table, limits, fd_top, fd_floor)
     try:
         file_nr: tuple[int, int, int] | None = procfs.parse_file_nr(
-            read_text(f"{PROC}/sys/fs/file-nr"))
+            read_text(f"{proc.ROOT}/sys/fs/file-nr"))
     except (OSError, ValueError):
         file_nr = None
     return MachineSample(
         taken_at=taken_at, table=table, zombies=zombies, sessions=sessions, limits=limits,
         fd_counts=fd_counts, fds_skipped=skipped, fds_unreadable=denied,
         pids_cgroups=pids_cgroups_with_limits(), file_nr=file_nr,
-        pid_max=_int_file(f"{PROC}/sys/kernel/pid_max"),
+        pid_max=read_int(f"{proc.ROOT}/sys/kernel/pid_max"),
         tasks=sum(b.threads for b in table.values()), unreadable=ctx.unreadable,
         namespaces=machine_namespaces(table))
 
@@ -94,7 +95,7 @@ def _fd_count(pid: int) -> int:
     size of /proc/PID/fd (a stat: ~4x cheaper than listing it, and allowed
     where listing it is not); older kernels say 0 there, and then it is
     listed. Raises OSError."""
-    fd_dir = f"{PROC}/{pid}/fd"
+    fd_dir = f"{proc.ROOT}/{pid}/fd"
     return os.stat(fd_dir).st_size or len(os.listdir(fd_dir))
 
 
@@ -156,7 +157,7 @@ def read_processes(pids: list[int], table: dict[int, TaskBrief]
     sessions: dict[int, int] = {}
     for pid in pids:
         try:
-            st = procfs.parse_stat(_read_small(f"{PROC}/{pid}/stat"))
+            st = procfs.parse_stat(read_small(f"{proc.ROOT}/{pid}/stat"))
             infos[pid] = _read_process(pid, ctx, table.get(pid), wants_sigchld=True, stat=st)
             sessions[pid] = st.session
         except (OSError, ProcessGone, ValueError, IndexError):

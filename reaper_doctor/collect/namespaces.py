@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ..model import Container, ProcessInfo
 from ..parse import containers, procfs
-from .proc import PROC, _read_small, read_proc_files, read_text
+from . import proc
+from .proc import read_proc_files, read_small, read_text
 from .tasks import _brief_field
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def namespace_view() -> NamespaceView:
     own = _pid_ns("self")
     try:
         nspid = containers.parse_nspid(
-            _brief_field(_read_small(f"{PROC}/self/status"), b"\nNSpid:") or b"")
+            _brief_field(read_small(f"{proc.ROOT}/self/status"), b"\nNSpid:") or b"")
     except OSError:
         nspid = ()
     in_own_proc = len(nspid) == 1
@@ -42,7 +43,7 @@ def namespace_view() -> NamespaceView:
 
 def _pid_ns(pid: int | str) -> int | None:
     try:
-        return containers.parse_ns_inode(os.readlink(f"{PROC}/{pid}/ns/pid"))
+        return containers.parse_ns_inode(os.readlink(f"{proc.ROOT}/{pid}/ns/pid"))
     except OSError:
         return None
 
@@ -57,7 +58,7 @@ def namespace_fields(pid: int, ctx: _Context) -> tuple[int | None, int | None, b
     raw = ctx.statuses.get(pid)
     try:
         if raw is None:
-            raw = ctx.statuses[pid] = _read_small(f"{PROC}/{pid}/status")
+            raw = ctx.statuses[pid] = read_small(f"{proc.ROOT}/{pid}/status")
     except OSError as e:
         ctx.note(pid, "namespace", e)
         return _NO_NAMESPACE
@@ -81,7 +82,7 @@ def zombie_namespace_fields(pid: int, parent: ProcessInfo | None) -> tuple[
     if parent.ns_pid is not None and parent.ns_pid != parent.pid:
         try:
             nspid = containers.parse_nspid(
-                _brief_field(_read_small(f"{PROC}/{pid}/status"), b"\nNSpid:") or b"")
+                _brief_field(read_small(f"{proc.ROOT}/{pid}/status"), b"\nNSpid:") or b"")
             ns_pid = nspid[-1] if nspid else None
         except OSError:
             pass
@@ -90,7 +91,7 @@ def zombie_namespace_fields(pid: int, parent: ProcessInfo | None) -> tuple[
 
 def _container(pid: int, ctx: _Context) -> Container | None:
     try:
-        raw = _read_small(f"{PROC}/{pid}/cgroup")
+        raw = read_small(f"{proc.ROOT}/{pid}/cgroup")
     except OSError:
         return None
     known = ctx.container_of_cgroup
@@ -107,7 +108,7 @@ def _sigterm(pid: int, status_raw: bytes) -> str | None:
     found = containers.sigterm_disposition(status.sig_blk, status.sig_ign, status.sig_cgt)
     if found in ("default", "ignored"):
         try:
-            wchan = read_text(f"{PROC}/{pid}/wchan")
+            wchan = read_text(f"{proc.ROOT}/{pid}/wchan")
         except OSError:
             return found
         found = containers.sigterm_disposition(

@@ -1,20 +1,15 @@
-"""The one door to /proc: its root, whole-file reads, many small reads at
-once (map_io), and ProcessGone."""
+"""The one door to /proc: its root (settable), whole-file reads, many small
+reads at once (map_io), and the one translation of "the process is gone"
+(check_gone: ProcessGone)."""
 
 from __future__ import annotations
 
 import os
-from typing import (
-    TYPE_CHECKING,
-    Callable,
-    Sequence,
-    TypeVar,
-)
+from typing import Callable, Sequence, TypeVar
 
-if TYPE_CHECKING:
-    pass
-
-PROC = "/proc"
+# The /proc every reader uses. set_root() points it elsewhere: tests read a
+# captured tree (tests/data/proc), or a folder with no /proc at all.
+ROOT = "/proc"
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -25,6 +20,29 @@ class ProcessGone(Exception):
     def __init__(self, pid: int) -> None:
         super().__init__(f"no process with PID {pid}")
         self.pid = pid
+
+
+class ProcUnavailable(OSError):
+    """There is no /proc to read (not Linux, or not mounted)."""
+
+
+def set_root(path: str) -> str:
+    """Read /proc at `path` from now on; returns the previous root."""
+    global ROOT
+    previous, ROOT = ROOT, path
+    return previous
+
+
+# What reading a file of a process that has exited raises: ENOENT, or ESRCH
+# for a directory opened before the exit and read after.
+GONE_ERRORS = (FileNotFoundError, ProcessLookupError)
+
+
+def check_gone(pid: int, err: OSError) -> None:
+    """Raise ProcessGone(pid) if `err` (from reading /proc/<pid>/...) says
+    the process has exited; return otherwise (the caller records `err`)."""
+    if isinstance(err, GONE_ERRORS):
+        raise ProcessGone(pid) from None
 
 
 def read_bytes(path: str) -> bytes:
@@ -47,10 +65,16 @@ def read_text(path: str) -> str:
 
 
 def has_procfs() -> bool:
-    return os.path.exists(f"{PROC}/self/stat")
+    return os.path.exists(f"{ROOT}/self/stat")
 
 
-def _read_small(path: str, size: int = 8192) -> bytes:
+def require_procfs(what: str) -> None:
+    """Raise ProcUnavailable (one line, naming `what`) when there is no /proc."""
+    if not has_procfs():
+        raise ProcUnavailable(f"{what} needs Linux /proc ({ROOT}/self/stat not found)")
+
+
+def read_small(path: str, size: int = 8192) -> bytes:
     """One open, one read, one close: enough for status, stat, limits
     (about 1.4 KB); a longer file is read to its end."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -79,7 +103,7 @@ def _read_small(path: str, size: int = 8192) -> bytes:
 PARALLEL_MIN = 512
 
 
-def _cpus() -> int:
+def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -90,7 +114,7 @@ def map_io(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     """[fn(x) for x in items], in order, with the second half on another
     thread when the list is long and there is a second CPU. `fn` should
     turn expected errors into values; anything it raises is re-raised."""
-    if len(items) < PARALLEL_MIN or _cpus() < 2:
+    if len(items) < PARALLEL_MIN or cpu_count() < 2:
         return [fn(x) for x in items]
     import threading
 
@@ -115,9 +139,9 @@ def map_io(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     return head + tail
 
 
-def _read_small_or_none(path: str) -> bytes | None:
+def read_small_or_none(path: str) -> bytes | None:
     try:
-        return _read_small(path)
+        return read_small(path)
     except OSError:
         return None
 
@@ -126,15 +150,15 @@ def read_proc_files(pids: Sequence[int | str], name: str) -> list[bytes | None]:
     """/proc/<pid>/<name> of each of `pids` (None: gone), through map_io.
     Our own entry is read again once map_io's thread has ended: read
     during it, our status and stat would count that thread."""
-    raws = map_io(_read_small_or_none, [f"{PROC}/{pid}/{name}" for pid in pids])
+    raws = map_io(read_small_or_none, [f"{ROOT}/{pid}/{name}" for pid in pids])
     me = os.getpid()
     for i, pid in enumerate(pids):
         if int(pid) == me:
-            raws[i] = _read_small_or_none(f"{PROC}/{pid}/{name}")
+            raws[i] = read_small_or_none(f"{ROOT}/{pid}/{name}")
     return raws
 
 
-def _int_file(path: str) -> int | None:
+def read_int(path: str) -> int | None:
     try:
         return int(read_text(path).split()[0])
     except (OSError, ValueError, IndexError):

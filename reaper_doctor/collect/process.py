@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 from typing import TYPE_CHECKING
 
 from ..model import Container, NprocUsage, ProcessInfo, Unreadable
+from . import proc
 from .namespaces import NamespaceView, namespace_fields, zombie_namespace_fields
-from .proc import PROC, ProcessGone, _read_small, read_bytes, read_text
+from .proc import ProcessGone, check_gone, read_bytes, read_small, read_text
 from .tasks import read_stat
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def _reason(err: BaseException) -> str:
 
 def _new_context(with_fd_list: bool = False) -> _Context:
     try:
-        uptime_s = float(read_text(f"{PROC}/uptime").split()[0])
+        uptime_s = float(read_text(f"{proc.ROOT}/uptime").split()[0])
     except OSError:
         uptime_s = 0.0
     return _Context(uptime_s=uptime_s, clock_ticks=os.sysconf("SC_CLK_TCK"),
@@ -85,15 +86,14 @@ def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
     """Read one process (from `stat` when the caller has read its stat
     already). A zombie takes its namespace and container from `parent`.
     Raises ProcessGone if it has vanished."""
-    base = f"{PROC}/{pid}"
+    base = f"{proc.ROOT}/{pid}"
     st = stat
     if st is None:
         try:
-            st = procfs.parse_stat(_read_small(f"{base}/stat"))
-        except (FileNotFoundError, ProcessLookupError):
-            raise ProcessGone(pid) from None
+            st = procfs.parse_stat(read_small(f"{base}/stat"))
         except OSError as e:
-            raise ProcessGone(pid) from e
+            check_gone(pid, e)
+            raise ProcessGone(pid) from e   # unreadable stat: nothing to report on
     uid = brief.uid if brief else None
     is_zombie = st.state == "Z"
     exit_status = None
@@ -110,9 +110,8 @@ def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
         try:
             raw = read_bytes(f"{base}/cmdline")
             cmdline = tuple(a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0")) if raw else ()
-        except (FileNotFoundError, ProcessLookupError):
-            raise ProcessGone(pid) from None
         except OSError as e:
+            check_gone(pid, e)
             ctx.note(pid, "cmdline", e)
         if wants_sigchld:
             sigchld, pending = _sigchld(pid, ctx, st.threads)
@@ -142,8 +141,8 @@ def _sigchld(pid: int, ctx: _Context, threads: int,
     blocked = False
     if threads > 1:
         try:
-            for tid in os.listdir(f"{PROC}/{pid}/task"):
-                text = read_text(f"{PROC}/{pid}/task/{tid}/status")
+            for tid in os.listdir(f"{proc.ROOT}/{pid}/task"):
+                text = read_text(f"{proc.ROOT}/{pid}/task/{tid}/status")
                 if (procfs.parse_status(text).sig_blk or 0) & bit:
                     blocked = True
                     break
@@ -156,7 +155,7 @@ def _sigchld(pid: int, ctx: _Context, threads: int,
 def _status_text(pid: int, ctx: _Context) -> str:
     """/proc/<pid>/status, as read earlier in this sample if it was."""
     raw = ctx.statuses.get(pid)
-    return (raw if raw is not None else read_bytes(f"{PROC}/{pid}/status")).decode("utf-8", "replace")
+    return (raw if raw is not None else read_bytes(f"{proc.ROOT}/{pid}/status")).decode("utf-8", "replace")
 
 
 def disposition_of(pid: int, signum: int = signal.SIGCHLD) -> str | None:
@@ -177,7 +176,7 @@ def _limits(pid: int, ctx: _Context) -> dict[str, tuple[int | None, int | None]]
     # /proc/<pid>/limits is 0444; psutil's rlimit() (prlimit) fails on other
     # users' processes without CAP_SYS_RESOURCE (linux-facts 7).
     try:
-        return procfs.parse_limits(read_text(f"{PROC}/{pid}/limits"))
+        return procfs.parse_limits(read_text(f"{proc.ROOT}/{pid}/limits"))
     except OSError as e:
         ctx.note(pid, "limits", e)
         return None
@@ -207,7 +206,7 @@ def _nproc(pid: int, target: ProcessInfo, table: dict[int, TaskBrief],
 def has_cap_exemption(pid: int) -> bool:
     """CAP_SYS_ADMIN or CAP_SYS_RESOURCE: RLIMIT_NPROC is not enforced (kernel/fork.c)."""
     try:
-        cap_eff = procfs.parse_status(read_text(f"{PROC}/{pid}/status")).cap_eff or 0
+        cap_eff = procfs.parse_status(read_text(f"{proc.ROOT}/{pid}/status")).cap_eff or 0
     except OSError:
         return False
     return bool(cap_eff & ((1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_RESOURCE)))

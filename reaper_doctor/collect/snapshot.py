@@ -13,9 +13,10 @@ if TYPE_CHECKING:
 from typing import TYPE_CHECKING
 
 from ..model import FdTable, LimitUsage, ProcessInfo, Snapshot, Unreadable
+from . import proc
 from .cgroups import pids_cgroup
 from .fds import read_fds
-from .proc import PROC, ProcessGone, _int_file, has_procfs
+from .proc import ProcessGone, has_procfs, read_int
 from .process import _limits, _new_context, _nproc, _read_process
 from .tasks import read_tree
 
@@ -91,7 +92,7 @@ def _collect_snapshot(target: int, ctx: _Context, *, with_fds: bool) -> Snapshot
         target=target, taken_at=time.monotonic(), processes=processes, fds=fds, nofile=nofile,
         nproc=_nproc(target, target_info, table, target_limits, ctx),
         pids_cgroup=pids_cgroup(target, ctx),
-        pid_max=_int_file(f"{PROC}/sys/kernel/pid_max"),
+        pid_max=read_int(f"{proc.ROOT}/sys/kernel/pid_max"),
         pids_in_use=sum(b.threads for b in table.values()),
         unreadable=tuple(_dedupe(ctx.unreadable)), target_parent=target_parent,
         accept_queue_peers=dict(ctx.queue_peers))

@@ -18,14 +18,15 @@ if TYPE_CHECKING:
     pass
 from typing import TYPE_CHECKING
 
-from .proc import PROC, _cpus, read_text
+from . import proc
+from .proc import cpu_count, read_text
 
 if TYPE_CHECKING:
     from .process import _Context
 
 def _netns_key(pid: int) -> str:
     try:
-        return os.readlink(f"{PROC}/{pid}/ns/net")
+        return os.readlink(f"{proc.ROOT}/{pid}/ns/net")
     except OSError:
         return f"pid:{pid}"
 
@@ -47,7 +48,7 @@ SOCKETS_AHEAD_MIN_FDS = 1024
 
 def _read_socket_table_ahead(pid: int, dir_fd: int, ctx: _Context) -> None:
     if ctx.reading_sockets is not None or _netns_key(pid) in ctx.socket_tables \
-            or _cpus() < 2:
+            or cpu_count() < 2:
         return
     try:
         if os.fstat(dir_fd).st_size < SOCKETS_AHEAD_MIN_FDS:  # the count, on Linux >= 6.2
@@ -79,7 +80,7 @@ def _read_socket_table(pid: int, ctx: _Context) -> tuple[_SocketRows, set[int]]:
             rows.dump, rows.diag = tcp
         for proto in (("udp", "udp6") if tcp is not None else ("tcp", "tcp6", "udp", "udp6")):
             try:
-                text = read_text(f"{PROC}/{pid}/net/{proto}")
+                text = read_text(f"{proc.ROOT}/{pid}/net/{proto}")
             except OSError:
                 continue
             for row in procfs.parse_inet_table(text, proto):
@@ -89,7 +90,7 @@ def _read_socket_table(pid: int, ctx: _Context) -> tuple[_SocketRows, set[int]]:
                     unaccepted.setdefault(port, set()).update(peers)
         ctx.unaccepted[key] = unaccepted
         try:
-            unix = procfs.parse_unix_inodes(read_text(f"{PROC}/{pid}/net/unix"))
+            unix = procfs.parse_unix_inodes(read_text(f"{proc.ROOT}/{pid}/net/unix"))
         except OSError:
             unix = set()
         ctx.socket_tables[key] = rows
@@ -222,7 +223,7 @@ def listen_queues(pid: int, inodes: Iterable[int]) -> dict[int, int]:
             found.clear()  # no netlink here: read the tables
     for proto in ("tcp", "tcp6"):
         try:
-            text = read_text(f"{PROC}/{pid}/net/{proto}")
+            text = read_text(f"{proc.ROOT}/{pid}/net/{proto}")
         except OSError:
             continue
         for row in procfs.parse_inet_table(text, proto):
@@ -254,7 +255,7 @@ def close_wait_on_ports(pid: int, ports: frozenset[int], same_netns: bool,
         if (socket.AF_INET6 if proto == "tcp6" else socket.AF_INET) not in families:
             continue
         try:
-            text = read_text(f"{PROC}/{pid}/net/{proto}")
+            text = read_text(f"{proc.ROOT}/{pid}/net/{proto}")
         except OSError:
             continue
         read_any = True

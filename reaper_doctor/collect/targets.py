@@ -17,7 +17,8 @@ import os
 from typing import NamedTuple, Sequence
 
 from ..parse import procfs
-from .proc import PROC, read_bytes
+from . import proc
+from .proc import read_bytes
 from .tasks import read_stat
 
 
@@ -30,7 +31,7 @@ class Resolved(NamedTuple):
 
 def _status_fields(pid: int) -> dict[str, str]:
     try:
-        text = read_bytes(f"{PROC}/{pid}/status").decode("utf-8", "replace")
+        text = read_bytes(f"{proc.ROOT}/{pid}/status").decode("utf-8", "replace")
     except OSError:
         return {}
     fields = {}

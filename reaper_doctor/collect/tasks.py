@@ -15,13 +15,14 @@ from ..parse import containers, procfs
 
 if TYPE_CHECKING:
     pass
+from . import proc
 from .proc import (
-    PROC,
     ProcessGone,
-    _read_small_or_none,
+    check_gone,
     map_io,
     read_bytes,
     read_proc_files,
+    read_small_or_none,
     read_text,
 )
 
@@ -43,14 +44,14 @@ class TaskBrief(NamedTuple):
 def read_stat(pid: int) -> procfs.StatLine | None:
     """The stat line of `pid`, or None if it is gone."""
     try:
-        return procfs.parse_stat(read_bytes(f"{PROC}/{pid}/stat"))
+        return procfs.parse_stat(read_bytes(f"{proc.ROOT}/{pid}/stat"))
     except OSError:
         return None
 
 
 def stat_lines() -> Iterator[procfs.StatLine]:
     """The stat line of every process; those that exit mid-walk are skipped."""
-    for entry in os.listdir(PROC):
+    for entry in os.listdir(proc.ROOT):
         if entry.isdigit():
             line = read_stat(int(entry))
             if line is not None:
@@ -87,7 +88,7 @@ def process_table(*, details: bool = False) -> dict[int, TaskBrief]:
     process's status is read once: the cheapest correct way.
     """
     table: dict[int, TaskBrief] = {}
-    entries = [e for e in os.listdir(PROC) if e.isdigit()]
+    entries = [e for e in os.listdir(proc.ROOT) if e.isdigit()]
     raws = read_proc_files(entries, "status")
     for entry, raw in zip(entries, raws):
         if raw is None:
@@ -157,8 +158,8 @@ def read_tree(target: int) -> ProcessTree:
     have their status read, for the real UID. Otherwise every process's
     status is read and the tree found from the PPid lines.
     """
-    if not os.path.exists(f"{PROC}/{target}/task/{target}/children"):
-        if not os.path.exists(f"{PROC}/{target}"):
+    if not os.path.exists(f"{proc.ROOT}/{target}/task/{target}/children"):
+        if not os.path.exists(f"{proc.ROOT}/{target}"):
             raise ProcessGone(target)
         return _tree_from_table(target)
     stats: dict[int, procfs.StatLine] = {}
@@ -188,7 +189,7 @@ def read_tree(target: int) -> ProcessTree:
             members.add(pid)
             order.append(pid)
             stack.extend(reversed(kids.get(pid, ())))
-    others = [e for e in os.listdir(PROC) if e.isdigit() and int(e) not in members]
+    others = [e for e in os.listdir(proc.ROOT) if e.isdigit() and int(e) not in members]
     live = [pid for pid in order if stats[pid].state != "Z"]
     raws = read_proc_files([*others, *live], "status")
     table: dict[int, TaskBrief] = {}
@@ -224,7 +225,7 @@ def _zombie_uids(zombies: list[int], stats: dict[int, procfs.StatLine],
     for i, (pid, owner) in enumerate(zip(zombies, uids)):
         parent = table.get(stats[pid].ppid)
         if owner is None or parent is None or owner != parent.uid:
-            raw = _read_small_or_none(f"{PROC}/{pid}/status")
+            raw = read_small_or_none(f"{proc.ROOT}/{pid}/status")
             brief = _brief_of(raw) if raw is not None else None
             uids[i] = brief.uid if brief is not None else None
     return uids
@@ -232,7 +233,7 @@ def _zombie_uids(zombies: list[int], stats: dict[int, procfs.StatLine],
 
 def _dir_owner(pid: int) -> int | None:
     try:
-        return os.stat(f"{PROC}/{pid}").st_uid
+        return os.stat(f"{proc.ROOT}/{pid}").st_uid
     except OSError:
         return None
 
@@ -275,7 +276,7 @@ def last_pid() -> int | None:
     every process created after a reading of it has a PID above it, until
     the PID counter wraps at pid_max."""
     try:
-        return procfs.parse_loadavg_last_pid(read_text(f"{PROC}/loadavg"))
+        return procfs.parse_loadavg_last_pid(read_text(f"{proc.ROOT}/loadavg"))
     except (OSError, ValueError, IndexError):
         return None
 
@@ -284,15 +285,16 @@ def task_children(pid: int) -> list[int] | None:
     """Children of every thread of `pid` from /proc/<pid>/task/*/children;
     None when the kernel lacks it (CONFIG_PROC_CHILDREN is off)."""
     try:
-        tids = os.listdir(f"{PROC}/{pid}/task")
-    except (FileNotFoundError, ProcessLookupError):
-        raise ProcessGone(pid) from None
+        tids = os.listdir(f"{proc.ROOT}/{pid}/task")
+    except OSError as e:
+        check_gone(pid, e)
+        raise
     found: list[int] = []
     for tid in tids:
         try:
-            found.extend(procfs.parse_children(read_text(f"{PROC}/{pid}/task/{tid}/children")))
+            found.extend(procfs.parse_children(read_text(f"{proc.ROOT}/{pid}/task/{tid}/children")))
         except FileNotFoundError:
-            if not os.path.exists(f"{PROC}/{pid}/task/{tid}"):
+            if not os.path.exists(f"{proc.ROOT}/{pid}/task/{tid}"):
                 continue  # the thread ended since listdir
             return None
         except OSError:
@@ -305,11 +307,11 @@ def child_stats(pid: int, candidates: Iterable[int] | None = None) -> dict[int, 
     `candidates`, or among every process when None (a /proc walk: about
     20 us per process on the machine, so callers narrow it when they can)."""
     if candidates is None:
-        candidates = (int(e) for e in os.listdir(PROC) if e.isdigit())
+        candidates = (int(e) for e in os.listdir(proc.ROOT) if e.isdigit())
     found: dict[int, procfs.StatLine] = {}
     for child in candidates:
         try:
-            st = procfs.parse_stat(read_bytes(f"{PROC}/{child}/stat"))
+            st = procfs.parse_stat(read_bytes(f"{proc.ROOT}/{child}/stat"))
         except (OSError, ValueError):
             continue  # no such PID, or gone since
         if st.ppid == pid:
@@ -321,7 +323,7 @@ def read_brief(pid: int) -> TaskBrief | None:
     """The TaskBrief of one process; None if it is gone or `pid` names a
     thread (/proc/TID exists, hidden, for every thread)."""
     try:
-        raw = read_bytes(f"{PROC}/{pid}/status")
+        raw = read_bytes(f"{proc.ROOT}/{pid}/status")
     except OSError:
         return None
     tgid = _brief_field(raw, b"\nTgid:")

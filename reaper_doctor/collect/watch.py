@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 from typing import TYPE_CHECKING
 
 from ..model import Snapshot, WatchSample
+from . import proc
 from .cgroups import _cgroup_file_int
 from .fds import count_fds
-from .proc import PROC, ProcessGone, _int_file, read_bytes
+from .proc import ProcessGone, read_bytes, read_int
 from .sockets import close_wait_on_ports
 from .tasks import descendants, last_pid, process_table, read_brief
 
@@ -47,7 +48,7 @@ def plan_watch(snap: Snapshot) -> WatchPlan:
     ports = frozenset(s.local[1] for fds in snap.fds.values() for s in fds.listeners
                       if s.proto.startswith("tcp"))
     try:
-        same = os.readlink(f"{PROC}/self/ns/net") == os.readlink(f"{PROC}/{snap.target}/ns/net")
+        same = os.readlink(f"{proc.ROOT}/self/ns/net") == os.readlink(f"{proc.ROOT}/{snap.target}/ns/net")
     except OSError:
         same = False
     families = tuple(sorted({socket.AF_INET6 if s.proto == "tcp6" else socket.AF_INET
@@ -78,7 +79,7 @@ class TreeTracker:
         self.target, self.uid = target, uid
         self.members: dict[int, TaskBrief] = {}
         self.tasks: int | None = None
-        self.pid_max = _int_file(f"{PROC}/sys/kernel/pid_max") or 4194304
+        self.pid_max = read_int(f"{proc.ROOT}/sys/kernel/pid_max") or 4194304
         self.next_full = 0.0
         self.last: int | None = None
         self.full()
@@ -141,7 +142,7 @@ def watch_sample(plan: WatchPlan, tracker: TreeTracker, t0: float) -> WatchSampl
     """
     pid = plan.target
     try:
-        st = procfs.parse_stat(read_bytes(f"{PROC}/{pid}/stat"))
+        st = procfs.parse_stat(read_bytes(f"{proc.ROOT}/{pid}/stat"))
     except OSError:
         raise ProcessGone(pid) from None
     if st.state in ("Z", "X") or st.start_ticks != plan.start_ticks:

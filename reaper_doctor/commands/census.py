@@ -17,7 +17,11 @@ from typing import Callable, NamedTuple
 
 from ..collect.cgroups import cgroup_member
 from ..collect.listeners import (
-    SocketCensus, find_holders, holder_tables, read_socket_census, reread_socket_census,
+    SocketCensus,
+    find_holders,
+    holder_tables,
+    read_socket_census,
+    reread_socket_census,
 )
 from ..collect.machine import (
     MachineSample,
@@ -27,6 +31,7 @@ from ..collect.machine import (
     resample_zombies,
 )
 from ..collect.namespaces import MachineNamespaces
+from ..collect.proc import require_procfs
 from ..collect.process import has_cap_exemption
 from ..diagnose.containers import pid1_findings
 from ..diagnose.fds import accept_backlog_findings, close_wait_findings, fd_growth_findings
@@ -93,7 +98,9 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
     """A census judged against `earlier` when it is at least the grace old
     (no sleep: the exporter's previous census), else as `census` does; and
     the state the next census judges against. PIDs that are gone are
-    forgotten: the state holds this census's processes only."""
+    forgotten: the state holds this census's processes only. Raises
+    ProcUnavailable where there is no /proc."""
+    require_procfs("scan with no PID")
     now = collect_machine(fd_top=TOP_NOFILE, fd_floor=WARN_RATIO)
     now_sockets = read_socket_census(now.table) if sockets else None
     now_by_parent = _by_parent(now.zombies)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from ..collect.proc import ProcessGone
+from ..collect.proc import ProcessGone, require_procfs
 from ..collect.snapshot import collect_snapshot
 from ..collect.watch import TreeTracker, plan_watch, watch_sample
 from ..diagnose.watch import watch_etas, watch_fd_growth, watch_rates
@@ -27,8 +27,9 @@ def watch(pid: int, *, interval_s: float = 1.0, duration_s: float | None = None,
 
     Ctrl-C (KeyboardInterrupt) ends the run with its summary; so does the
     target exiting. Raises ProcessGone only if the target does not exist
-    at the start.
+    at the start, ProcUnavailable where there is no /proc.
     """
+    require_procfs("watch")
     # The tree's descriptors are read once, for its listening ports: about
     # 0.1 s for a target with 20,000 fds (linux-facts 10), never again.
     first = collect_snapshot(pid)

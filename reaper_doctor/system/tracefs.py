@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping
 
+from ..collect import proc
+from ..collect.proc import read_text
 from ..model.trace import SignalCounts
 from ..parse.tracefs import (
     DELIVER,
@@ -120,7 +122,7 @@ def find_tracefs(environ: Mapping[str, str] | None = None, mountinfo: str | None
         return path
     if mountinfo is None:
         try:
-            mountinfo = Path("/proc/self/mountinfo").read_text()
+            mountinfo = read_text(f"{proc.ROOT}/self/mountinfo")
         except OSError:
             mountinfo = ""
     denied = False
@@ -168,7 +170,7 @@ def preflight(tracefs: str | os.PathLike[str] | None = None) -> Path:
 def thread_ids(pid: int) -> list[int]:
     """The thread ids of `pid` (from /proc/PID/task); TraceTargetGone if none."""
     try:
-        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if t.isdigit())
+        return sorted(int(t) for t in os.listdir(f"{proc.ROOT}/{pid}/task") if t.isdigit())
     except FileNotFoundError:
         raise TraceTargetGone(f"no process with PID {pid}") from None
     except OSError:
