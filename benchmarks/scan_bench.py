@@ -51,7 +51,7 @@ SIZES = {
     "small": {"m": (50, 3, 300), "l": 200},
 }
 
-GOALS = {  # ratio name -> the most it may be (issue 2 / issue 6)
+GOALS = {  # ratio name -> the most it may be
     "M scan/lsof": 0.5,
     "L scan/pstree": 0.25,
     "version/click": 1.3,

@@ -1,7 +1,7 @@
 """reaper-doctor: find, explain and reproduce zombie and descriptor leaks.
 
 Nothing is imported here on purpose: `reaper-doctor --version` must start
-without psutil or tabulate (DESIGN.md, issue 6).
+without psutil or tabulate.
 """
 
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
 """The finding codes: slug, default severity, a one-line summary, and the
 teaching text `reaper-doctor explain CODE` prints.
 
-The codes, slugs and severities are a public contract (DESIGN.md): never
+The codes, slugs and severities are a public contract (docs/findings.md): never
 renumber, never reuse.
 """
 

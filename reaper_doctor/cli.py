@@ -1,7 +1,7 @@
 """The command line: parse, call, echo, exit. No logic lives here.
 
 Only click is imported at module level: `reaper-doctor --version` and
-`--help` must not pay for psutil or tabulate (issue 6). Each command
+`--help` must not pay for psutil or tabulate. Each command
 imports what it needs when it runs.
 """
 
@@ -34,7 +34,7 @@ def die(message: str, code: int = 2) -> NoReturn:
 class OneLineErrors(click.Group):
     """A group whose usage errors are one line on stderr and exit code 2.
 
-    Click prints a multi-line usage block; DESIGN.md wants exactly one line
+    Click prints a multi-line usage block; the contract is exactly one line
     and never a traceback, so every click error is caught here, in one place.
     """
 
@@ -499,23 +499,9 @@ def scenario() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def scenario_list(as_json: bool) -> None:
     """List the scenarios: what each reproduces and the findings it should get."""
-    from .model.scenario import SCENARIOS
+    from .render.scenario import render_list_json, render_list_text
 
-    if as_json:
-        import json
-
-        doc = {"schema": "reaper-doctor/scenario-list/1",
-               "scenarios": [{"name": s.name, "script": s.script, "reproduces": s.reproduces,
-                              "expected": list(s.expected), "fix": s.fix}
-                             for s in SCENARIOS.values()]}
-        click.echo(json.dumps(doc, indent=2))
-        return
-    from tabulate import tabulate
-
-    rows = [(s.name, s.reproduces, " ".join(s.expected) or "none")
-            for s in SCENARIOS.values()]
-    click.echo(tabulate(rows, headers=("scenario", "reproduces", "expected findings"),
-                        maxcolwidths=[None, 60, None]))
+    click.echo(render_list_json() if as_json else render_list_text())
 
 
 @main.command()
@@ -523,33 +509,20 @@ def scenario_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def explain(code: str | None, as_json: bool) -> None:
     """Teach finding CODE (RD101, or a slug such as zombie-leak); all codes if none."""
-    import json
-
-    from .catalog import CODES, EXPLAIN, lookup
+    from .catalog import CODES, lookup
+    from .render import explain as render
 
     if code is None:
-        if as_json:
-            doc = {"schema": "reaper-doctor/explain/1",
-                   "codes": [{"code": c.code, "slug": c.slug, "severity": c.severity,
-                              "summary": c.summary} for c in CODES.values()]}
-            click.echo(json.dumps(doc, indent=2))
-            return
-        from tabulate import tabulate
-
-        rows = [(c.code, c.slug, c.severity, c.summary) for c in CODES.values()]
-        click.echo(tabulate(rows, headers=("code", "slug", "severity", "summary")))
-        click.echo(f"\n{PROG} explain CODE  prints what a finding means and how to fix it.")
+        click.echo(render.codes_json() if as_json else render.codes_text(PROG))
         return
     found = lookup(code)
     if found is None:
         die(f"unknown finding code {code!r} (known: {', '.join(CODES)}; "
             f"run `{PROG} explain` for the list)")
-    text = EXPLAIN.get(found.code, found.summary + "\n")
     if as_json:
-        click.echo(json.dumps({"schema": "reaper-doctor/explain/1", "code": found.code,
-                               "slug": found.slug, "severity": found.severity,
-                               "summary": found.summary, "text": text}, indent=2))
+        click.echo(render.code_json(found))
         return
+    text = render.code_text(found)
     click.echo(text, nl=not text.endswith("\n"))
 
 
@@ -589,7 +562,8 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
     kernel's signal tracepoints, in a private tracing instance."""
     from .collect.targets import live_target
     from .commands import trace as tracing
-    from .diagnose.trace import exit_code, trace_findings
+    from .diagnose.trace import trace_findings
+    from .model.report import exit_code
     from .model.signals import signal_name
     from .render import trace as trace_render
     from .system.tracefs import TracefsError

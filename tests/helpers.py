@@ -134,6 +134,37 @@ def _group_exists(pgid: int) -> bool:
     return True
 
 
+def as_nobody(work: Callable[[], object]) -> tuple[int, str]:
+    """Run `work()` as UID/GID nobody in a forked copy of this process (the
+    interpreter may not be executable for nobody), its stdout captured:
+    (exit status, output). The status is SystemExit's code if `work`
+    raises it, 0 if it returns, 3 on any other exception."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked child
+        code = 3
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            os.dup2(w, 1)
+            sys.stdout = os.fdopen(1, "w")
+            try:
+                work()
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 3
+            sys.stdout.flush()
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as out:
+        text = out.read()
+    _, status = os.waitpid(child, 0)
+    return os.WEXITSTATUS(status), text
+
+
 def reap_adopted(keep: set[int] = frozenset()) -> int:
     """Reap zombie children of this process that no Popen owns; return how many."""
     reaped = 0
@@ -236,8 +267,8 @@ def trace_instance_ready(instance: Path) -> bool:
 
 def http_request(port: int, timeout_s: float = 5.0, close: bool = True) -> socket.socket | bytes:
     """One request to 127.0.0.1:`port`, reading a Content-Length framed
-    response (never to EOF: EOF readers hang on a leaked socket, linux-facts
-    4). Returns the body, or the open socket when `close` is False."""
+    response (never to EOF: EOF readers hang on a leaked socket). Returns
+    the body, or the open socket when `close` is False."""
     import socket
 
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)

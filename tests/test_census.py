@@ -5,9 +5,8 @@ from __future__ import annotations
 from docs_reference import assert_documented
 from helpers import run_cli, run_json
 
-from reaper_doctor.collect.machine import MachineSample
 from reaper_doctor.collect.tasks import TaskBrief
-from reaper_doctor.commands.census import INIT_LIKE, _reapers, _uid_tasks
+from reaper_doctor.diagnose.census import INIT_LIKE, slow_reapers, uid_tasks
 from reaper_doctor.model import ProcessInfo
 
 
@@ -73,7 +72,7 @@ def test_subreapers_are_inferred_from_name_or_adopted_children():
     sessions = {20: 20, 30: 30, 40: 40}
     zombie_sessions = {10: 10, 21: 20, 22: 20, 31: 99, 32: 98, 41: 41}
     assert "tini" in INIT_LIKE
-    assert _reapers(by_parent, parents, sessions, zombie_sessions) == {1, 30, 40}
+    assert slow_reapers(by_parent, parents, sessions, zombie_sessions) == {1, 30, 40}
 
 
 def test_nproc_basis_is_the_most_common_soft_limit_and_the_lowest_is_named():
@@ -81,10 +80,7 @@ def test_nproc_basis_is_the_most_common_soft_limit_and_the_lowest_is_named():
              3: TaskBrief(0, 1000, 1, "S"), 4: TaskBrief(0, 0, 1, "S")}
     limits = {1: {"Max processes": (500, 600)}, 2: {"Max processes": (500, 600)},
               3: {"Max processes": (8, 8)}, 4: {"Max processes": (None, None)}}
-    sample = MachineSample(taken_at=0.0, table=table, zombies={}, sessions={}, limits=limits,
-                           fd_counts={}, fds_skipped=0, fds_unreadable=0, pids_cgroups=[],
-                           file_nr=None, pid_max=None, tasks=7, unreadable=[])
-    rows = {r.uid: r for r in _uid_tasks(sample)}
+    rows = {r.uid: r for r in uid_tasks(table, limits)}
     assert rows[1000].tasks == 6 and rows[1000].processes == 3
     assert (rows[1000].soft, rows[1000].hard) == (500, 600)
     assert (rows[1000].soft_min, rows[1000].soft_min_pid) == (8, 3)

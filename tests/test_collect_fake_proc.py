@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from helpers import as_nobody
 
 from reaper_doctor.collect import proc
+from reaper_doctor.collect.cgroups import pids_cgroups_with_limits
 from reaper_doctor.collect.machine import collect_machine
 from reaper_doctor.collect.proc import ProcessGone
 from reaper_doctor.collect.snapshot import collect_snapshot
@@ -142,22 +144,37 @@ def _unreadable_of(snap) -> list[str]:
 def _as_nobody(work):
     if os.geteuid() != 0:
         return work()
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the forked child
-        code = 3
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
-            os.write(w, json.dumps(work()).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r) as out:
-        text = out.read()
-    _, status = os.waitpid(child, 0)
-    assert os.WEXITSTATUS(status) == 0, text
+    code, text = as_nobody(lambda: print(json.dumps(work())))
+    assert code == 0, text
     return json.loads(text)
+
+
+def test_an_ancestor_cgroup_with_pids_max_0_is_the_nearest_limit(copied_proc):
+    """pids.max 0 above the process's cgroup refuses every fork: it is the
+    limit reported (it once divided by zero)."""
+    cgroups = copied_proc.parent / "cgroup-pids"
+    for rel, limit, current in (("", None, "50"), ("a", "0", "0"), ("a/b", "10", "3")):
+        d = cgroups / rel
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "cgroup.procs").write_text("100\n" if rel == "a/b" else "")
+        (d / "pids.current").write_text(current + "\n")
+        if limit is not None:
+            (d / "pids.max").write_text(limit + "\n")
+    (copied_proc / "100" / "cgroup").write_text("8:pids:/a/b\n0::/\n")
+    mountinfo = copied_proc / "100" / "mountinfo"
+    mountinfo.write_text(mountinfo.read_text()
+                         + f"39 31 0:36 / {cgroups} rw,relatime - cgroup cgroup rw,pids\n")
+    cg = collect_snapshot(100).pids_cgroup
+    assert cg is not None and (cg.path, cg.current, cg.max) == (str(cgroups / "a"), 0, 0)
+    assert [c.path for c in pids_cgroups_with_limits()] == [str(cgroups / "a"),
+                                                           str(cgroups / "a" / "b")]
+
+
+def test_pids_since_follows_the_counter_and_its_wrap():
+    from reaper_doctor.collect.tasks import pids_since
+
+    assert pids_since(100, 103, 32768, 10) == [101, 102, 103]
+    assert pids_since(32765, 2, 32768, 10) == [32766, 32767, 1, 2]   # wrapped at pid_max
+    assert pids_since(100, 100, 32768, 10) == []
+    assert pids_since(100, 200, 32768, 10) is None                   # too many: walk instead
+    assert pids_since(None, 5, 32768, 10) is None

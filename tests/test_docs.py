@@ -14,6 +14,7 @@ documents of the other end-to-end tests.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -133,6 +134,15 @@ def test_the_examples_agree_with_their_tables():
         sections.append(section)
     assert not checker.undocumented and not checker.mistyped, checker.problems()
     assert len(sections) >= 10, sections
+
+
+def test_the_golden_scan_shows_only_documented_keys():
+    """tests/data/scan_golden.json (a hand-built scan: unreadable fields,
+    several parents) holds only documented keys, with their types."""
+    checker = Checker(json_shapes())
+    checker.check_document(json.loads((ROOT / "tests" / "data" / "scan_golden.json").read_text()))
+    assert not checker.undocumented and not checker.mistyped, checker.problems()
+    assert "unreadable[].reason" in checker.seen["target-object"]
 
 
 # -- codes, metrics, options, links -----------------------------------------------

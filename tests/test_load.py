@@ -64,7 +64,7 @@ def test_ok_against_event_loop(spawner) -> None:
 
 def test_fd_leak_requests_hang(spawner) -> None:
     # The parent keeps a copy of each connection: the child's close() sends no
-    # FIN, so a client reading until EOF waits for ever (linux-facts section 4).
+    # FIN, so a client reading until EOF waits for ever.
     _, port = start_scenario(spawner, "fd-leak", "--work-ms", "0")
     result = drive("127.0.0.1", port, requests=3, concurrency=3, timeout_s=1.0)
     assert (result.hung, result.ok, result.failed) == (3, 0, 0), result

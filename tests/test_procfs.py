@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 from reaper_doctor.model.kernel import UnixSocketRow
 from reaper_doctor.parse import procfs
 
@@ -145,3 +147,13 @@ def test_children_and_last_pid():
     assert procfs.parse_children("") == []
     assert procfs.parse_loadavg_last_pid("0.20 0.18 0.12 1/80 11206\n") == 11206
     assert procfs.parse_loadavg_last_pid("") is None
+
+
+def test_exit_status_names_signals_as_trace_does():
+    """One signal_name for exit statuses and traces: a real-time signal is
+    SIGRTMIN+N in both."""
+    from reaper_doctor.model.signals import signal_name
+
+    rt = int(signal.SIGRTMIN) + 1
+    assert procfs.decode_wait_status(rt).describe() == "SIGRTMIN+1" == signal_name(rt)
+    assert procfs.decode_wait_status(9 | 0x80).describe() == "SIGKILL (core)"

@@ -6,13 +6,13 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 from click.testing import CliRunner
 from helpers import (
+    as_nobody,
     live_children,
     one_error_line,
     run_cli,
@@ -343,29 +343,8 @@ def test_unprivileged_scan_of_a_root_process_is_partial_not_an_error(spawner):
     from reaper_doctor.render import json as _json  # noqa: F401
 
     parent = spawner.zombie_parent("3")
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the forked child
-        code = 3
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
-            os.dup2(w, 1)
-            sys.stdout = os.fdopen(1, "w")
-            try:
-                main(["scan", str(parent.pid), "--grace", "0", "--json"])
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 3
-            sys.stdout.flush()
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r) as out:
-        text = out.read()
-    _, status = os.waitpid(child, 0)
-    assert os.WEXITSTATUS(status) in (0, 1), text
+    code, text = as_nobody(lambda: main(["scan", str(parent.pid), "--grace", "0", "--json"]))
+    assert code in (0, 1), text
     target = json.loads(text)["targets"][0]
     unreadable = {(u["pid"], u["field"]) for u in target["unreadable"]}
     assert (parent.pid, "fds") in unreadable
@@ -376,7 +355,7 @@ def test_unprivileged_scan_of_a_root_process_is_partial_not_an_error(spawner):
 def test_portable_fallback_through_psutil_sees_the_tree_and_zombies(spawner):
     """Where there is no /proc, collect falls back to psutil: the tree,
     zombies and descriptor counts, with the /proc-only fields reported as
-    unavailable (DESIGN.md). psutil works on Linux too, so it is checked here."""
+    unavailable. psutil works on Linux too, so it is checked here."""
     from reaper_doctor.collect.psutil_fallback import (
         UNAVAILABLE,
         collect_snapshot_psutil,

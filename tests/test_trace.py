@@ -1,4 +1,4 @@
-"""`reaper-doctor trace` and reaper_doctor.tracefs (issue 7).
+"""`reaper-doctor trace` and its tracefs instances (system/tracefs.py).
 
 The parser and error tests run anywhere. The tracing tests need root and
 tracefs: the `tracefs_root` fixture (conftest.py) mounts tracefs into a

@@ -1,4 +1,4 @@
-"""`lesson coalescing --trace` and `scan --trace` (issue 7, items 3 and 4).
+"""`lesson coalescing --trace` and `scan --trace`.
 
 The wiring and the error tests run for any user (a fake tracer, an empty
 REAPER_DOCTOR_TRACEFS). The tracing tests need root and tracefs: the

@@ -1,6 +1,6 @@
 """The wheel built from the checkout ships the scenario scripts, and an
-installed copy (not the checkout) finds and runs them (DESIGN.md: "must
-also work after a plain `pip install .`")."""
+installed copy (not the checkout) finds and runs them: they must also work after a plain
+`pip install .`."""
 
 from __future__ import annotations
 

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import (
     TYPE_CHECKING,
 )
 
-from ..parse import procfs
-
-if TYPE_CHECKING:
-    pass
-from typing import TYPE_CHECKING
-
 from ..model import PidsCgroup
+from ..parse import procfs
 from . import proc
 from .proc import read_text
 
@@ -28,10 +24,29 @@ def _cgroup_file_int(path: str) -> int | None:
     return None if text == "max" or not text.lstrip("-").isdigit() else int(text)
 
 
+def pids_mount(mounts: list[procfs.Mount]) -> procfs.Mount | None:
+    """The mount of the pids hierarchy: cgroup v1's pids controller, else a
+    cgroup v2 mount that has the pids controller."""
+    for m in mounts:
+        if m.fstype == "cgroup" and "pids" in m.super_options.split(","):
+            return m
+    for m in mounts:
+        if m.fstype == "cgroup2" and _v2_has_pids(m.mount_point):
+            return m
+    return None
+
+
+def _fullness(cg: PidsCgroup) -> float:
+    """current / max; a pids.max of 0 refuses every fork: full."""
+    if cg.max is None:
+        return 0.0
+    return (cg.current or 0) / cg.max if cg.max > 0 else math.inf
+
+
 def pids_cgroup(pid: int, ctx: _Context) -> PidsCgroup | None:
     """The pids cgroup (v1 or v2) of `pid`, walking up to the mount root:
     the ancestor nearest its limit wins, as a limit anywhere above applies.
-    A missing pids.max (the root cgroup) means no limit (linux-facts 9)."""
+    A missing pids.max (the root cgroup) means no limit."""
     try:
         lines = procfs.parse_cgroup(read_text(f"{proc.ROOT}/{pid}/cgroup"))
         mounts = procfs.parse_mountinfo(read_text(f"{proc.ROOT}/self/mountinfo"))
@@ -39,21 +54,13 @@ def pids_cgroup(pid: int, ctx: _Context) -> PidsCgroup | None:
         ctx.note(pid, "pids cgroup", e)
         return None
     directory = None
-    for line in lines:
-        if "pids" in line.controllers:  # v1
-            for m in mounts:
-                if m.fstype == "cgroup" and "pids" in m.super_options.split(","):
-                    directory = _join_cgroup(m, line.path)
-                    break
-    if directory is None:
+    mount = pids_mount(mounts)
+    if mount is not None:
+        v1 = mount.fstype == "cgroup"
         for line in lines:
-            if line.hierarchy == 0:  # v2 unified
-                for m in mounts:
-                    if m.fstype == "cgroup2":
-                        path = _join_cgroup(m, line.path)
-                        if _v2_has_pids(m.mount_point):
-                            directory = path
-                        break
+            if ("pids" in line.controllers) if v1 else line.hierarchy == 0:
+                directory = _join_cgroup(mount, line.path)
+                break
     if directory is None:
         return PidsCgroup(path=None, current=None, max=None)
     best: PidsCgroup | None = None
@@ -64,7 +71,7 @@ def pids_cgroup(pid: int, ctx: _Context) -> PidsCgroup | None:
         if limit is not None and current is not None:
             candidate = PidsCgroup(path=walk, current=current, max=limit,
                                    refusals=_pids_refusals(walk))
-            if best is None or (best.max and current / limit > (best.current or 0) / best.max):
+            if best is None or _fullness(candidate) > _fullness(best):
                 best = candidate
         if not os.path.exists(f"{walk}/pids.max") and walk != directory:
             break  # reached the root of the hierarchy
@@ -110,20 +117,11 @@ def pids_cgroups_with_limits() -> list[PidsCgroup]:
         mounts = procfs.parse_mountinfo(read_text(f"{proc.ROOT}/self/mountinfo"))
     except OSError:
         return []
-    root = None
-    for m in mounts:
-        if m.fstype == "cgroup" and "pids" in m.super_options.split(","):
-            root = m.mount_point
-            break
-    if root is None:
-        for m in mounts:
-            if m.fstype == "cgroup2" and _v2_has_pids(m.mount_point):
-                root = m.mount_point
-                break
+    mount = pids_mount(mounts)
     found: list[PidsCgroup] = []
-    if root is None:
+    if mount is None:
         return found
-    for dirpath, _dirs, files in os.walk(root):
+    for dirpath, _dirs, files in os.walk(mount.mount_point):
         if "pids.max" not in files:
             continue
         limit = _cgroup_file_int(f"{dirpath}/pids.max")

@@ -13,13 +13,8 @@ from typing import (
     Sequence,
 )
 
-from ..parse import procfs
-
-if TYPE_CHECKING:
-    pass
-from typing import TYPE_CHECKING
-
 from ..model import FdCounts, FdDetail, FdTable, SocketFd
+from ..parse import procfs
 from . import proc
 from .proc import ProcessGone, check_gone, map_io, read_text
 from .process import _new_context
@@ -162,7 +157,7 @@ def count_fds(pid: int) -> int | None:
 
     Since Linux 6.2 stat(/proc/PID/fd).st_size is the count (a bitmap
     weight: O(1) in practice); older kernels say 0, so a 0 is checked with
-    listdir (about 0.8 us per fd, linux-facts 10). Raises ProcessGone;
+    listdir (about 0.8 us per fd). Raises ProcessGone;
     None when the directory may not be read (another user's process).
     """
     path = f"{proc.ROOT}/{pid}/fd"

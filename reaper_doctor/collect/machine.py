@@ -6,15 +6,11 @@ import heapq
 import os
 import time
 from typing import (
-    TYPE_CHECKING,
     NamedTuple,
 )
 
-from ..parse import procfs
-
-if TYPE_CHECKING:
-    pass
 from ..model import LimitUsage, PidsCgroup, ProcessInfo, Snapshot, Unreadable
+from ..parse import procfs
 from . import proc
 from .cgroups import pids_cgroup, pids_cgroups_with_limits
 from .namespaces import MachineNamespaces, machine_namespaces

@@ -98,8 +98,8 @@ def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
     is_zombie = st.state == "Z"
     exit_status = None
     if is_zombie:
-        # The kernel shows 0 to a reader that may not ptrace-read the zombie
-        # (linux-facts 1): only root or the same UID can trust a 0.
+        # The kernel shows 0 to a reader that may not ptrace-read the zombie:
+        # only root or the same UID can trust a 0.
         hidden = not ctx.is_root and uid is not None and uid != ctx.my_uid
         exit_status = procfs.decode_wait_status(st.exit_code, hidden)  # lru_cache: positional keys are cheaper
     cmdline: tuple[str, ...] | None = None
@@ -129,7 +129,7 @@ def _sigchld(pid: int, ctx: _Context, threads: int,
              bit: int = procfs.SIGCHLD_BIT) -> tuple[str | None, bool]:
     """SIGCHLD disposition (or that of the signal of mask bit `bit`) from
     the status masks, and whether it is pending; SigBlk is per thread, so
-    every task is checked when there is more than one (linux-facts 2)."""
+    every task is checked when there is more than one."""
     try:
         status = procfs.parse_status(_status_text(pid, ctx))
     except OSError as e:
@@ -174,7 +174,7 @@ def disposition_of(pid: int, signum: int = signal.SIGCHLD) -> str | None:
 
 def _limits(pid: int, ctx: _Context) -> dict[str, tuple[int | None, int | None]] | None:
     # /proc/<pid>/limits is 0444; psutil's rlimit() (prlimit) fails on other
-    # users' processes without CAP_SYS_RESOURCE (linux-facts 7).
+    # users' processes without CAP_SYS_RESOURCE.
     try:
         return procfs.parse_limits(read_text(f"{proc.ROOT}/{pid}/limits"))
     except OSError as e:
@@ -186,27 +186,23 @@ def _nproc(pid: int, target: ProcessInfo, table: dict[int, TaskBrief],
            limits: dict[str, tuple[int | None, int | None]] | None,
            ctx: _Context) -> NprocUsage | None:
     """Tasks (threads and zombies count) of the target's real UID against
-    its soft RLIMIT_NPROC (linux-facts 6)."""
+    its soft RLIMIT_NPROC."""
     uid = target.uid
     if uid is None:
         return None
     used = sum(b.threads for b in table.values() if b.uid == uid)
     soft, hard = (limits or {}).get("Max processes", (None, None))
-    enforced = uid != 0
-    if enforced:
-        try:
-            cap_eff = procfs.parse_status(_status_text(pid, ctx)).cap_eff or 0
-            if cap_eff & ((1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_RESOURCE)):
-                enforced = False
-        except OSError:
-            pass
+    enforced = uid != 0 and not has_cap_exemption(pid, ctx)
     return NprocUsage(used=used, soft=soft, hard=hard, uid=uid, enforced=enforced)
 
 
-def has_cap_exemption(pid: int) -> bool:
-    """CAP_SYS_ADMIN or CAP_SYS_RESOURCE: RLIMIT_NPROC is not enforced (kernel/fork.c)."""
+def has_cap_exemption(pid: int, ctx: _Context | None = None) -> bool:
+    """CAP_SYS_ADMIN or CAP_SYS_RESOURCE: RLIMIT_NPROC is not enforced
+    (kernel/fork.c). False when the status cannot be read. With `ctx`, a
+    status read earlier in the sample serves."""
     try:
-        cap_eff = procfs.parse_status(read_text(f"{proc.ROOT}/{pid}/status")).cap_eff or 0
+        text = _status_text(pid, ctx) if ctx else read_text(f"{proc.ROOT}/{pid}/status")
+        cap_eff = procfs.parse_status(text).cap_eff or 0
     except OSError:
         return False
     return bool(cap_eff & ((1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_RESOURCE)))

@@ -1,7 +1,7 @@
 """The portable fallback where there is no /proc (macOS, BSD): the tree,
 zombies and descriptor counts through psutil. Signal dispositions, exit
 statuses, descriptor kinds and cgroups need /proc and are reported as
-unavailable, never guessed (DESIGN.md)."""
+unavailable, never guessed."""
 
 from __future__ import annotations
 

@@ -8,15 +8,12 @@ from typing import (
     TYPE_CHECKING,
 )
 
-if TYPE_CHECKING:
-    pass
-from typing import TYPE_CHECKING
-
 from ..model import FdTable, LimitUsage, ProcessInfo, Snapshot, Unreadable
 from . import proc
 from .cgroups import pids_cgroup
 from .fds import read_fds
 from .proc import ProcessGone, has_procfs, read_int
+from .sockets import close_wait_where_uid_listens
 from .process import _limits, _new_context, _nproc, _read_process
 from .tasks import read_tree
 
@@ -88,6 +85,11 @@ def _collect_snapshot(target: int, ctx: _Context, *, with_fds: bool) -> Snapshot
                                           wants_sigchld=True)
         except ProcessGone:
             pass
+    # Another user's descriptors: what sock_diag, open to all, shows instead.
+    close_wait_of_uid: dict[int, int] = {}
+    if (with_fds and target not in fds and target_info.uid is not None
+            and not target_info.is_zombie and not target_info.is_kernel_thread):
+        close_wait_of_uid = close_wait_where_uid_listens(target, target_info.uid)
     return Snapshot(
         target=target, taken_at=time.monotonic(), processes=processes, fds=fds, nofile=nofile,
         nproc=_nproc(target, target_info, table, target_limits, ctx),
@@ -95,7 +97,8 @@ def _collect_snapshot(target: int, ctx: _Context, *, with_fds: bool) -> Snapshot
         pid_max=read_int(f"{proc.ROOT}/sys/kernel/pid_max"),
         pids_in_use=sum(b.threads for b in table.values()),
         unreadable=tuple(_dedupe(ctx.unreadable)), target_parent=target_parent,
-        accept_queue_peers=dict(ctx.queue_peers))
+        accept_queue_peers=dict(ctx.queue_peers), reader_uid=ctx.my_uid,
+        close_wait_of_uid=close_wait_of_uid)
 
 
 def _dedupe(items: list[Unreadable]) -> list[Unreadable]:

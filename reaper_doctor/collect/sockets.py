@@ -5,19 +5,9 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import (
-    TYPE_CHECKING,
-    Iterable,
-    Iterator,
-    Mapping,
-)
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
 from ..parse import netlink, procfs
-
-if TYPE_CHECKING:
-    pass
-from typing import TYPE_CHECKING
-
 from . import proc
 from .proc import cpu_count, read_text
 
@@ -33,7 +23,7 @@ def _netns_key(pid: int) -> str:
 
 def _socket_table(pid: int, ctx: _Context) -> tuple[_SocketRows, set[int]]:
     """The inet and unix socket tables of `pid`'s network namespace, read
-    once per namespace per sample and shared (linux-facts 10)."""
+    once per namespace per sample and shared."""
     if ctx.reading_sockets is not None:
         ctx.reading_sockets.join()   # read ahead (_read_socket_table_ahead)
         ctx.reading_sockets = None
@@ -140,9 +130,7 @@ def _tcp_by_sock_diag(unaccepted: dict[int, set[tuple[str, int]]]
     message there (into `unaccepted`, the connections waiting in accept
     queues). None if netlink is not available (the caller reads /proc)."""
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                           netlink.NETLINK_SOCK_DIAG) as nl:
-            nl.settimeout(5.0)
+        with _sock_diag() as nl:
             try:
                 return _dump_tcp(nl, [netlink.any_family_dump_request(netlink.FILE_STATES)],
                                  unaccepted)
@@ -158,16 +146,38 @@ def _dump_tcp(nl: socket.socket, requests: list[bytes],
               unaccepted: dict[int, set[tuple[str, int]]]) -> tuple[bytes, dict[int, int]]:
     chunks: list[bytes] = []
     offsets: dict[int, int] = {}
-    base = 0
+    size = 0   # of the chunks so far: where the next one starts in the joined dump
+
+    def index(data: bytes) -> bool:
+        nonlocal size
+        done = netlink.index_replies(data, offsets, unaccepted, size)
+        chunks.append(data)
+        size += len(data)
+        return done
+
     for request in requests:
-        nl.send(request)
-        done = False
-        while not done:
-            data = nl.recv(1 << 20)
-            done = netlink.index_replies(data, offsets, unaccepted, base)
-            chunks.append(data)
-            base += len(data)
+        _dump(nl, request, index)
     return b"".join(chunks), offsets
+
+
+SOCK_DIAG_TIMEOUT_S = 5.0
+SOCK_DIAG_RECV_BYTES = 1 << 20   # a big table's dump comes in few datagrams
+
+
+def _sock_diag() -> socket.socket:
+    """A NETLINK_SOCK_DIAG socket of our network namespace. Raises OSError."""
+    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                       netlink.NETLINK_SOCK_DIAG)
+    nl.settimeout(SOCK_DIAG_TIMEOUT_S)
+    return nl
+
+
+def _dump(nl: socket.socket, request: bytes, take: Callable[[bytes], bool]) -> None:
+    """Send one dump request; hand each reply datagram to `take` until it
+    says the dump is done."""
+    nl.send(request)
+    while not take(nl.recv(SOCK_DIAG_RECV_BYTES)):
+        pass
 
 
 def _backlogs(ctx: _Context) -> dict[int, int]:
@@ -188,19 +198,44 @@ def _backlogs(ctx: _Context) -> dict[int, int]:
 def inet_diag_dump(family: int, states: int) -> list[netlink.DiagRow]:
     """TCP sockets of this process's network namespace in `states` (a bit
     mask of 1 << state), from NETLINK_SOCK_DIAG. Raises OSError."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                         netlink.NETLINK_SOCK_DIAG)
-    try:
-        sock.settimeout(2.0)
-        sock.send(netlink.dump_request(family, states))
-        rows: list[netlink.DiagRow] = []
-        while True:
-            batch, done = netlink.parse_replies(sock.recv(1 << 16))
-            rows.extend(batch)
-            if done:
-                return rows
-    finally:
-        sock.close()
+    rows: list[netlink.DiagRow] = []
+
+    def parse(data: bytes) -> bool:
+        batch, done = netlink.parse_replies(data)
+        rows.extend(batch)
+        return done
+
+    with _sock_diag() as nl:
+        _dump(nl, netlink.dump_request(family, states), parse)
+    return rows
+
+
+def close_wait_where_uid_listens(pid: int, uid: int) -> dict[int, int]:
+    """{port: sockets} in CLOSE_WAIT owned by `uid` on the ports where a
+    listening socket of `uid` listens, from sock_diag, which any user may
+    query: what can be said of another user's server whose descriptors may
+    not be read. Our network namespace only: {} when `pid` is seen in
+    another (its ns link is unreadable to a non-owner, which leaves ours as
+    the best guess), or when netlink is refused."""
+    theirs = _netns_key(pid)
+    if not theirs.startswith("pid:") and theirs != _netns_key(os.getpid()):
+        return {}
+    listening: set[int] = set()
+    waiting: dict[int, int] = {}
+    states = (1 << netlink.TCP_LISTEN) | (1 << netlink.TCP_CLOSE_WAIT)
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            rows = inet_diag_dump(family, states)
+        except OSError:
+            continue
+        for diag in rows:
+            if diag.uid != uid:
+                continue
+            if diag.state == netlink.TCP_LISTEN:
+                listening.add(diag.local_port)
+            else:
+                waiting[diag.local_port] = waiting.get(diag.local_port, 0) + 1
+    return {port: n for port, n in sorted(waiting.items()) if port in listening}
 
 
 def listen_queues(pid: int, inodes: Iterable[int]) -> dict[int, int]:

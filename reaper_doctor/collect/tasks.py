@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import os
 from typing import (
-    TYPE_CHECKING,
     Iterable,
     Iterator,
     NamedTuple,
 )
 
+from ..model.process import TaskBrief
 from ..parse import containers, procfs
-
-if TYPE_CHECKING:
-    pass
 from . import proc
 from .proc import (
     ProcessGone,
@@ -25,20 +22,6 @@ from .proc import (
     read_small_or_none,
     read_text,
 )
-
-
-class TaskBrief(NamedTuple):
-    """Just enough of every process on the machine: ppid, real uid, threads.
-    `name` and `fd_size` (the FDSize line: the size of the descriptor
-    table, an upper bound of the open count) are filled for the census."""
-
-    ppid: int
-    uid: int | None
-    threads: int
-    state: str
-    name: str | None = None
-    fd_size: int | None = None
-    nspid: tuple[int, ...] = ()       # the NSpid line: its PID in each namespace, ours first
 
 
 def read_stat(pid: int) -> procfs.StatLine | None:
@@ -82,7 +65,7 @@ def process_table(*, details: bool = False) -> dict[int, TaskBrief]:
     each /proc/<pid>/status (searched, not fully parsed: this runs over
     thousands of processes).
 
-    RLIMIT_NPROC counts tasks per *real* UID (linux-facts 6), and the only
+    RLIMIT_NPROC counts tasks per *real* UID, and the only
     per-process source of the real UID is `status` (the owner of /proc/<pid>
     is the effective UID, and root for non-dumpable processes), so every
     process's status is read once: the cheapest correct way.
@@ -279,6 +262,25 @@ def last_pid() -> int | None:
         return procfs.parse_loadavg_last_pid(read_text(f"{proc.ROOT}/loadavg"))
     except (OSError, ValueError, IndexError):
         return None
+
+
+def pids_since(last: int | None, now: int | None, pid_max: int,
+               most: int) -> list[int] | None:
+    """The PIDs allocated after the reading `last` of last_pid() up to the
+    reading `now`, in allocation order (the counter wraps at `pid_max` and
+    starts again above 1); None when either reading is missing or there
+    are more than `most` (a walk of every process is cheaper then). The
+    processes created between the two readings are among them."""
+    if last is None or now is None:
+        return None
+    if now >= last:
+        new = range(last + 1, now + 1)
+        wrapped: range = range(0)
+    else:  # the PID counter wrapped around pid_max
+        new, wrapped = range(last + 1, pid_max), range(1, now + 1)
+    if len(new) + len(wrapped) > most:
+        return None
+    return [*new, *wrapped]
 
 
 def task_children(pid: int) -> list[int] | None:

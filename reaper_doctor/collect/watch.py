@@ -11,19 +11,14 @@ from typing import (
     NamedTuple,
 )
 
-from ..parse import procfs
-
-if TYPE_CHECKING:
-    pass
-from typing import TYPE_CHECKING
-
 from ..model import Snapshot, WatchSample
+from ..parse import procfs
 from . import proc
 from .cgroups import _cgroup_file_int
 from .fds import count_fds
 from .proc import ProcessGone, read_bytes, read_int
 from .sockets import close_wait_on_ports
-from .tasks import descendants, last_pid, process_table, read_brief
+from .tasks import descendants, last_pid, pids_since, process_table, read_brief
 
 if TYPE_CHECKING:
     from .tasks import TaskBrief
@@ -99,15 +94,8 @@ class TreeTracker:
             self.full()
             return
         now_last = last_pid()
-        if now_last is None or self.last is None:
-            self.full()
-            return
-        if now_last >= self.last:
-            new = range(self.last + 1, now_last + 1)
-            wrapped: range = range(0)
-        else:  # the PID counter wrapped around pid_max
-            new, wrapped = range(self.last + 1, self.pid_max), range(1, now_last + 1)
-        if len(new) + len(wrapped) > self.MAX_PROBE:
+        new = pids_since(self.last, now_last, self.pid_max, self.MAX_PROBE)
+        if new is None:
             self.full()
             return
         self.last = now_last
@@ -116,7 +104,7 @@ class TreeTracker:
             brief = read_brief(pid)
             if brief is not None and (pid == self.target or brief.ppid in members):
                 members[pid] = brief
-        for pid in (*new, *wrapped):       # allocation order: parents first
+        for pid in new:                    # allocation order: parents first
             if pid in members:
                 continue
             brief = read_brief(pid)

@@ -12,7 +12,6 @@ limit_findings as `scan PID`), the renderers print.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Callable, NamedTuple
 
 from ..collect.cgroups import cgroup_member
@@ -33,9 +32,10 @@ from ..collect.machine import (
 from ..collect.namespaces import MachineNamespaces
 from ..collect.proc import require_procfs
 from ..collect.process import has_cap_exemption
+from ..diagnose.census import slow_reapers, uid_tasks
 from ..diagnose.containers import pid1_findings
 from ..diagnose.fds import accept_backlog_findings, close_wait_findings, fd_growth_findings
-from ..diagnose.limits import WARN_RATIO, limit_findings
+from ..diagnose.limits import WARN_RATIO, nofile_findings, nproc_findings, pids_cgroup_findings
 from ..diagnose.zombies import PID1_GRACE_S, persistent_zombies, zombie_findings
 from ..model import (
     Container,
@@ -53,21 +53,12 @@ from ..model import (
     Snapshot,
     SocketHolder,
     TargetReport,
-    UidTasks,
     ZombieParent,
 )
 from ..parse.containers import is_known_init
 
 TOP_NOFILE = 10
 TOP_CGROUPS = 5
-# Parents known to reap orphans for a living (they are PID 1 or subreapers):
-# their zombies come and go, so they get PID 1's longer grace (linux-facts 8).
-INIT_LIKE = frozenset({
-    "systemd", "init", "tini", "dumb-init", "catatonit", "docker-init", "s6-svscan",
-    "runsvdir", "containerd-shim", "containerd-shim-runc-v2", "conmon",
-})
-
-
 class CensusState(NamedTuple):
     """What a census leaves for the next one to judge persistence against
     (the exporter's censuses, one after another)."""
@@ -105,7 +96,7 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
     now_sockets = read_socket_census(now.table) if sockets else None
     now_by_parent = _by_parent(now.zombies)
     parents, parent_sessions = read_processes(sorted(now_by_parent), now.table)
-    slow = _reapers(now_by_parent, parents, parent_sessions, now.sessions)
+    slow = slow_reapers(now_by_parent, parents, parent_sessions, now.sessions)
     wait_s = grace_s
     if slow & set(now_by_parent):
         wait_s = max(wait_s, PID1_GRACE_S)
@@ -154,12 +145,10 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
             nofile_rows.append(NofileUsage(pid=pid, name=_name(first, pid),
                                            uid=first.table[pid].uid, used=used, soft=soft,
                                            hard=hard))
-            findings += limit_findings(Snapshot(
-                target=pid, taken_at=first.taken_at, processes={},
-                nofile={pid: LimitUsage(used=used, soft=soft, hard=hard)}))
+            findings += nofile_findings(pid, LimitUsage(used=used, soft=soft, hard=hard))
     nofile_rows.sort(key=lambda r: (-r.ratio, -r.used, r.pid))
 
-    uids = _uid_tasks(first)
+    uids = uid_tasks(first.table, first.limits)
     for row in uids:
         if not (row.enforced and row.soft_min and row.soft_min_pid):
             continue
@@ -167,9 +156,8 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
         _, hard = first.limits[holder].get("Max processes", (None, None))
         usage = NprocUsage(used=row.tasks, soft=row.soft_min, hard=hard, uid=row.uid,
                            enforced=not has_cap_exemption(holder))
-        uid_zombies = {p: z for p, z in later_zombies.items() if z.uid == row.uid}
-        findings += limit_findings(Snapshot(target=holder, taken_at=first.taken_at,
-                                            processes=uid_zombies, nproc=usage))
+        uid_zombies = sum(1 for z in later_zombies.values() if z.uid == row.uid)
+        findings += nproc_findings(holder, usage, uid_zombies)
 
     cgroups = sorted(first.pids_cgroups,
                      key=lambda c: -((c.current or 0) / c.max if c.max else 0))[:TOP_CGROUPS]
@@ -177,8 +165,7 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
         if cg.max and (cg.current or 0) / cg.max >= WARN_RATIO:
             member = cgroup_member(cg.path) if cg.path else None
             if member is not None:
-                findings += limit_findings(Snapshot(target=member, taken_at=first.taken_at,
-                                                    processes={}, pids_cgroup=cg))
+                findings += pids_cgroup_findings(member, cg)
 
     ns = first.namespaces
     inits: dict[int, ProcessInfo] = {}
@@ -329,58 +316,6 @@ def _by_parent(zombies: dict[int, ProcessInfo]) -> dict[int, dict[int, ProcessIn
 def _name(sample: MachineSample, pid: int) -> str | None:
     brief = sample.table.get(pid)
     return brief.name if brief else None
-
-
-def _reapers(by_parent: dict[int, dict[int, ProcessInfo]], parents: dict[int, ProcessInfo],
-             parent_sessions: dict[int, int], zombie_sessions: dict[int, int]) -> set[int]:
-    """PID 1 and the parents that look like subreapers: /proc does not show
-    the subreaper flag (linux-facts 8), so infer it from a known init-like
-    name, or from adopted children: most of its zombies are in another
-    session than the parent, which a plain fork() does not do."""
-    slow = {1}
-    for ppid, zombies in by_parent.items():
-        parent = parents.get(ppid)
-        if parent and (parent.name in INIT_LIKE or parent.is_ns_init):
-            slow.add(ppid)
-            continue
-        session = parent_sessions.get(ppid)
-        if session is None:
-            continue
-        foreign = sum(1 for pid in zombies if zombie_sessions.get(pid, session) != session)
-        if foreign * 2 > len(zombies):
-            slow.add(ppid)
-    return slow
-
-
-def _uid_tasks(sample: MachineSample) -> list[UidTasks]:
-    """Tasks per real UID, against the most common soft RLIMIT_NPROC of its
-    processes (and the lowest, which fails first)."""
-    tasks: Counter[int] = Counter()
-    processes: Counter[int] = Counter()
-    limits: dict[int, list[tuple[int | None, int | None, int, int]]] = {}
-    for pid, brief in sample.table.items():
-        if brief.uid is None:
-            continue
-        tasks[brief.uid] += brief.threads
-        processes[brief.uid] += 1
-        lim = sample.limits.get(pid)
-        if lim and "Max processes" in lim:
-            soft, hard = lim["Max processes"]
-            limits.setdefault(brief.uid, []).append((soft, hard, -brief.threads, pid))
-    rows = []
-    for uid, count in tasks.items():
-        held = limits.get(uid, [])
-        soft = hard = soft_min = soft_min_pid = None
-        if held:
-            (soft, hard), _ = Counter((s, h) for s, h, _, _ in held).most_common(1)[0]
-            finite = [h for h in held if h[0] is not None]
-            if finite:
-                low = min(finite)
-                soft_min, soft_min_pid = low[0], low[3]
-        rows.append(UidTasks(uid=uid, tasks=count, processes=processes[uid], soft=soft, hard=hard,
-                             soft_min=soft_min, soft_min_pid=soft_min_pid, enforced=uid != 0))
-    rows.sort(key=lambda r: (-(r.ratio or 0), -r.tasks, r.uid))
-    return rows
 
 
 def _targets(findings: list[Finding], sample: MachineSample,

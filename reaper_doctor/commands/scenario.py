@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from ..collect.proc import ProcessGone
@@ -326,19 +326,6 @@ def _distinct(lines: list[str]) -> list[str]:
         if line.strip() and line not in seen and len(seen) < MAX_SERVER_ERRORS:
             seen[line] = None
     return list(seen)
-
-
-# ----------------------------------------------------------------------------
-# compare
-
-
-def compare(settings: RunSettings, names: Sequence[str] | None = None, *,
-            on_started: Callable[[ScenarioRun], object] | None = None,
-            on_result: Callable[[Outcome], object] | None = None) -> list[ScenarioRun]:
-    """Run each scenario (all by default) with the same settings, one
-    after the other; each run is torn down before the next starts."""
-    return [run_scenario(name, settings, on_started=on_started, on_result=on_result)
-            for name in (names or list(SCENARIOS))]
 
 
 def scripts_dir() -> Path:

@@ -69,7 +69,7 @@ class ChildWatch:
         return len(self.zombie_since)
 
     def persistent_zombies(self, grace_s: float) -> int:
-        """Zombies seen as zombies for at least `grace_s` (DESIGN.md: "persist")."""
+        """Zombies seen as zombies for at least `grace_s`: those that persist."""
         now = self.clock()
         return sum(1 for t in self.zombie_since.values() if now - t >= grace_s)
 

@@ -31,7 +31,7 @@ def watch(pid: int, *, interval_s: float = 1.0, duration_s: float | None = None,
     """
     require_procfs("watch")
     # The tree's descriptors are read once, for its listening ports: about
-    # 0.1 s for a target with 20,000 fds (linux-facts 10), never again.
+    # 0.1 s for a target with 20,000 fds, never again.
     first = collect_snapshot(pid)
     me = first.processes[pid]
     if me.is_zombie:

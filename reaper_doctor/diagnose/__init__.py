@@ -1,6 +1,6 @@
 """Snapshots in, findings out: small pure functions, no I/O, no clock.
 
-"Persist" (DESIGN.md): the same PID -- the same process, so the same
+"Persist": the same PID -- the same process, so the same
 start time too -- is a zombie in two samples at least `grace_s` apart.
 Comparing counts instead of PIDs would flag every healthy fork server,
 whose zombies come and go.

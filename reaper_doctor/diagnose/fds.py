@@ -116,7 +116,9 @@ def _close_wait_finding(info: ProcessInfo, waiting: list[SocketFd],
                         shut_down_fds=[fd for fd, _ in closed][:MAX_EVIDENCE_PIDS])
     # The advice fits what the process does: a forking server hands each
     # connection to a child and must close its own copy; a process that
-    # never forked serves the connection itself and never closes it.
+    # never forked serves the connection itself and never closes it. Having
+    # waited for children proves less: a wrapper that ran commands before
+    # exec()ing the server leaves the same trace (stat cminflt survives exec).
     if info.pid in later.parent_pids or info.pid in earlier.parent_pids:
         forks = "children in its tree"
     elif info.has_reaped_children:
@@ -125,11 +127,15 @@ def _close_wait_finding(info: ProcessInfo, waiting: list[SocketFd],
         forks = None
     evidence["forks"] = forks
     held = f"PID {info.pid} ({info.name}) holds " + " and ".join(parts)
-    if forks:
-        advice = (f"it forks ({forks}) and keeps its own copy of each connection it hands "
-                  "to a child; close that copy in the parent right after fork()")
+    if forks == "children in its tree":
+        advice = ("it forks and keeps its own copy of each connection it hands to a child; "
+                  "close the parent's copy right after fork()")
+    elif forks:
+        advice = ("it has reaped children, so it may fork per connection: if so, close the "
+                  "parent's copy right after fork(); if it serves connections itself, close "
+                  "each one when its request is done")
     else:
-        advice = ("it has never forked, and it never closes a connection once served; "
+        advice = ("it shows no sign of forking (no child in its tree, none ever waited for): "
                   "close each accepted socket when its request is done")
     return finding("RD201", info.pid, f"{held}: {advice}", **evidence)
 
@@ -249,7 +255,7 @@ def _backlog_finding(pid: int, now: SocketFd, then: SocketFd, waited: int | None
     if waited:
         text += f" ({waited} waited the whole time)"
     # accept() needs a free descriptor below the soft limit: with none,
-    # it fails with EMFILE and the connection stays queued (linux-facts 7).
+    # it fails with EMFILE and the connection stays queued.
     at_limit = bool(nofile and nofile.used is not None and nofile.soft
                     and nofile.used >= nofile.soft)
     if at_limit and nofile is not None:

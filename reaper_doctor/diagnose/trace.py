@@ -12,7 +12,6 @@ from typing import (
 
 from ..model import (
     Finding,
-    Severity,
 )
 from .findings import finding
 
@@ -147,8 +146,3 @@ def trace_verdict(r: TraceResult) -> str:
     return (f"{gone}{c.generated} SIGCHLD sent, {c.merged} merged, the handler ran "
             f"{_times(c.delivered)}, and every child that exited was reaped: 0 zombies "
             f"left{young} — healthy (a waitpid loop reaps all per signal){lost}")
-
-
-def exit_code(findings: list[Finding]) -> int:
-    """0: no finding of severity warning or worse; 1: at least one (DESIGN.md)."""
-    return 1 if any(f.severity.rank >= Severity.WARNING.rank for f in findings) else 0

@@ -15,7 +15,7 @@ from ..model.kernel import ExitStatus
 from .containers import init_not_reaping, namespace_inits
 from .findings import MAX_EVIDENCE_PIDS, finding
 
-# PID 1 on some machines reaps orphans only every ~1-2 s (linux-facts 8):
+# PID 1 on some machines reaps orphans only every ~1-2 s:
 # its zombies must persist longer before they count.
 PID1_GRACE_S = 3.0
 

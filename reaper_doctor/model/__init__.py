@@ -12,6 +12,7 @@ from .limits import LimitUsage, NprocUsage, PidsCgroup
 from .process import Container, ProcessInfo, Unreadable, describe_place
 from .report import (
     ContainerRow,
+    Coverage,
     Finding,
     ListenerQueue,
     MachineCensus,
@@ -27,7 +28,8 @@ from .snapshot import FdCounts, Snapshot
 from .watch import WATCH_SERIES, WatchLimits, WatchReport, WatchSample
 
 __all__ = [
-    "Container", "ContainerRow", "describe_place", "FdCounts", "FdDetail", "FdTable", "Finding", "LimitUsage", "ListenerQueue", "MachineCensus",
+    "Container", "ContainerRow", "Coverage", "describe_place", "FdCounts", "FdDetail", "FdTable",
+    "Finding", "LimitUsage", "ListenerQueue", "MachineCensus",
     "NofileUsage", "NprocUsage", "PidsCgroup", "ProcessInfo", "Report", "Severity", "Snapshot",
     "SocketFd", "SocketHolder", "TargetReport", "UidTasks", "Unreadable", "WATCH_SERIES",
     "WatchLimits", "WatchReport", "WatchSample", "ZombieParent",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import signal
 from typing import NamedTuple
+
+from .signals import signal_name
 
 
 class ExitStatus(NamedTuple):
@@ -23,13 +24,6 @@ class ExitStatus(NamedTuple):
         if self.signal is not None:
             return signal_name(self.signal) + (" (core)" if self.core else "")
         return f"exit {self.code}"
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 # TCP states as /proc/net/tcp prints them (include/net/tcp_states.h).

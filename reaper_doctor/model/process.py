@@ -81,6 +81,20 @@ class ProcessInfo(NamedTuple):
         return self.pid, self.start_ticks
 
 
+class TaskBrief(NamedTuple):
+    """Just enough of every process on the machine: ppid, real uid, threads.
+    `name` and `fd_size` (the FDSize line: the size of the descriptor
+    table, an upper bound of the open count) are filled for the census."""
+
+    ppid: int
+    uid: int | None
+    threads: int
+    state: str
+    name: str | None = None
+    fd_size: int | None = None
+    nspid: tuple[int, ...] = ()       # the NSpid line: its PID in each namespace, ours first
+
+
 class Unreadable(NamedTuple):
     """A field a sample could not read, and why."""
 

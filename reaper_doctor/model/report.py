@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple
 
 if TYPE_CHECKING:
     from .limits import PidsCgroup
@@ -28,6 +28,14 @@ class Finding(NamedTuple):
     pid: int
     message: str                 # one line, names the fix
     evidence: Mapping[str, object] = MappingProxyType({})
+
+
+class Coverage(NamedTuple):
+    """What a sample could not read, and so which findings went unchecked."""
+
+    missing: tuple[str, ...]     # "the descriptors of PID 10763 (permission denied)"
+    unchecked: tuple[str, ...]   # finding codes that could not be checked
+    to_complete: str             # "run as root, or as UID 0 (its owner)"
 
 
 class TargetReport(NamedTuple):
@@ -157,6 +165,11 @@ class MachineCensus(NamedTuple):
     pid_namespace_is_host: bool = True
 
 
+def exit_code(findings: Iterable[Finding]) -> int:
+    """0: no finding of severity warning or worse; 1: at least one (docs/exit-codes.md)."""
+    return 1 if any(f.severity.rank >= Severity.WARNING.rank for f in findings) else 0
+
+
 class Report(NamedTuple):
     targets: tuple[TargetReport, ...]
     machine: MachineCensus | None = None   # `scan` with no PID
@@ -165,6 +178,4 @@ class Report(NamedTuple):
 
     @property
     def exit_code(self) -> int:
-        """0: no finding of severity warning or worse; 1: at least one (DESIGN.md)."""
-        worst = [t.worst for t in self.targets if t.worst is not None]
-        return 1 if any(s.rank >= Severity.WARNING.rank for s in worst) else 0
+        return exit_code(f for t in self.targets for f in t.findings)

@@ -31,6 +31,11 @@ class Snapshot:
     # LISTEN socket (by inode) of the tree that had a non-empty queue:
     # established but not yet accept()ed, so inode 0 in /proc/net/tcp.
     accept_queue_peers: Mapping[int, frozenset[tuple[str, int]]] = field(default_factory=dict)
+    reader_uid: int | None = None         # effective UID of the reader; None: not recorded
+    # Read only when the target's descriptors could not be: {port: sockets}
+    # in CLOSE_WAIT owned by the target's UID, on ports where that UID
+    # listens (sock_diag, which any user may query, in our netns).
+    close_wait_of_uid: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def zombies(self) -> list[ProcessInfo]:

@@ -37,9 +37,6 @@ class SignalCounts:
         return SignalCounts(**{f.name: getattr(self, f.name) - getattr(other, f.name)
                                for f in fields(self)})
 
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 @dataclass(frozen=True)
 class TraceSample:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping, NamedTuple
 
-from .report import Severity
+from .report import exit_code
 
 if TYPE_CHECKING:
     from .report import Finding
@@ -48,4 +48,4 @@ class WatchReport(NamedTuple):
 
     @property
     def exit_code(self) -> int:
-        return 1 if any(f.severity.rank >= Severity.WARNING.rank for f in self.findings) else 0
+        return exit_code(self.findings)

@@ -4,7 +4,7 @@ parse the replies. No socket is opened here; collect/sockets.py does the I/O.
 For a LISTEN socket the kernel reports idiag_rqueue = the current accept
 queue (sk_ack_backlog) and idiag_wqueue = the configured backlog
 (sk_max_ack_backlog): what `ss -ltn` prints as Recv-Q / Send-Q. No root
-is needed (linux-facts 5, experiments/inet_diag.py). Layouts are from
+is needed. Layouts are from
 include/uapi/linux/{netlink,inet_diag}.h.
 """
 

@@ -145,7 +145,6 @@ def unescape_status_name(value: str) -> str:
     return value.replace("\\n", "\n").replace("\\\\", "\\")
 
 
-_unescape_status_name = unescape_status_name  # the old private name
 
 
 def sigchld_disposition(process: StatusFields, *, any_thread_blocks: bool = False,

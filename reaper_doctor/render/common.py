@@ -114,3 +114,9 @@ def pid_list(pids: Iterable[int], max_items: int = 4) -> str:
     for run in runs:
         items += [f"{run[0]}–{run[-1]}"] if len(run) > 2 else [str(p) for p in run]
     return ", ".join(items[:max_items]) + (", …" if len(items) > max_items else "")
+
+
+def address_text(address: tuple[str, int]) -> str:
+    """"127.0.0.1:8080", "[::1]:8080"."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

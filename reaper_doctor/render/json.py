@@ -1,4 +1,4 @@
-"""`scan --json`: the stable document of DESIGN.md (schema reaper-doctor/scan/1)."""
+"""`scan --json`: the stable document of docs/json.md (schema reaper-doctor/scan/1)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from ..diagnose.coverage import coverage
 from ..diagnose.zombies import exit_status_describer
 from ..model import (
     Container,
@@ -20,7 +21,7 @@ from ..model import (
     TargetReport,
 )
 from ..parse.procfs import STATE_NAMES
-from .common import OWN_NAMESPACE_NOTE, children_map, state_word, zombie_groups
+from .common import OWN_NAMESPACE_NOTE, address_text, children_map, state_word, zombie_groups
 
 SCHEMA = "reaper-doctor/scan/1"
 
@@ -143,6 +144,7 @@ def target_document(t: TargetReport) -> dict[str, Any]:
         },
         "fds": fds_document(fds),
         "limits": {
+            # used null: unreadable (the report says so in `incomplete`)
             "nofile": _usage(nofile),
             "nproc": ({**(_usage(snap.nproc) or {}), "uid": snap.nproc.uid,
                        "enforced": snap.nproc.enforced} if snap.nproc else None),
@@ -151,10 +153,23 @@ def target_document(t: TargetReport) -> dict[str, Any]:
         },
         "findings": [finding_document(f) for f in t.findings],
         "unreadable": [u._asdict() for u in snap.unreadable],
+        "incomplete": _coverage_document(snap),
+        "close_wait_of_uid": ({"uid": me.uid, "by_port": {str(port): n for port, n in
+                                                          snap.close_wait_of_uid.items()}}
+                              if snap.close_wait_of_uid else None),
         "samples": t.samples, "grace_s": t.grace_s, "elapsed_s": round(t.elapsed_s, 3),
         "gone": t.gone,
     }
     return doc
+
+
+def _coverage_document(snap: Snapshot) -> dict[str, Any] | None:
+    """What the scan could not read and what went unchecked; None: complete."""
+    gaps = coverage(snap)
+    if gaps is None:
+        return None
+    return {"missing": list(gaps.missing), "unchecked": list(gaps.unchecked),
+            "to_complete": gaps.to_complete}
 
 
 def fds_document(fds: FdTable | None) -> dict[str, Any] | None:
@@ -169,7 +184,7 @@ def fds_document(fds: FdTable | None) -> dict[str, Any] | None:
         "closed_tcp": len(fds.closed_tcp),
         "tcp_states": dict(Counter(s.state for s in fds.sockets
                                    if s.proto.startswith("tcp")).most_common()),
-        "listening": [{"fd": s.fd, "address": _addr(s.local), "proto": s.proto,
+        "listening": [{"fd": s.fd, "address": address_text(s.local), "proto": s.proto,
                        "accept_queue": s.rx_queue, "backlog": s.backlog}
                       for s in fds.listeners],
         "top_paths": [{"path": p, "count": n} for p, n in fds.top_paths],
@@ -177,15 +192,10 @@ def fds_document(fds: FdTable | None) -> dict[str, Any] | None:
     if fds.listed:
         doc["list"] = [{"fd": fd, "target": link} for fd, link in fds.listed]
         doc["sockets"] = [{"fd": s.fd, "inode": s.inode, "proto": s.proto,
-                           "local": _addr(s.local), "remote": _addr(s.remote),
+                           "local": address_text(s.local), "remote": address_text(s.remote),
                            "state": s.state, "rx_queue": s.rx_queue, "tx_queue": s.tx_queue}
                           for s in fds.sockets]
     return doc
-
-
-def _addr(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def tree_document(snap: Snapshot) -> dict[str, Any]:

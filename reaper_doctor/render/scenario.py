@@ -1,6 +1,6 @@
 """`scenario run` and `scenario compare`: ScenarioRun -> text or JSON (str).
 
-JSON schema `reaper-doctor/scenario/1` (DESIGN.md) for one run,
+JSON schema `reaper-doctor/scenario/1` for one run,
 `reaper-doctor/scenario-compare/1` for compare (a list of the same runs).
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import click
 from tabulate import tabulate
 
-from ..model.scenario import Sample, ScenarioRun
+from ..model.scenario import SCENARIOS, Sample, ScenarioRun
 from .common import sampling_phrase
 from .json import finding_document, target_document
 from .text import SEVERITY_COLORS, _finding_line
@@ -259,3 +259,19 @@ def _ms(value: float | None) -> str:
 
 def _num(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+def render_list_json() -> str:
+    """`scenario list --json`: every scenario, what it reproduces, what it expects."""
+    doc = {"schema": "reaper-doctor/scenario-list/1",
+           "scenarios": [{"name": s.name, "script": s.script, "reproduces": s.reproduces,
+                          "expected": list(s.expected), "fix": s.fix}
+                         for s in SCENARIOS.values()]}
+    return json.dumps(doc, indent=2)
+
+
+def render_list_text() -> str:
+    rows = [(s.name, s.reproduces, " ".join(s.expected) or "none")
+            for s in SCENARIOS.values()]
+    return tabulate(rows, headers=("scenario", "reproduces", "expected findings"),
+                    maxcolwidths=[None, 60, None])

@@ -13,6 +13,7 @@ from typing import Callable
 import click
 from tabulate import tabulate
 
+from ..diagnose.coverage import coverage
 from ..diagnose.zombies import PID1_GRACE_S, exit_status_describer
 from ..model import (
     FdTable,
@@ -29,14 +30,15 @@ from ..model import (
 from ..model.kernel import ExitStatus
 from ..parse.containers import is_known_init
 from .common import (
-    OWN_NAMESPACE_NOTE, children_map, command_line, pid_list, safe, sampling_phrase, state_word,
-    zombie_groups,
+    OWN_NAMESPACE_NOTE, address_text, children_map, command_line, pid_list, safe,
+    sampling_phrase, state_word, zombie_groups,
 )
 
 SEVERITY_COLORS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 MAX_LIVE_LINES = 30   # live siblings shown one per line before they are summarised
 MAX_LISTENERS = 5     # listening sockets shown
-MAX_SOCKET_LINES = 5  # TCP connections of the target shown one per line
+MAX_SOCKET_LINES = 5
+MAX_UID_PORTS = 5     # ports of another UID's CLOSE_WAIT sockets named (sock_diag)  # TCP connections of the target shown one per line
 
 
 def render_text(report: Report, *, color: bool = False) -> str:
@@ -349,12 +351,12 @@ def _descriptors(snap: Snapshot) -> str:
         backlog = f" of backlog {s.backlog}" if s.backlog is not None else ""
         holders = sum(1 for fds in snap.fds.values() if any(x.inode == s.inode for x in fds.listeners))
         shared = f", held by {holders} processes" if holders > 1 else ""
-        lines.append(f"  listening {_address(s.local)} ({s.proto}, PID {pid}): "
+        lines.append(f"  listening {address_text(s.local)} ({s.proto}, PID {pid}): "
                      f"accept queue {s.rx_queue}{backlog}{shared}")
     if target_fds:
         conns = [s for s in target_fds.sockets if s.proto.startswith("tcp") and s.state != "LISTEN"]
         for s in conns[:MAX_SOCKET_LINES]:
-            lines.append(f"  fd {s.fd} {s.proto} {_address(s.local)} → {_address(s.remote)} {s.state}")
+            lines.append(f"  fd {s.fd} {s.proto} {address_text(s.local)} → {address_text(s.remote)} {s.state}")
         if len(conns) > MAX_SOCKET_LINES:
             lines.append(f"  … {len(conns) - MAX_SOCKET_LINES} more TCP connections "
                          "(all of them: scan --list-fds)")
@@ -381,20 +383,15 @@ def _fd_list(snap: Snapshot) -> str:
             text = safe(link)
             s = inet.get(fd)
             if s is not None:
-                text += f" {s.proto} {_address(s.local)}"
+                text += f" {s.proto} {address_text(s.local)}"
                 text += f" {s.state}" if s.state == "LISTEN" else \
-                    f" → {_address(s.remote)} {s.state}"
+                    f" → {address_text(s.remote)} {s.state}"
             elif fd in closed:
                 text += " TCP shut down but open (in no socket table)"
             elif fd in unlisted:
                 text += " (in no socket table)"
             lines.append(f"    {fd:>{width}}  {text}")
     return "\n".join(lines)
-
-
-def _address(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _fd_summary(fds: FdTable) -> str:
@@ -423,7 +420,8 @@ def _limits(snap: Snapshot) -> str:
     rows: list[list[object]] = []
     nofile = snap.nofile.get(snap.target)
     if nofile:
-        rows.append(["open files (ulimit -n)", _num(nofile.used), _num(nofile.soft),
+        used = "unreadable" if nofile.used is None else nofile.used
+        rows.append(["open files (ulimit -n)", used, _num(nofile.soft),
                      _num(nofile.hard), _pct(nofile)])
     worst_child = max((u for pid, u in snap.nofile.items() if pid != snap.target and u.ratio),
                       key=lambda u: u.ratio or 0, default=None)
@@ -458,14 +456,31 @@ def _limits(snap: Snapshot) -> str:
 def _findings(t: TargetReport, style: Callable[..., str]) -> str:
     if t.gone and not t.findings:
         return "Findings: none (the process exited before a second sample)"
-    if not t.findings:
+    gaps = coverage(t.snapshot)
+    if not t.findings and gaps is None:
         return style("Findings: none", fg="green") + " — no leak seen" + (
             f" over {t.elapsed_s:.1f} s" if t.samples > 1 else "")
-    lines = [f"Findings: {len(t.findings)}"]
-    for f in t.findings:
-        lines.append(_finding_line(f, style))
-    codes = sorted({f.code for f in t.findings})
-    lines.append("Explained: " + ", ".join(f"reaper-doctor explain {c}" for c in codes))
+    if not t.findings:
+        lines = [style("Findings: none seen, but the scan is incomplete", fg="yellow",
+                       bold=True)]
+    else:
+        lines = [f"Findings: {len(t.findings)}"]
+        lines += [_finding_line(f, style) for f in t.findings]
+        codes = sorted({f.code for f in t.findings})
+        lines.append("Explained: " + ", ".join(f"reaper-doctor explain {c}" for c in codes))
+    if gaps is not None:
+        lines.append(style("Incomplete:", fg="yellow", bold=True) + " could not read "
+                     + "; ".join(gaps.missing) + f", so {' '.join(gaps.unchecked)} went "
+                     f"unchecked; {gaps.to_complete}")
+    waiting = sorted(t.snapshot.close_wait_of_uid.items(), key=lambda kv: (-kv[1], kv[0]))
+    if waiting:
+        uid = t.snapshot.processes[t.pid].uid
+        ports = ", ".join(f"{n} on port {port}" for port, n in waiting[:MAX_UID_PORTS])
+        more = f" and {len(waiting) - MAX_UID_PORTS} more ports" if len(waiting) > \
+            MAX_UID_PORTS else ""
+        lines.append(f"sock_diag (open to any user) shows sockets of UID {uid} in CLOSE_WAIT "
+                     f"on ports where UID {uid} listens: {ports}{more}; some may be this "
+                     "process's (RD201), which its descriptors would tell")
     return "\n".join(lines)
 
 

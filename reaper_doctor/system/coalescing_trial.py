@@ -2,9 +2,10 @@
 
     python -m reaper_doctor.system.coalescing_trial STRATEGY --children N
 
-The caller (`lesson.run_trial`) starts this as a fresh Python process, so the
-signal handlers and the forking below never touch the CLI or a pytest
-process. Stdlib only; nothing from the package is imported.
+The caller (commands/lesson.py, `run_trial`) starts this as a fresh Python
+process, so the signal handlers and the forking below never touch the CLI
+or a pytest process. From the package it takes only the strategy names and
+the /proc reader that counts its children's states.
 
 Protocol on stdout, one line each:
 
@@ -22,8 +23,10 @@ If the strategy is unsupported here (pidfd on an old kernel or Python) the
 first line is already the JSON result, with `skipped` set; on an error (fork
 failed) it is a JSON object with `error`, and the exit status is 1.
 
-Method and measured numbers: notes/linux-facts.md section 3 and
-notes/experiments/exp3_coalescing.py.
+What it shows: SIGCHLD is a standard signal, so exits that land while one
+is already pending merge into it, and a handler that reaps one child per
+run leaves zombies; CPython merges again, running a Python handler once
+for however many C-level deliveries came between two bytecodes.
 """
 
 from __future__ import annotations
@@ -39,8 +42,7 @@ import time
 from typing import Any
 
 from ..collect.tasks import child_states
-
-STRATEGIES = ("wait-once", "waitpid-loop", "sig-ign", "pidfd")
+from ..model.lesson import STRATEGIES
 
 POLL_S = 0.02      # between /proc scans while the children exit
 STABLE_S = 0.1     # no child alive and the same zombie count for this long

@@ -1,4 +1,4 @@
-"""What the speed work must not break: sock_diag agrees with /proc/net/tcp,
+"""sock_diag agrees with /proc/net/tcp (one walk or one dump per family),
 and the cheap commands stay cheap to start."""
 
 from __future__ import annotations
