@@ -151,6 +151,21 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
+def terminal_width() -> int:
+    """The width text output wraps to: COLUMNS when it holds a number, else
+    the width of the terminal on stdout, else 80; never below 40."""
+    from .render.width import DEFAULT_WIDTH, MIN_WIDTH
+
+    env = os.environ.get("COLUMNS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return max(MIN_WIDTH, int(env))
+    try:
+        columns = os.get_terminal_size(sys.stdout.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return DEFAULT_WIDTH
+    return max(MIN_WIDTH, columns) if columns > 0 else DEFAULT_WIDTH
+
+
 def use_color(no_color: bool) -> bool:
     """Colour only on a terminal, never with NO_COLOR or --no-color."""
     if no_color or os.environ.get("NO_COLOR"):
@@ -305,7 +320,8 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
     elif fmt == "text":
         from .render.text import render_text
 
-        click.echo(render_text(report, color=use_color(no_color)), nl=False)
+        click.echo(render_text(report, color=use_color(no_color), width=terminal_width()),
+                   nl=False)
     return report.exit_code
 
 
@@ -397,10 +413,12 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     if writer:
         writer.writerow(render.CSV_COLUMNS)
     color = use_color(no_color)
+    width = terminal_width()
 
     def on_start(name: str, limits: Any) -> None:
         if not as_json:
-            click.echo(render.header_line(pid, name, interval_s, duration_s))
+            click.echo(render.header_line(pid, name, interval_s, duration_s, width))
+            click.echo(render.sample_header())
 
     def on_sample(sample: Any) -> None:
         if writer and csv_file:
@@ -420,7 +438,7 @@ def watch(pid: int, interval_s: float, duration_s: float | None, as_json: bool,
     if as_json:
         click.echo(render.render_watch_json(report), nl=False)
     else:
-        click.echo(render.summary_text(report, color=color), nl=False)
+        click.echo(render.summary_text(report, color=color, width=width), nl=False)
     return report.exit_code
 
 
@@ -483,7 +501,9 @@ def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json:
     if as_json:
         click.echo(lesson_render.render_json(report))
     else:
-        click.echo(lesson_render.render_text(report, color=use_color(no_color)))
+
+        click.echo(lesson_render.render_text(report, color=use_color(no_color),
+                                             width=terminal_width()))
     if report.leftover_processes:
         click.echo(error_line(f"{report.leftover_processes} process(es) of the trials "
                               "were left over (killed)"), err=True)
@@ -501,7 +521,7 @@ def scenario_list(as_json: bool) -> None:
     """List the scenarios: what each reproduces and the findings it should get."""
     from .render.scenario import render_list_json, render_list_text
 
-    click.echo(render_list_json() if as_json else render_list_text())
+    click.echo(render_list_json() if as_json else render_list_text(terminal_width()))
 
 
 @main.command()
@@ -512,8 +532,9 @@ def explain(code: str | None, as_json: bool) -> None:
     from .catalog import CODES, lookup
     from .render import explain as render
 
+    width = terminal_width()
     if code is None:
-        click.echo(render.codes_json() if as_json else render.codes_text(PROG))
+        click.echo(render.codes_json() if as_json else render.codes_text(PROG, width))
         return
     found = lookup(code)
     if found is None:
@@ -522,7 +543,7 @@ def explain(code: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(render.code_json(found))
         return
-    text = render.code_text(found)
+    text = render.code_text(found, width)
     click.echo(text, nl=not text.endswith("\n"))
 
 
@@ -682,7 +703,9 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     if as_json:
         click.echo(render_run_json(run), nl=False)
     else:
-        click.echo(render_run_text(run, color=use_color(no_color)), nl=False)
+
+        click.echo(render_run_text(run, color=use_color(no_color), width=terminal_width()),
+                   nl=False)
     return run.exit_code
 
 
@@ -725,7 +748,9 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
     if as_json:
         click.echo(render_compare_json(runs), nl=False)
     else:
-        click.echo(render_compare_text(runs, color=use_color(no_color)), nl=False)
+
+        click.echo(render_compare_text(runs, color=use_color(no_color), width=terminal_width()),
+                   nl=False)
     return 0 if all(r.as_expected for r in runs) else 1
 
 

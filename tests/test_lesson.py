@@ -180,7 +180,7 @@ def _report() -> LessonReport:
 
 
 def test_render_text_on_hand_built_data() -> None:
-    text = lesson_render.render_text(_report(), color=False)
+    text = lesson_render.render_text(_report(), color=False, width=120)
     assert "\x1b[" not in text
     for header in ("strategy", "children", "handler runs", "reaped by handler",
                    "zombies left"):
@@ -196,6 +196,8 @@ def test_render_text_on_hand_built_data() -> None:
     assert "waitpid-loop ran 19 times and reaped 64, 0 left" in flat
     assert text.rstrip().endswith("reaper-doctor explain RD102")
     assert "\x1b[" in lesson_render.render_text(_report(), color=True)
+    narrow = lesson_render.render_text(_report(), color=False, width=60)
+    assert max(map(len, narrow.splitlines())) <= 60 and "53 (47-56)" in narrow
 
 
 def test_render_json_on_hand_built_data() -> None:

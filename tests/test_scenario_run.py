@@ -313,9 +313,11 @@ def test_compare_text_table_from_hand_built_runs() -> None:
         run.timeline = [Sample(0.0, 1, zombies, 4, 0, 0), Sample(0.25, 1, zombies, 9, 0, 3)]
         run.cleanup = Teardown()
         runs.append(run)
-    text = render_compare_text(runs)
+    text = render_compare_text(runs, width=140)
     lines = text.splitlines()
     assert lines[0].startswith("10 requests per scenario, 2 at a time")
+    narrow = render_compare_text(runs, width=80)
+    assert max(map(len, narrow.splitlines())) <= 80 and "peak" in narrow
     header = next(line for line in lines if line.startswith("scenario"))
     for column in ("ok", "failed", "hung", "p50 ms", "req/s", "peak zombies", "peak fds",
                    "findings"):

@@ -110,11 +110,16 @@ def test_lesson_renders_kernel_counts_on_hand_built_data():
     assert ign["cpython_merged"] is None and pidfd["cpython_merged"] is None
     assert once["trials"][0]["kernel"]["merged"] == 53
 
-    text = lesson_render.render_text(_traced_report(), color=False)
+    text = lesson_render.render_text(_traced_report(), color=False, width=120)
     for word in ("generated", "in kernel", "delivered", "CPython"):
         assert word in text
     row = next(line for line in text.splitlines() if line.startswith("wait-once"))
     assert row.split() == ["wait-once", "64", "9", "9", "55", "64", "53", "11", "2"]
+    # At 80 columns the kernel's counts are a second table, each within 80.
+    narrow = lesson_render.render_text(_traced_report(), color=False, width=80)
+    rows = [line.split() for line in narrow.splitlines() if line.startswith("wait-once ")]
+    assert rows == [["wait-once", "64", "9", "9", "55"], ["wait-once", "64", "64", "53", "11", "2"]]
+    assert max(map(len, narrow.splitlines())) <= 80
     flat = " ".join(text.split())
     assert ("for wait-once it generated 64 SIGCHLDs, 53 arrived while one was already "
             "pending and merged into it (result 2), and 11 were delivered") in flat

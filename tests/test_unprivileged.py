@@ -53,6 +53,16 @@ def leaking_root_server(spawner):
     return proc, port
 
 
+def _paragraph(text: str, start: str) -> str:
+    """The line that begins with `start` and the lines it wraps onto (indented), as one."""
+    lines = text.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(start))
+    j = i + 1
+    while j < len(lines) and lines[j].startswith("  "):
+        j += 1
+    return " ".join(line.strip() for line in lines[i:j])
+
+
 def test_unprivileged_scan_says_it_is_incomplete(leaking_root_server):
     proc, port = leaking_root_server
     result = as_nobody("scan", str(proc.pid), "--grace", "0.3", "--no-color")
@@ -62,10 +72,10 @@ def test_unprivileged_scan_says_it_is_incomplete(leaking_root_server):
     assert "unreadable" in row and "unlimited" not in row, row
     assert "no leak seen" not in text
     assert "Findings: none seen, but the scan is incomplete" in text, text
-    incomplete = next(line for line in text.splitlines() if line.startswith("Incomplete:"))
+    incomplete = _paragraph(text, "Incomplete:")
     assert f"the descriptors of PID {proc.pid} (permission denied)" in incomplete
     assert "RD201" in incomplete and "run as root, or as UID 0" in incomplete
-    hint = next(line for line in text.splitlines() if line.startswith("sock_diag"))
+    hint = _paragraph(text, "sock_diag")
     # Any root process counts (other servers may hold some too): the port
     # of this one has its 12.
     assert "sockets of UID 0 in CLOSE_WAIT on ports where UID 0 listens" in hint, hint

@@ -133,8 +133,10 @@ def test_watch_ctrl_c_ends_with_the_summary(spawner):
     try:
         assert watcher.stdout is not None
         assert watcher.stdout.readline().startswith(f"Watching PID {target.pid}")
-        for _ in range(2):
-            assert " s  zombies " in watcher.stdout.readline()
+        assert watcher.stdout.readline().split() == ["t", "zombies", "fds", "close_wait",
+                                                     "tasks", "pids_cgroup"]
+        for _ in range(2):   # "0.1 s  0  7  0  1  ?": a row under those columns
+            assert watcher.stdout.readline().split()[1:3] == ["s", "0"]
         watcher.send_signal(signal.SIGINT)
         out, err = watcher.communicate(timeout=20)
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from ..catalog import CODES, EXPLAIN, Code
+from .width import DEFAULT_WIDTH, fill, fill_prose, fit_table
 
 SCHEMA = "reaper-doctor/explain/1"
 
@@ -16,16 +17,18 @@ def codes_json() -> str:
                                   "summary": c.summary} for c in CODES.values()]}, indent=2)
 
 
-def codes_text(prog: str) -> str:
-    from tabulate import tabulate
-
+def codes_text(prog: str, width: int = DEFAULT_WIDTH) -> str:
     rows = [(c.code, c.slug, c.severity, c.summary) for c in CODES.values()]
-    return (tabulate(rows, headers=("code", "slug", "severity", "summary"))
-            + f"\n\n{prog} explain CODE  prints what a finding means and how to fix it.")
+    return (fit_table(rows, ("code", "slug", "severity", "summary"), width) + "\n\n"
+            + fill(f"{prog} explain CODE  prints what a finding means and how to fix it.",
+                   width))
 
 
-def code_text(found: Code) -> str:
-    return EXPLAIN.get(found.code, found.summary + "\n")
+def code_text(found: Code, width: int | None = None) -> str:
+    """The teaching text; with a `width`, its prose refilled to fit (the code
+    in it is kept as written)."""
+    text = EXPLAIN.get(found.code, found.summary + "\n")
+    return text if width is None else fill_prose(text, width)
 
 
 def code_json(found: Code) -> str:

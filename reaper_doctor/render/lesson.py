@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,9 +27,9 @@ def _fmt(s: StrategyResult, key: str) -> str:
     return text
 
 
-def render_text(report: LessonReport, *, color: bool = False, width: int = 78) -> str:
-    """The table, then the explanation with this run's numbers."""
-    from tabulate import tabulate
+def render_text(report: LessonReport, *, color: bool = False, width: int = 80) -> str:
+    """The table, then the explanation with this run's numbers, `width` columns wide."""
+    from .width import fill, fit_table, widest_line
 
     def paint(text: str, fg: str) -> str:
         if not color:
@@ -58,7 +57,11 @@ def render_text(report: LessonReport, *, color: bool = False, width: int = 78) -
                    else h for h in headers]
         headers += ["SIGCHLD\ngenerated", "merged\nin kernel", "delivered\nby kernel",
                     "merged in\nCPython"]
-    table = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+    table = fit_table(rows, headers, width)
+    if report.traced and widest_line(table) > width:
+        # Too wide for one table: the kernel's counts get a table of their own.
+        table = (fit_table([r[:5] for r in rows], headers[:5], width) + "\n\n"
+                 + fit_table([r[:2] + r[5:] for r in rows], headers[:2] + headers[5:], width))
     how = (f"the median of {report.trials} trials, (min-max) where they differ"
            if report.trials > 1 else "one trial")
     head = (f"SIGCHLD coalescing: {report.children} children exit at the same instant "
@@ -70,9 +73,9 @@ def render_text(report: LessonReport, *, color: bool = False, width: int = 78) -
     if report.leftover_processes:
         paragraphs.append(paint(f"warning: {report.leftover_processes} process(es) of the "
                                 "trials were left over and have been killed", "yellow"))
-    out = [textwrap.fill(head, width), "", table]
+    out = [fill(head, width), "", table]
     for para in paragraphs:
-        out += ["", textwrap.fill(para, width)]
+        out += ["", fill(para, width)]
     return "\n".join(out)
 
 

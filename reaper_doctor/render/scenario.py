@@ -10,13 +10,11 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import click
-from tabulate import tabulate
-
 from ..model.scenario import SCENARIOS, Sample, ScenarioRun
 from .common import sampling_phrase
 from .json import finding_document, target_document
-from .text import SEVERITY_COLORS, _finding_line
+from .text import SEVERITY_COLORS, _finding_line, _styler, explained_line
+from .width import DEFAULT_WIDTH, fill, fit_table
 
 SCHEMA = "reaper-doctor/scenario/1"
 COMPARE_SCHEMA = "reaper-doctor/scenario-compare/1"
@@ -91,12 +89,6 @@ def render_compare_json(runs: Sequence[ScenarioRun]) -> str:
 # Text
 
 
-def _styler(color: bool) -> Callable[..., str]:
-    if color:
-        return click.style
-    return lambda text, **_: text
-
-
 def sparkline(values: Sequence[int | None], width: int = SPARK_WIDTH) -> str:
     """Values as bars, at most `width` wide (each bar the max of its bucket)."""
     clean = [v for v in values if v is not None]
@@ -111,22 +103,28 @@ def sparkline(values: Sequence[int | None], width: int = SPARK_WIDTH) -> str:
     return "".join(BARS[(v - low) * (len(BARS) - 1) // (high - low)] for v in buckets)
 
 
-def _timeline(samples: Sequence[Sample]) -> str:
+def _timeline(samples: Sequence[Sample], width: int = DEFAULT_WIDTH) -> str:
     if not samples:
         return "Timeline: no sample"
-    head = (f"Timeline ({len(samples)} samples over {samples[-1].t_s - samples[0].t_s:.1f} s, "
-            f"every {_interval(samples)})")
-    rows = []
+    head = fill(f"Timeline ({len(samples)} samples over "
+                f"{samples[-1].t_s - samples[0].t_s:.1f} s, every {_interval(samples)})", width,
+                hang="  ")
+    series = []
     for label, name in (("zombies", "zombies"), ("processes", "processes"),
                         ("open fds", "fds"), ("CLOSE_WAIT", "close_wait"),
                         ("accept queue", "accept_queue")):
         values = [getattr(s, name) for s in samples]
         known = [v for v in values if v is not None]
-        if not known:
-            continue
-        rows.append([label, sparkline(values),
-                     f"{known[0]} → {known[-1]}  (peak {max(known)})"])
-    return head + "\n" + tabulate(rows, tablefmt="plain", disable_numparse=True)
+        if known:
+            series.append((label, values, f"{known[0]} → {known[-1]}  (peak {max(known)})"))
+    if not series:
+        return head
+    # The bars take what the labels and the figures leave (8 to SPARK_WIDTH).
+    room = width - 4 - max(len(label) for label, _, _ in series) - max(
+        len(text) for _, _, text in series)
+    bars = max(8, min(SPARK_WIDTH, room))
+    rows = [[label, sparkline(values, bars), text] for label, values, text in series]
+    return head + "\n" + fit_table(rows, (), width, tablefmt="plain")
 
 
 def _interval(samples: Sequence[Sample]) -> str:
@@ -135,89 +133,100 @@ def _interval(samples: Sequence[Sample]) -> str:
     return f"{(samples[-1].t_s - samples[0].t_s) / (len(samples) - 1):.2f} s"
 
 
-def _load_line(run: ScenarioRun) -> str:
+def _load_line(run: ScenarioRun, width: int = DEFAULT_WIDTH) -> str:
     st = run.settings
     if run.load is None:
-        return f"Load: not sent ({st.requests} requests planned)"
+        return fill(f"Load: not sent ({st.requests} requests planned)", width, hang="  ")
     r = run.load
     lat = ("latency p50 "
            f"{r.p50_ms:g} ms, p99 {r.p99_ms:g} ms" if r.p50_ms is not None else "no latency "
            "(no request completed)")
-    return (f"Load: {r.sent} requests, {st.concurrency} at a time, timeout "
-            f"{st.timeout_s:g} s: ok {r.ok} · failed {r.failed} · hung {r.hung} "
-            f"in {r.duration_s:.1f} s ({r.requests_per_s:.1f} req/s); {lat}")
+    return fill(f"Load: {r.sent} requests, {st.concurrency} at a time, timeout "
+                f"{st.timeout_s:g} s: ok {r.ok} · failed {r.failed} · hung {r.hung} "
+                f"in {r.duration_s:.1f} s ({r.requests_per_s:.1f} req/s); {lat}", width,
+                hang="  ")
 
 
-def render_run_text(run: ScenarioRun, *, color: bool = False) -> str:
+def render_run_text(run: ScenarioRun, *, color: bool = False, width: int = DEFAULT_WIDTH) -> str:
     style = _styler(color)
     s = run.scenario
-    parts = [style(f"Scenario {s.name}", bold=True) + f" — {s.reproduces}"]
+    title = f"Scenario {s.name}"
+    parts = [fill(f"{title} — {s.reproduces}", width, hang="  ").replace(
+        title, style(title, bold=True), 1)]
     limit = f", ulimit -n {run.settings.fd_limit}" if run.settings.fd_limit else ""
-    parts[0] += (f"\nserver PID {run.server_pid} on 127.0.0.1:{run.port}{limit}"
-                 f" ({run.script})")
-    parts.append(_load_line(run))
+    parts[0] += "\n" + fill(f"server PID {run.server_pid} on 127.0.0.1:{run.port}{limit}"
+                            f" ({run.script})", width, hang="  ")
+    parts.append(_load_line(run, width))
     if run.load and run.load.errors:
         top = sorted(run.load.errors.items(), key=lambda kv: -kv[1])[:3]
-        parts[-1] += "\n" + "\n".join(f"  {n} × {err}" for err, n in top)
-    parts.append(_timeline(run.timeline))
-    parts.append(_findings(run, style))
-    parts.append(_verdict(run, style))
+        parts[-1] += "\n" + "\n".join(fill(f"{n} × {err}", width, indent="  ", hang="      ")
+                                       for err, n in top)
+    parts.append(_timeline(run.timeline, width))
+    parts.append(_findings(run, style, width))
+    parts.append(_verdict(run, style, width))
     if run.server_errors:
         shown = run.server_errors[:10]
         more = len(run.server_errors) - len(shown)
-        parts.append("Server stderr\n" + "\n".join(f"  {line}" for line in shown)
+        parts.append("Server stderr\n" + "\n".join(fill(line, width, indent="  ", hang="    ")
+                                                    for line in shown)
                      + (f"\n  … {more} more distinct lines" if more > 0 else ""))
-    parts.append(_cleanup(run, style))
+    parts.append(_cleanup(run, style, width))
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def _findings(run: ScenarioRun, style: Callable[..., str]) -> str:
+def _findings(run: ScenarioRun, style: Callable[..., str], width: int = DEFAULT_WIDTH) -> str:
     when = "during the load" if run.scanned == "during-load" else "after the load"
     if run.scan is None:
-        return style(f"Scan: {run.scan_error or 'not run'}", fg="red")
-    head = (f"Scan of PID {run.scan.pid} {when}, "
-            f"{sampling_phrase(run.scan.samples, run.scan.elapsed_s)}")
+        return style(fill(f"Scan: {run.scan_error or 'not run'}", width, hang="  "), fg="red")
+    head = fill(f"Scan of PID {run.scan.pid} {when}, "
+                f"{sampling_phrase(run.scan.samples, run.scan.elapsed_s)}", width, hang="  ")
     if not run.findings:
         return head + "\n" + style("Findings: none", fg="green")
     lines = [head, f"Findings: {len(run.findings)}"]
-    lines += [_finding_line(f, style) for f in run.findings]
+    lines += [_finding_line(f, style, width) for f in run.findings]
     return "\n".join(lines)
 
 
-def _verdict(run: ScenarioRun, style: Callable[..., str]) -> str:
+def _verdict(run: ScenarioRun, style: Callable[..., str], width: int = DEFAULT_WIDTH) -> str:
     s = run.scenario
     expected = " ".join(s.expected) or "none"
     found = " ".join(run.found_codes) or "none"
-    lines = [f"Expected {expected} · found {found}"
-             + (f" (by-products allowed: {' '.join(s.also_allowed)})" if s.also_allowed else "")]
+    lines = [fill(f"Expected {expected} · found {found}"
+                  + (f" (by-products allowed: {' '.join(s.also_allowed)})" if s.also_allowed
+                     else ""), width, hang="  ")]
     if run.missing:
         lines.append(style(f"Missing: {' '.join(run.missing)}", fg="red"))
     if run.unexpected:
         lines.append(style("Unexpected: " + " ".join(sorted({f.code for f in run.unexpected})),
                            fg="red"))
-    lines.append(f"Fix: {s.fix}")
-    codes = [c for c in run.found_codes]
-    if codes:
-        lines.append("Explained: " + ", ".join(f"reaper-doctor explain {c}" for c in codes))
+    lines.append(fill(f"Fix: {s.fix}", width, hang="     "))
+    if run.found_codes:
+        lines.append(explained_line(run.found_codes, width))
     return "\n".join(lines)
 
 
-def _cleanup(run: ScenarioRun, style: Callable[..., str]) -> str:
+def _cleanup(run: ScenarioRun, style: Callable[..., str], width: int = DEFAULT_WIDTH) -> str:
     c = run.cleanup
     if c is None:
         return ""
     left = c.leftover_processes
-    text = (f"Clean-up: killed {c.killed}, reaped {c.reaped}; "
-            + style(f"{left} process{'es' if left != 1 else ''} left over",
-                    fg="green" if left == 0 else "red")
-            + (f" (PIDs {' '.join(map(str, c.leftover_pids[:20]))})" if left else ""))
-    verdict = (style("behaved as expected", fg="green", bold=True) if run.as_expected
-               else style("did NOT behave as expected", fg="red", bold=True)
-               + ": " + "; ".join(run.why_not))
-    return text + f"\nVerdict: {run.scenario.name} {verdict}"
+    over = f"{left} process{'es' if left != 1 else ''} left over"
+    text = fill(f"Clean-up: killed {c.killed}, reaped {c.reaped}; {over}"
+                + (f" (PIDs {' '.join(map(str, c.leftover_pids[:20]))})" if left else ""),
+                width, hang="  ").replace(over, style(over, fg="green" if left == 0 else "red"), 1)
+    if run.as_expected:
+        verdict = f"Verdict: {run.scenario.name} " + style("behaved as expected", fg="green",
+                                                           bold=True)
+    else:
+        verdict = fill(f"Verdict: {run.scenario.name} did NOT behave as expected: "
+                       + "; ".join(run.why_not), width, hang="  ").replace(
+            "did NOT behave as expected", style("did NOT behave as expected", fg="red",
+                                                bold=True), 1)
+    return text + "\n" + verdict
 
 
-def render_compare_text(runs: Sequence[ScenarioRun], *, color: bool = False) -> str:
+def render_compare_text(runs: Sequence[ScenarioRun], *, color: bool = False,
+                        width: int = DEFAULT_WIDTH) -> str:
     style = _styler(color)
     if not runs:
         return "No scenario run.\n"
@@ -239,14 +248,15 @@ def render_compare_text(runs: Sequence[ScenarioRun], *, color: bool = False) -> 
             _num(run.peak("zombies")), _num(run.peak("fds")), findings,
             "yes" if run.as_expected else style("NO", fg="red", bold=True),
         ])
-    table = tabulate(rows, headers=["scenario", "ok", "failed", "hung", "p50 ms", "req/s",
-                                    "peak zombies", "peak fds", "findings", "as expected"],
-                     tablefmt="simple", disable_numparse=True)
-    head = (f"{st.requests} requests per scenario, {st.concurrency} at a time, "
-            f"timeout {st.timeout_s:g} s each; hung = no end of reply within the timeout")
+    table = fit_table(rows, ["scenario", "ok", "failed", "hung", "p50 ms", "req/s",
+                             "peak zombies", "peak fds", "findings", "as expected"], width)
+    head = fill(f"{st.requests} requests per scenario, {st.concurrency} at a time, "
+                f"timeout {st.timeout_s:g} s each; hung = no end of reply within the timeout",
+                width)
     left = sum(r.leftover_processes for r in runs)
     tail = f"Left over after all runs: {left} processes"
-    why = [f"  {run.scenario.name}: {'; '.join(run.why_not)}" for run in runs if run.why_not]
+    why = [fill(f"{run.scenario.name}: {'; '.join(run.why_not)}", width, indent="  ",
+                hang="    ") for run in runs if run.why_not]
     if why:
         tail = style("Not as expected", fg="red", bold=True) + "\n" + "\n".join(why) \
             + "\n\n" + tail
@@ -270,8 +280,7 @@ def render_list_json() -> str:
     return json.dumps(doc, indent=2)
 
 
-def render_list_text() -> str:
+def render_list_text(width: int = DEFAULT_WIDTH) -> str:
     rows = [(s.name, s.reproduces, " ".join(s.expected) or "none")
             for s in SCENARIOS.values()]
-    return tabulate(rows, headers=("scenario", "reproduces", "expected findings"),
-                    maxcolwidths=[None, 60, None])
+    return fit_table(rows, ("scenario", "reproduces", "expected findings"), width)

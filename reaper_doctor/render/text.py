@@ -8,10 +8,9 @@ are counts by kind and the top few, never a line per fd.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable
+from typing import Callable, Iterable
 
 import click
-from tabulate import tabulate
 
 from ..diagnose.coverage import coverage
 from ..diagnose.zombies import PID1_GRACE_S, exit_status_describer
@@ -33,6 +32,7 @@ from .common import (
     OWN_NAMESPACE_NOTE, address_text, children_map, command_line, pid_list, safe,
     sampling_phrase, state_word, zombie_groups,
 )
+from .width import DEFAULT_WIDTH, fill, fit_table, join_fitted
 
 SEVERITY_COLORS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 MAX_LIVE_LINES = 30   # live siblings shown one per line before they are summarised
@@ -41,30 +41,32 @@ MAX_SOCKET_LINES = 5
 MAX_UID_PORTS = 5     # ports of another UID's CLOSE_WAIT sockets named (sock_diag)  # TCP connections of the target shown one per line
 
 
-def render_text(report: Report, *, color: bool = False) -> str:
+def render_text(report: Report, *, color: bool = False, width: int = DEFAULT_WIDTH) -> str:
+    """The report for a terminal `width` columns wide."""
     style = _styler(color)
     if report.machine is not None:
-        return render_census(report, style)
-    return "\n\n".join(render_target(t, style) for t in report.targets) + "\n"
+        return render_census(report, style, width)
+    return "\n\n".join(render_target(t, style, width) for t in report.targets) + "\n"
 
 
 MAX_CENSUS_ROWS = 8
 MAX_CENSUS_FINDINGS = 8
 
 
-def render_census(report: Report, style: Callable[..., str]) -> str:
-    """`scan` with no PID, on one screen: tables capped, findings one line each."""
+def render_census(report: Report, style: Callable[..., str], width: int = DEFAULT_WIDTH) -> str:
+    """`scan` with no PID, on one screen: tables capped, a finding's first clause each."""
     m = report.machine
     assert m is not None
-    head = [style("Machine census", bold=True) + f": {m.processes} processes, {m.tasks} tasks · "
-            + sampling_phrase(m.samples, m.elapsed_s)]
     pids = LimitUsage(m.tasks, m.pid_max, m.pid_max) if m.pid_max else None
     files = LimitUsage(m.files_open, m.file_max, m.file_max) if m.file_max else None
-    head.append(f"PIDs {m.tasks} of {_num(m.pid_max)} (kernel.pid_max{', ' + _pct(pids) if pids else ''})"
-                f" · open files {_num(m.files_open)} of {_num(m.file_max)} "
-                f"(fs.file-max{', ' + _pct(files) if files else ''})")
+    head = [join_fitted([
+        style("Machine census", bold=True) + f": {m.processes} processes, {m.tasks} tasks",
+        sampling_phrase(m.samples, m.elapsed_s)], width), join_fitted([
+        f"PIDs {m.tasks} of {_num(m.pid_max)} (kernel.pid_max{', ' + _pct(pids) if pids else ''})",
+        f"open files {_num(m.files_open)} of {_num(m.file_max)} "
+        f"(fs.file-max{', ' + _pct(files) if files else ''})"], width)]
     if not m.pid_namespace_is_host:
-        head.append(style(OWN_NAMESPACE_NOTE, fg="yellow"))
+        head.append(style(fill(OWN_NAMESPACE_NOTE, width), fg="yellow"))
     parts = ["\n".join(head)]
 
     leaking = [p for p in m.zombie_parents if not p.is_reaper]
@@ -84,41 +86,42 @@ def render_census(report: Report, style: Callable[..., str]) -> str:
             when = ""
         headers = ["parent", "zombies", *(["in both samples"] if persisted else []),
                    "SIGCHLD", "verdict"]
-        parts.append(f"Zombies: {sum(p.zombies for p in leaking)} under {len(leaking)} "
-                     f"parent{'s' if len(leaking) != 1 else ''}{when}\n" + tabulate(
-                         rows, headers=headers, tablefmt="simple", disable_numparse=True) + more)
+        parts.append(fill(f"Zombies: {sum(p.zombies for p in leaking)} under {len(leaking)} "
+                          f"parent{'s' if len(leaking) != 1 else ''}{when}", width, hang="  ")
+                     + "\n" + fit_table(rows, headers, width) + more)
     else:
         parts.append("Zombies: none held by a live parent")
     orphans = [p for p in m.zombie_parents if p.is_reaper]
+    title = "Orphaned zombies (waiting on PID 1 or a subreaper):"
     if orphans:
-        parts.append("Orphaned zombies (waiting on PID 1 or a subreaper): " + ", ".join(
-            f"{p.zombies} on {p.pid} {safe(p.name or '?')}" + (f" ({p.verdict})" if p.verdict else "")
-            for p in orphans[:MAX_CENSUS_ROWS]))
+        parts.append(join_fitted(
+            [f"{p.zombies} on {p.pid} {safe(p.name or '?')}"
+             + (f" ({p.verdict})" if p.verdict else "") for p in orphans[:MAX_CENSUS_ROWS]],
+            width, sep=", ", indent=title + " ", hang="  "))
     else:
-        parts.append("Orphaned zombies (waiting on PID 1 or a subreaper): none")
+        parts.append(fill(f"{title} none", width, hang="  "))
 
     if m.socket_holders:
         rows = [[f"{h.pid} {safe(h.name or '?')}", h.close_wait or "-",
                  ", ".join(f"{q.port}: {q.queue}" + (f" of {q.backlog}" if q.backlog else "")
                            for q in h.listeners) or "-",
                  " ".join(h.verdicts) or "-"] for h in m.socket_holders[:MAX_CENSUS_ROWS]]
-        parts.append(f"Descriptor leaks ({m.netns_read} network namespace"
-                     f"{'s' if m.netns_read != 1 else ''} read)\n" + tabulate(
-                         rows, headers=["process", "CLOSE_WAIT", "accept queue", "verdict"],
-                         tablefmt="simple", disable_numparse=True)
+        parts.append(fill(f"Descriptor leaks ({m.netns_read} network namespace"
+                          f"{'s' if m.netns_read != 1 else ''} read)", width, hang="  ") + "\n"
+                     + fit_table(rows, ["process", "CLOSE_WAIT", "accept queue", "verdict"],
+                                 width)
                      + _more(len(m.socket_holders), "processes"))
     else:
-        parts.append(f"Descriptor leaks: no CLOSE_WAIT socket on a listening port, no accept "
-                     f"queue waiting ({m.netns_read} network namespace"
-                     f"{'s' if m.netns_read != 1 else ''} read)")
+        parts.append(fill(f"Descriptor leaks: no CLOSE_WAIT socket on a listening port, no "
+                          f"accept queue waiting ({m.netns_read} network namespace"
+                          f"{'s' if m.netns_read != 1 else ''} read)", width, hang="  "))
 
     if m.nofile_top:
         rows = [[f"{r.pid} {safe(r.name or '?')}", r.used, r.soft, f"{r.ratio:.0%}"]
                 for r in m.nofile_top]
         note = f" ({m.nofile_unreadable} not readable)" if m.nofile_unreadable else ""
-        parts.append(f"Nearest ulimit -n (top {len(m.nofile_top)}){note}\n" + tabulate(
-            rows, headers=["process", "open fds", "soft limit", "use"], tablefmt="simple",
-            disable_numparse=True))
+        parts.append(f"Nearest ulimit -n (top {len(m.nofile_top)}){note}\n" + fit_table(
+            rows, ["process", "open fds", "soft limit", "use"], width))
 
     if m.uids:
         rows = []
@@ -127,9 +130,9 @@ def render_census(report: Report, style: Callable[..., str]) -> str:
             if u.soft_min is not None and u.soft_min != u.soft:
                 note += f"; lowest {u.soft_min} (PID {u.soft_min_pid})"
             rows.append([u.uid, u.tasks, u.processes, _num(u.soft), note])
-        parts.append("Tasks per UID vs ulimit -u (the most common soft limit of its processes)\n"
-                     + tabulate(rows, headers=["uid", "tasks", "processes", "soft", "use"],
-                                tablefmt="simple", disable_numparse=True)
+        parts.append(fill("Tasks per UID vs ulimit -u (the most common soft limit of its "
+                          "processes)", width, hang="  ") + "\n"
+                     + fit_table(rows, ["uid", "tasks", "processes", "soft", "use"], width)
                      + _more(len(m.uids), "UIDs"))
 
     if m.pids_cgroups:
@@ -137,14 +140,13 @@ def render_census(report: Report, style: Callable[..., str]) -> str:
                  _pct(LimitUsage(c.current, c.max, c.max))
                  + (f" ({c.refusals} forks refused)" if c.refusals else "")]
                 for c in m.pids_cgroups]
-        parts.append("pids cgroups nearest pids.max\n" + tabulate(
-            rows, headers=["cgroup", "tasks", "pids.max", "use"], tablefmt="simple",
-            disable_numparse=True))
+        parts.append("pids cgroups nearest pids.max\n" + fit_table(
+            rows, ["cgroup", "tasks", "pids.max", "use"], width))
     else:
         parts.append("pids cgroups: none has a pids.max")
 
     if m.containers:
-        parts.append(_containers(m))
+        parts.append(_containers(m, width))
 
     findings = [f for t in report.targets for f in t.findings]
     if not findings:
@@ -155,14 +157,15 @@ def render_census(report: Report, style: Callable[..., str]) -> str:
         for f in ranked[:MAX_CENSUS_FINDINGS]:
             sev = style(f.severity.value.upper().ljust(7), fg=SEVERITY_COLORS[f.severity],
                         bold=True)
-            lines.append(f"  {sev} {f.code} {f.slug} (PID {f.pid}) {_short(f)}")
+            lines.append(fill(f"{f.code} {f.slug} (PID {f.pid}) {_short(f)}", width,
+                              indent="  " + " " * 8, hang=" " * 10).replace(" " * 10, f"  {sev} ", 1))
         if len(ranked) > MAX_CENSUS_FINDINGS:
             lines.append(f"  … {len(ranked) - MAX_CENSUS_FINDINGS} more (--json lists them all)")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
 
-def _containers(m: MachineCensus) -> str:
+def _containers(m: MachineCensus, width: int) -> str:
     """Each PID namespace below ours, and each known container, with its PID 1."""
     rows = []
     for r in m.containers[:MAX_CENSUS_ROWS]:
@@ -176,10 +179,9 @@ def _containers(m: MachineCensus) -> str:
         rows.append([c.short_id if c else "-", c.runtime if c else "-", init, r.processes,
                      r.zombies, " ".join(r.verdict) or "ok"])
     title = f"Containers and PID namespaces: {len(m.containers)}"
-    return title + "\n" + tabulate(
-        rows, headers=["container", "runtime", "PID 1 (host PID, command)", "processes",
-                       "zombies", "verdict"], tablefmt="simple", disable_numparse=True
-    ) + _more(len(m.containers), "namespaces")
+    return title + "\n" + fit_table(
+        rows, ["container", "runtime", "PID 1 (host PID, command)", "processes", "zombies",
+               "verdict"], width, disable_numparse=True) + _more(len(m.containers), "namespaces")
 
 
 def _more(total: int, what: str) -> str:
@@ -188,8 +190,7 @@ def _more(total: int, what: str) -> str:
 
 def _short(f: Finding) -> str:
     """The first clause of a finding's message: the numbers, not the lesson."""
-    text = safe(f.message).split(";")[0].split(": ")[0]
-    return text if len(text) <= 90 else text[:89] + "…"
+    return safe(f.message).split(";")[0].split(": ")[0]
 
 
 def _styler(color: bool) -> Callable[..., str]:
@@ -198,21 +199,26 @@ def _styler(color: bool) -> Callable[..., str]:
     return lambda text, **_: text
 
 
-def render_target(t: TargetReport, style: Callable[..., str]) -> str:
+def render_target(t: TargetReport, style: Callable[..., str], width: int = DEFAULT_WIDTH) -> str:
     snap = t.snapshot
     me = snap.processes[t.pid]
-    parts = [_headline(t, me, style), _tree(snap), _zombies(snap), _descriptors(snap),
-             _fd_list(snap), _limits(snap), _findings(t, style), _unreadable(snap)]
+    parts = [_headline(t, me, style, width), _tree(snap, width), _zombies(snap, width),
+             _descriptors(snap, width), _fd_list(snap, width), _limits(snap, width),
+             _findings(t, style, width), _unreadable(snap, width)]
     return "\n\n".join(p for p in parts if p)
 
 
-def _headline(t: TargetReport, me: ProcessInfo, style: Callable[..., str]) -> str:
+def _headline(t: TargetReport, me: ProcessInfo, style: Callable[..., str], width: int) -> str:
     facts = [state_word(me), f"uid {me.uid}" if me.uid is not None else "uid ?"]
     if me.is_kernel_thread:
         facts.insert(0, "kernel thread")
     if me.age_s is not None:
         facts.append(f"up {_duration(me.age_s)}")
-    line = style(f"PID {me.pid}", bold=True) + f"  {command_line(me, 80)}  ({', '.join(facts)})"
+    about = f"({', '.join(facts)})"
+    # The command line gets what the PID and the facts leave of the line.
+    room = max(20, width - len(f"PID {me.pid}    {about}"))
+    line = join_fitted([style(f"PID {me.pid}", bold=True), command_line(me, room), about],
+                       width, sep="  ", hang="  ")
     sampling = sampling_phrase(t.samples, t.elapsed_s)
     if t.samples > 1 and t.pid1_wait:
         sampling += f" (--grace {t.grace_s:g}; zombies of PID 1 get {PID1_GRACE_S:g} s)"
@@ -220,7 +226,8 @@ def _headline(t: TargetReport, me: ProcessInfo, style: Callable[..., str]) -> st
     if t.gone:
         extra.append(style("the process exited during the scan", fg="yellow"))
     where = _place(me)
-    return line + "\n" + " · ".join(extra) + (f"\n{where}" if where else "")
+    return line + "\n" + join_fitted(extra, width, hang="  ") + (
+        "\n" + fill(where, width) if where else "")
 
 
 def _place(info: ProcessInfo) -> str | None:
@@ -252,10 +259,11 @@ def _node_label(info: ProcessInfo) -> str:
     return " ".join(bits)
 
 
-def _tree(snap: Snapshot) -> str:
+def _tree(snap: Snapshot, width: int = DEFAULT_WIDTH) -> str:
     kids = children_map(snap)
     describe = exit_status_describer()
-    lines = ["Process tree", _node_label(snap.processes[snap.target])]
+    lines = ["Process tree", _tree_line(_node_label(snap.processes[snap.target]), "",
+                                        "│  " if kids.get(snap.target) else "   ", width)]
 
     # Depth first with a stack of row iterators, not a call per level: a
     # chain of forks can be thousands of processes deep.
@@ -267,11 +275,23 @@ def _tree(snap: Snapshot) -> str:
             stack.pop()
             continue
         label, child, last = row
-        lines.append(prefix + ("└─ " if last else "├─ ") + label)
+        below = "   " if last else "│  "
+        has_kids = child is not None and bool(kids.get(child.pid))
+        lines.append(_tree_line(label, prefix + ("└─ " if last else "├─ "),
+                                prefix + below + ("│  " if has_kids else "   "), width))
         if child is not None:
             stack.append((iter(_rows_with_last(child.pid, kids, describe)),
                           prefix + ("   " if last else "│  ")))
     return "\n".join(lines)
+
+
+def _tree_line(label: str, lead: str, hang: str, width: int) -> str:
+    """A node of the tree, wrapped under itself when long. A tree too deep
+    to leave room for the label is drawn unwrapped (its prefix alone may be
+    wider than the terminal)."""
+    if len(lead) + len(label) <= width or width - len(hang) < 20:
+        return lead + label
+    return fill(label, width, indent=lead, hang=hang)
 
 
 def _rows_with_last(pid: int, kids: dict[int, list[ProcessInfo]],
@@ -316,7 +336,7 @@ def _collapsed_children(children: list[ProcessInfo], kids: dict[int, list[Proces
     return rows
 
 
-def _zombies(snap: Snapshot) -> str:
+def _zombies(snap: Snapshot, width: int = DEFAULT_WIDTH) -> str:
     groups = zombie_groups(snap)
     if not groups:
         return "Zombies: none"
@@ -326,15 +346,15 @@ def _zombies(snap: Snapshot) -> str:
         rows.append([f"{g.ppid} {safe(g.parent_name or '?')}", g.count, statuses,
                      g.sigchld or "unknown"])
     total = sum(g.count for g in groups)
-    return f"Zombies: {total}\n" + tabulate(
-        rows, headers=["parent", "zombies", "exit statuses", "parent's SIGCHLD"],
-        tablefmt="simple")
+    return f"Zombies: {total}\n" + fit_table(
+        rows, ["parent", "zombies", "exit statuses", "parent's SIGCHLD"], width,
+        disable_numparse=False)
 
 
-def _descriptors(snap: Snapshot) -> str:
+def _descriptors(snap: Snapshot, width: int = DEFAULT_WIDTH) -> str:
     if not snap.fds:
         return ""
-    lines = ["Descriptors"]
+    lines = []
     ordered = sorted(snap.fds.items(), key=lambda kv: (kv[0] != snap.target, -kv[1].open))
     shown = ordered[:8]
     for pid, fds in shown:
@@ -360,10 +380,10 @@ def _descriptors(snap: Snapshot) -> str:
         if len(conns) > MAX_SOCKET_LINES:
             lines.append(f"  … {len(conns) - MAX_SOCKET_LINES} more TCP connections "
                          "(all of them: scan --list-fds)")
-    return "\n".join(lines)
+    return "\n".join(["Descriptors", *(fill(line, width, hang="      ") for line in lines)])
 
 
-def _fd_list(snap: Snapshot) -> str:
+def _fd_list(snap: Snapshot, width: int = DEFAULT_WIDTH) -> str:
     """`scan --list-fds`: every descriptor of every process that has one, the
     target first, a line each; a socket with what its table says of it."""
     tables = sorted(((pid, fds) for pid, fds in snap.fds.items() if fds.listed),
@@ -375,7 +395,7 @@ def _fd_list(snap: Snapshot) -> str:
         info = snap.processes.get(pid)
         lines.append(f"  {pid} {safe(info.name) if info else '?'}: "
                      f"{len(fds.listed)} descriptor{'s' if len(fds.listed) != 1 else ''}")
-        width = len(str(fds.listed[-1][0]))
+        digits = len(str(fds.listed[-1][0]))
         inet = {s.fd: s for s in fds.sockets}
         closed = {fd for fd, _ in fds.closed_tcp}
         unlisted = {fd for fd, _ in fds.unlisted_socket_fds}
@@ -390,17 +410,19 @@ def _fd_list(snap: Snapshot) -> str:
                 text += " TCP shut down but open (in no socket table)"
             elif fd in unlisted:
                 text += " (in no socket table)"
-            lines.append(f"    {fd:>{width}}  {text}")
+            lines.append(fill(f"{fd:>{digits}}  {text}", width, indent="    ",
+                              hang=" " * (digits + 6)))
     return "\n".join(lines)
 
 
 def _fd_summary(fds: FdTable) -> str:
-    kinds = " · ".join(f"{kind} {n}" for kind, n in
+    # No-break spaces keep "tcp 9" on one line when the summary wraps.
+    kinds = " · ".join(f"{kind}\xa0{n}" for kind, n in
                        sorted(fds.by_kind.items(), key=lambda kv: (-kv[1], kv[0])))
     text = f"{fds.open} open" + (f" — {kinds}" if kinds else "")
     states = Counter(s.state for s in fds.sockets if s.proto.startswith("tcp"))
     if states:
-        text += "; TCP " + ", ".join(f"{st} {n}" for st, n in states.most_common())
+        text += "; TCP\xa0" + ", ".join(f"{st}\xa0{n}" for st, n in states.most_common())
     if fds.unlisted_socket_fds:
         text += f"; {len(fds.unlisted_socket_fds)} sockets in no socket table"
         if fds.closed_tcp:
@@ -416,7 +438,7 @@ def _num(value: int | None) -> str:
     return "unlimited" if value is None else str(value)
 
 
-def _limits(snap: Snapshot) -> str:
+def _limits(snap: Snapshot, width: int = DEFAULT_WIDTH) -> str:
     rows: list[list[object]] = []
     nofile = snap.nofile.get(snap.target)
     if nofile:
@@ -445,15 +467,15 @@ def _limits(snap: Snapshot) -> str:
                          "no limit", "", ""])
     if snap.pid_max:
         usage = LimitUsage(snap.pids_in_use, snap.pid_max, snap.pid_max)
-        rows.append(["PIDs on the machine (pid_max)", _num(snap.pids_in_use), snap.pid_max, "",
+        rows.append(["PIDs in use (pid_max)", _num(snap.pids_in_use), snap.pid_max, "",
                      _pct(usage)])
     if not rows:
         return ""
-    return "Limits\n" + tabulate(rows, headers=["", "used", "soft", "hard", "use"],
-                                 tablefmt="simple", disable_numparse=True)
+    # The row names stay whole; the notes in "use" wrap.
+    return "Limits\n" + fit_table(rows, ["", "used", "soft", "hard", "use"], width, last=[0])
 
 
-def _findings(t: TargetReport, style: Callable[..., str]) -> str:
+def _findings(t: TargetReport, style: Callable[..., str], width: int = DEFAULT_WIDTH) -> str:
     if t.gone and not t.findings:
         return "Findings: none (the process exited before a second sample)"
     gaps = coverage(t.snapshot)
@@ -465,36 +487,47 @@ def _findings(t: TargetReport, style: Callable[..., str]) -> str:
                        bold=True)]
     else:
         lines = [f"Findings: {len(t.findings)}"]
-        lines += [_finding_line(f, style) for f in t.findings]
-        codes = sorted({f.code for f in t.findings})
-        lines.append("Explained: " + ", ".join(f"reaper-doctor explain {c}" for c in codes))
+        lines += [_finding_line(f, style, width) for f in t.findings]
+        lines.append(explained_line(sorted({f.code for f in t.findings}), width))
     if gaps is not None:
-        lines.append(style("Incomplete:", fg="yellow", bold=True) + " could not read "
-                     + "; ".join(gaps.missing) + f", so {' '.join(gaps.unchecked)} went "
-                     f"unchecked; {gaps.to_complete}")
+        lines.append(fill("Incomplete: could not read " + "; ".join(gaps.missing)
+                          + f", so {' '.join(gaps.unchecked)} went unchecked; "
+                          + gaps.to_complete, width, hang="  ").replace(
+            "Incomplete:", style("Incomplete:", fg="yellow", bold=True), 1))
     waiting = sorted(t.snapshot.close_wait_of_uid.items(), key=lambda kv: (-kv[1], kv[0]))
     if waiting:
         uid = t.snapshot.processes[t.pid].uid
         ports = ", ".join(f"{n} on port {port}" for port, n in waiting[:MAX_UID_PORTS])
         more = f" and {len(waiting) - MAX_UID_PORTS} more ports" if len(waiting) > \
             MAX_UID_PORTS else ""
-        lines.append(f"sock_diag (open to any user) shows sockets of UID {uid} in CLOSE_WAIT "
-                     f"on ports where UID {uid} listens: {ports}{more}; some may be this "
-                     "process's (RD201), which its descriptors would tell")
+        lines.append(fill(f"sock_diag (open to any user) shows sockets of UID {uid} in "
+                          f"CLOSE_WAIT on ports where UID {uid} listens: {ports}{more}; some "
+                          "may be this process's (RD201), which its descriptors would tell",
+                          width, hang="  "))
     return "\n".join(lines)
 
 
-def _finding_line(f: Finding, style: Callable[..., str]) -> str:
+def explained_line(codes: Iterable[str], width: int = DEFAULT_WIDTH) -> str:
+    """"Explained: reaper-doctor explain RD101, ..." wrapped under itself."""
+    return join_fitted([f"reaper-doctor explain {c}" for c in codes], width, sep=", ",
+                       indent="Explained: ", hang=" " * 11)
+
+
+def _finding_line(f: Finding, style: Callable[..., str], width: int = DEFAULT_WIDTH) -> str:
+    """A finding: its severity, code, slug and PID, then the message wrapped
+    with a hanging indent."""
     sev = style(f.severity.value.upper().ljust(7), fg=SEVERITY_COLORS[f.severity], bold=True)
-    return f"  {sev} {f.code} {f.slug} (PID {f.pid})\n          {safe(f.message)}"
+    return f"  {sev} {f.code} {f.slug} (PID {f.pid})\n" + fill(safe(f.message), width,
+                                                              indent=" " * 10)
 
 
-def _unreadable(snap: Snapshot) -> str:
+def _unreadable(snap: Snapshot, width: int = DEFAULT_WIDTH) -> str:
     if not snap.unreadable:
         return ""
     lines = ["Could not read"]
     for u in snap.unreadable[:10]:
-        lines.append(f"  PID {u.pid} {u.field}: {safe(u.reason)}")
+        lines.append(fill(f"PID {u.pid} {u.field}: {safe(u.reason)}", width, indent="  ",
+                          hang="    "))
     if len(snap.unreadable) > 10:
         lines.append(f"  … and {len(snap.unreadable) - 10} more")
     return "\n".join(lines)

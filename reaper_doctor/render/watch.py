@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from tabulate import tabulate
-
 from ..model import WATCH_SERIES, WatchLimits, WatchReport, WatchSample
 from .common import safe
 from .json import finding_document
+from .width import DEFAULT_WIDTH, fill, fit_table, widest_line
 
 SCHEMA = "reaper-doctor/watch/1"
 CSV_COLUMNS = ("t_s", *WATCH_SERIES)
@@ -18,19 +17,29 @@ SPARK_WIDTH = 40
 LIMIT_OF = {"fds": "nofile", "tasks": "nproc", "pids_cgroup": "pids_cgroup"}
 
 
-def header_line(pid: int, name: str, interval_s: float, duration_s: float | None) -> str:
+def header_line(pid: int, name: str, interval_s: float, duration_s: float | None,
+                width: int = DEFAULT_WIDTH) -> str:
     how_long = f"for {duration_s:g} s" if duration_s is not None else "until Ctrl-C"
-    return (f"Watching PID {pid} ({safe(name)}) every {interval_s:g} s {how_long}; "
-            "Ctrl-C ends with a summary")
+    return fill(f"Watching PID {pid} ({safe(name)}) every {interval_s:g} s {how_long}; "
+                "Ctrl-C ends with a summary", width, hang="  ")
+
+
+# The sample lines are a table printed as it grows: a header once, then a
+# row per sample, each column as wide as its name (at least 6): 59 columns.
+_COLUMN_WIDTHS = {name: max(6, len(name)) for name in WATCH_SERIES}
+
+
+def sample_header() -> str:
+    """The line above the sample lines: what each column is."""
+    return "         t" + "".join(f"  {name:>{w}}" for name, w in _COLUMN_WIDTHS.items())
 
 
 def sample_line(s: WatchSample) -> str:
     def v(x: int | None) -> str:
         return "?" if x is None else str(x)
 
-    return (f"{s.t_s:8.1f} s  zombies {v(s.zombies):>5}  fds {v(s.fds):>6}  "
-            f"close_wait {v(s.close_wait):>5}  tasks {v(s.tasks):>6}  "
-            f"pids_cgroup {v(s.pids_cgroup):>6}")
+    return f"{s.t_s:8.1f} s" + "".join(f"  {v(getattr(s, name)):>{w}}"
+                                       for name, w in _COLUMN_WIDTHS.items())
 
 
 def sparkline(values: Sequence[float], width: int = SPARK_WIDTH) -> str:
@@ -66,6 +75,13 @@ def _limit_text(name: str, limits: WatchLimits) -> str:
     return ""
 
 
+def _range(values: Sequence[int]) -> str:
+    if not values:
+        return "?"
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}–{high}"
+
+
 def _num(value: int | None) -> str:
     return "unlimited" if value is None else str(value)
 
@@ -83,7 +99,7 @@ def _eta_text(seconds: float | None) -> str:
     return f"{seconds / 86400:.0f} d"
 
 
-def summary_text(report: WatchReport, *, color: bool = False) -> str:
+def summary_text(report: WatchReport, *, color: bool = False, width: int = DEFAULT_WIDTH) -> str:
     from .text import _finding_line, _styler
 
     style = _styler(color)
@@ -104,17 +120,22 @@ def summary_text(report: WatchReport, *, color: bool = False) -> str:
         limit = LIMIT_OF.get(name)
         rows.append([name,
                      values[0] if values else "?", values[-1] if values else "?",
-                     min(values) if values else "?", max(values) if values else "?",
+                     _range(values),
                      "—" if rate is None else f"{rate:+.1f}",
                      _limit_text(name, report.limits) if limit else "",
-                     _eta_text(report.eta_s.get(limit)) if limit else "",
-                     sparkline([float(v) for v in values])])
-    lines.append(tabulate(rows, headers=["series", "first", "last", "min", "max", "per min",
-                                         "limit", "time left", "trend"],
-                          tablefmt="simple", disable_numparse=True))
+                     _eta_text(report.eta_s.get(limit)) if limit else ""])
+    headers = ["series", "first", "last", "range", "/min", "limit", "left"]
+    # The trend takes what the other columns leave of the line (8 to SPARK_WIDTH).
+    spark_width = max(8, min(SPARK_WIDTH, width - 2 - widest_line(
+        fit_table(rows, headers, width - 10, last=[5]))))
+    for row, name in zip(rows, WATCH_SERIES):
+        row.append(sparkline([float(v) for v in _series(report, name)], spark_width))
+    lines.append(fit_table(rows, [*headers, "trend"], width, last=[5]))
+    lines.append(fill("range: min–max; /min: growth per minute; left: time until the limit "
+                      "at that rate", width))
     if report.findings:
         lines.append(f"Findings: {len(report.findings)}")
-        lines.extend(_finding_line(f, style) for f in report.findings)
+        lines.extend(_finding_line(f, style, width) for f in report.findings)
     else:
         lines.append(style("Findings: none", fg="green") +
                      f" — no steady growth over {span:.1f} s")
@@ -147,5 +168,5 @@ def csv_row(s: WatchSample) -> list[object]:
                               for k in WATCH_SERIES)]
 
 
-__all__ = ["header_line", "sample_line", "sparkline", "summary_text", "render_watch_json",
+__all__ = ["header_line", "sample_header", "sample_line", "sparkline", "summary_text", "render_watch_json",
            "watch_document", "csv_row", "CSV_COLUMNS"]

@@ -137,20 +137,15 @@ def deferred_signals(signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -
     cut short by a second Ctrl-C), then deliver the first one that came to
     the handler that was in place. Only the main thread can set handlers;
     elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     received: list[int] = []
 
     def hold(signum: int, frame: object) -> None:
         received.append(signum)
 
-    old = {s: signal.signal(s, hold) for s in signums}
     try:
-        yield
+        with _handled_by(signums, hold):
+            yield
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
         if received:
             signal.raise_signal(received[0])
 
@@ -167,19 +162,27 @@ def signals_unwind(signums: Sequence[int] = (signal.SIGTERM,),
     thread: the stack unwinds like Ctrl-C and every `finally` runs, which a
     default SIGTERM would skip. Only the main thread can set handlers;
     elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
     def unwind(signum: int, frame: object) -> None:
         raise error(signum)
 
-    old = {s: signal.signal(s, unwind) for s in signums}
+    with _handled_by(signums, unwind):
+        yield
+
+
+@contextmanager
+def _handled_by(signums: Sequence[int], handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """`handler` for each of `signums` while the body runs, the previous
+    handlers after. Only the main thread can set handlers; elsewhere this
+    does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, handler) for s in signums}
     try:
         yield
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        for s, previous in old.items():
+            signal.signal(s, previous)
 
 
 def lower_nofile(limit: int) -> Callable[[], None]:
