@@ -22,7 +22,9 @@ import pytest
 from helpers import reap_adopted, run_cli, run_json, wait_until, zombie_children
 
 IMAGE = "localhost/reaper-doctor-test:busybox"
-RUN = ["--runtime", "runc", "--network", "none",
+# No pids limit: the census would list the container's pids cgroup, and
+# other tests, running meanwhile, read the census.
+RUN = ["--runtime", "runc", "--network", "none", "--pids-limit", "-1",
        "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 
 pytestmark = [
