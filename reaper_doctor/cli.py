@@ -1,4 +1,7 @@
-"""The command line: parse, call, echo, exit. No logic lives here.
+"""The command line: parse, call commands/, echo what render/ returns, exit.
+
+What else is here belongs to the command line itself: the parameter types,
+the one-line errors, progress bars, writing --textfile atomically.
 
 Only click is imported at module level: `reaper-doctor --version` and
 `--help` must not pay for psutil or tabulate. Each command

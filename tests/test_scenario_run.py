@@ -301,7 +301,7 @@ def test_sparkline() -> None:
 
 def test_compare_text_table_from_hand_built_runs() -> None:
     from reaper_doctor.model.load import LoadResult
-    from reaper_doctor.model.scenario import RunSettings, Sample, ScenarioRun, Teardown
+    from reaper_doctor.model.scenario import RunSettings, TimelinePoint, ScenarioRun, Teardown
     from reaper_doctor.render.scenario import render_compare_text
 
     settings = RunSettings(requests=10, concurrency=2, timeout_s=1.0)
@@ -310,7 +310,7 @@ def test_compare_text_table_from_hand_built_runs() -> None:
         run = ScenarioRun(scenario=SCENARIOS[name], settings=settings, server_pid=1, port=1)
         run.load = LoadResult(sent=10, ok=ok, failed=0, hung=hung, p50_ms=12.5, p99_ms=20.0,
                               duration_s=2.0)
-        run.timeline = [Sample(0.0, 1, zombies, 4, 0, 0), Sample(0.25, 1, zombies, 9, 0, 3)]
+        run.timeline = [TimelinePoint(0.0, 1, zombies, 4, 0, 0), TimelinePoint(0.25, 1, zombies, 9, 0, 3)]
         run.cleanup = Teardown()
         runs.append(run)
     text = render_compare_text(runs, width=140)

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from ..model.scenario import Sample
+from ..model.scenario import TimelinePoint
 from ..parse import netlink
 from .fds import count_fds
 from .proc import ProcessGone
@@ -50,7 +50,7 @@ class Sampler:
         self.port = port
         self.started_at = started_at
         self.interval_s = interval_s
-        self.samples: list[Sample] = []
+        self.samples: list[TimelinePoint] = []
         self.seen: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -70,7 +70,7 @@ class Sampler:
             if not any(st.pid == self.pid and st.state != "Z" for st in members):
                 return  # the server has exited
             close_wait, queued = socket_counts(self.pid, self.port)
-            sample = Sample(t_s=time.monotonic() - self.started_at,
+            sample = TimelinePoint(t_s=time.monotonic() - self.started_at,
                             processes=sum(1 for st in members if st.state != "Z"),
                             zombies=sum(1 for st in members if st.state == "Z"),
                             fds=fd_count(self.pid), close_wait=close_wait,
@@ -88,6 +88,6 @@ class Sampler:
             self.snapshot_now()
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
 
-    def timeline(self) -> list[Sample]:
+    def timeline(self) -> list[TimelinePoint]:
         with self._lock:
             return list(self.samples)

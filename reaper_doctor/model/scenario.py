@@ -23,7 +23,7 @@ SETTLE_TIMEOUT_S = 3.0        # after the load: children finish, tick-synchronis
 
 
 @dataclass(frozen=True)
-class Sample:
+class TimelinePoint:
     """One point of the timeline: the server's tree at `t_s` seconds after it started."""
 
     t_s: float
@@ -76,7 +76,7 @@ class ScenarioRun:
     scan: TargetReport | None = None
     scanned: str = "after-load"               # or "during-load"
     scan_error: str | None = None             # e.g. the server exited before the scan
-    timeline: list[Sample] = field(default_factory=list)
+    timeline: list[TimelinePoint] = field(default_factory=list)
     server_errors: list[str] = field(default_factory=list)
     server_exit: int | None = None            # its exit status if it ended by itself
     cleanup: Teardown | None = None

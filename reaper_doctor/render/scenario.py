@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..model.scenario import SCENARIOS, Sample, ScenarioRun
+from ..model.scenario import SCENARIOS, ScenarioRun, TimelinePoint
 from .common import sampling_phrase
 from .json import finding_document, target_document
 from .text import SEVERITY_COLORS, _finding_line, _styler, explained_line
@@ -103,7 +103,7 @@ def sparkline(values: Sequence[int | None], width: int = SPARK_WIDTH) -> str:
     return "".join(BARS[(v - low) * (len(BARS) - 1) // (high - low)] for v in buckets)
 
 
-def _timeline(samples: Sequence[Sample], width: int = DEFAULT_WIDTH) -> str:
+def _timeline(samples: Sequence[TimelinePoint], width: int = DEFAULT_WIDTH) -> str:
     if not samples:
         return "Timeline: no sample"
     head = fill(f"Timeline ({len(samples)} samples over "
@@ -127,7 +127,7 @@ def _timeline(samples: Sequence[Sample], width: int = DEFAULT_WIDTH) -> str:
     return head + "\n" + fit_table(rows, (), width, tablefmt="plain")
 
 
-def _interval(samples: Sequence[Sample]) -> str:
+def _interval(samples: Sequence[TimelinePoint]) -> str:
     if len(samples) < 2:
         return "-"
     return f"{(samples[-1].t_s - samples[0].t_s) / (len(samples) - 1):.2f} s"
