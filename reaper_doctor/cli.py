@@ -616,7 +616,8 @@ def trace(pid: int, duration: float | None, interval: float, signum: int, grace:
     except TracefsError as e:
         die(str(e))
     click.echo(trace_render.render_json(result) if as_json
-               else trace_render.render_text(result, color=use_color(no_color)))
+               else trace_render.render_text(result, color=use_color(no_color),
+                                             width=terminal_width()))
     sys.exit(exit_code(trace_findings(result)))
 
 

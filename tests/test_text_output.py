@@ -258,3 +258,40 @@ def test_join_fitted_and_fill_keep_to_the_width():
         "holds 3 sockets of", "PID 1234 on port 8080"]
     path = "/a/very/long/path/" + "x" * 60
     assert fill(f"top files: {path} ×2", 40).splitlines() == ["top files:", path, "×2"]
+
+
+# Catches SIGCHLD and reaps one child per handler run; after "go" on stdin
+# forks a burst of children that exit at once.
+WAIT_ONCE = r"""
+import os, signal, sys, time
+signal.signal(signal.SIGCHLD, lambda *a: os.wait())
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(40):
+    if os.fork() == 0:
+        os._exit(0)
+time.sleep(60)
+"""
+
+
+def test_trace_and_lesson_trace_fit(spawner, trace_env, tracefs_root):
+    import subprocess
+
+    env = {**trace_env, "COLUMNS": "64"}   # the interval lines are 63 wide
+    proc = spawner.python(WAIT_ONCE, stdin=subprocess.PIPE)
+    tracer = subprocess.Popen([*cli_argv(), "trace", str(proc.pid), "--duration", "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert tracer.stderr is not None
+        tracer.stderr.readline()            # "tracing SIGCHLD of PID ..." once attached
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, _ = tracer.communicate(timeout=60)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+    assert "verdict: " in out and too_wide(out, 64) == [], out
+    lesson = run_cli("lesson", "coalescing", "-n", "16", "-t", "1", "--trace", env=env)
+    assert lesson.returncode == 0, lesson.stderr
+    assert "merged" in lesson.stdout and too_wide(lesson.stdout, 64) == []

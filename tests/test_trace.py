@@ -389,7 +389,7 @@ def test_zombies_left_is_one_number_or_labelled():
     assert "107 zombies left for 1 s or more (137 in all)" in verdict, verdict
     (rd102,) = trace_findings(r)
     assert "107 zombies left for 1 s or more (137 in all)" in rd102.message
-    text = render_text(r)
+    text = render_text(r, width=120)
     row = next(line for line in text.splitlines() if line.startswith("zombies left"))
     assert "137" in row and "107 of them for 1 s or more" in row, row
     assert "\x1b[" not in text and "\x1b[" in render_text(r, color=True)

@@ -14,9 +14,9 @@ from . import proc
 from .proc import read_text
 
 if TYPE_CHECKING:
-    from .process import _Context
+    from .process import SampleContext
 
-def _cgroup_file_int(path: str) -> int | None:
+def read_cgroup_int(path: str) -> int | None:
     try:
         text = read_text(path).strip()
     except OSError:
@@ -43,7 +43,7 @@ def _fullness(cg: PidsCgroup) -> float:
     return (cg.current or 0) / cg.max if cg.max > 0 else math.inf
 
 
-def pids_cgroup(pid: int, ctx: _Context) -> PidsCgroup | None:
+def pids_cgroup(pid: int, ctx: SampleContext) -> PidsCgroup | None:
     """The pids cgroup (v1 or v2) of `pid`, walking up to the mount root:
     the ancestor nearest its limit wins, as a limit anywhere above applies.
     A missing pids.max (the root cgroup) means no limit."""
@@ -66,8 +66,8 @@ def pids_cgroup(pid: int, ctx: _Context) -> PidsCgroup | None:
     best: PidsCgroup | None = None
     walk, mount_root = directory, directory
     while True:
-        limit = _cgroup_file_int(f"{walk}/pids.max")
-        current = _cgroup_file_int(f"{walk}/pids.current")
+        limit = read_cgroup_int(f"{walk}/pids.max")
+        current = read_cgroup_int(f"{walk}/pids.current")
         if limit is not None and current is not None:
             candidate = PidsCgroup(path=walk, current=current, max=limit,
                                    refusals=_pids_refusals(walk))
@@ -80,7 +80,7 @@ def pids_cgroup(pid: int, ctx: _Context) -> PidsCgroup | None:
             break
         walk = parent
     if best is None:
-        current = _cgroup_file_int(f"{mount_root}/pids.current")
+        current = read_cgroup_int(f"{mount_root}/pids.current")
         return PidsCgroup(path=mount_root, current=current, max=None)
     return best
 
@@ -124,8 +124,8 @@ def pids_cgroups_with_limits() -> list[PidsCgroup]:
     for dirpath, _dirs, files in os.walk(mount.mount_point):
         if "pids.max" not in files:
             continue
-        limit = _cgroup_file_int(f"{dirpath}/pids.max")
-        current = _cgroup_file_int(f"{dirpath}/pids.current")
+        limit = read_cgroup_int(f"{dirpath}/pids.max")
+        current = read_cgroup_int(f"{dirpath}/pids.current")
         if limit is not None and current is not None:
             found.append(PidsCgroup(path=dirpath, current=current, max=limit,
                                     refusals=_pids_refusals(dirpath)))

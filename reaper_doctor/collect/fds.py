@@ -17,11 +17,11 @@ from ..model import FdCounts, FdDetail, FdTable, SocketFd
 from ..parse import procfs
 from . import proc
 from .proc import ProcessGone, check_gone, map_io, read_text
-from .process import _new_context
-from .sockets import _backlogs, _netns_key, _read_socket_table_ahead, _socket_table
+from .process import new_context
+from .sockets import listen_backlogs, netns_key, read_socket_table_ahead, socket_table
 
 if TYPE_CHECKING:
-    from .process import _Context
+    from .process import SampleContext
 
 def _path_kind(fd_path: str) -> str:
     try:
@@ -65,7 +65,7 @@ def _readlinks(dir_fd: int, names: Sequence[str]) -> list[str | OSError]:
     return map_io(one, names)
 
 
-def read_fds(pid: int, ctx: _Context) -> FdTable | None:
+def read_fds(pid: int, ctx: SampleContext) -> FdTable | None:
     """Every descriptor of `pid` by kind: one readlink per fd (about 5 us each)."""
     fd_dir = f"{proc.ROOT}/{pid}/fd"
     try:
@@ -80,8 +80,8 @@ def read_fds(pid: int, ctx: _Context) -> FdTable | None:
         os.close(dir_fd)
 
 
-def _read_fd_dir(pid: int, dir_fd: int, fd_dir: str, ctx: _Context) -> FdTable | None:
-    _read_socket_table_ahead(pid, dir_fd, ctx)
+def _read_fd_dir(pid: int, dir_fd: int, fd_dir: str, ctx: SampleContext) -> FdTable | None:
+    read_socket_table_ahead(pid, dir_fd, ctx)
     try:
         names = os.listdir(dir_fd)
     except OSError as e:
@@ -120,14 +120,14 @@ def _read_fd_dir(pid: int, dir_fd: int, fd_dir: str, ctx: _Context) -> FdTable |
             paths[link] += 1
         kinds[kind] += 1
     if socket_fds:
-        table, unix = _socket_table(pid, ctx)
+        table, unix = socket_table(pid, ctx)
         for (fd, inode), row in zip(socket_fds, table.rows(inode for _, inode in socket_fds)):
             if row is not None:
                 kind = row.proto.rstrip("6")
                 backlog = None
                 if row.state == "LISTEN" and row.rx_queue:
-                    backlog = _backlogs(ctx).get(inode)
-                    peers = ctx.unaccepted.get(_netns_key(pid), {}).get(row.local[1], ())
+                    backlog = listen_backlogs(ctx).get(inode)
+                    peers = ctx.unaccepted.get(netns_key(pid), {}).get(row.local[1], ())
                     ctx.queue_peers[inode] = frozenset(peers)
                 sockets.append(SocketFd(fd, inode, row.proto, row.local, row.remote,
                                         row.state, row.rx_queue, row.tx_queue, backlog))
@@ -211,7 +211,7 @@ def describe_fds(pid: int, fds: Iterable[int]) -> list[FdDetail]:
     once), the other ends of pipes. Fds closed meanwhile are left out."""
     wanted = sorted(set(fds))
     links = fd_links(pid)
-    ctx = _new_context()
+    ctx = new_context()
     inet: dict[int, SocketFd] = {}
     unix: dict[int, procfs.UnixSocketRow] | None = None
     if any(links.get(fd, "").startswith("socket:") for fd in wanted):

@@ -15,8 +15,8 @@ from . import proc
 from .cgroups import pids_cgroup, pids_cgroups_with_limits
 from .namespaces import MachineNamespaces, machine_namespaces
 from .proc import ProcessGone, read_int, read_proc_files, read_small, read_text
-from .process import _new_context, _nproc, _read_process
-from .snapshot import _dedupe
+from .process import new_context, nproc_usage, read_process
+from .snapshot import dedupe
 from .tasks import TaskBrief, process_table
 
 
@@ -50,7 +50,7 @@ def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8) -> MachineSample
     `fd_top`-th ratio or `fd_floor` (the warning threshold), the rest are
     left out.
     """
-    ctx = _new_context()
+    ctx = new_context()
     taken_at = time.monotonic()
     table = process_table(details=True)
     zombies: dict[int, ProcessInfo] = {}
@@ -61,7 +61,7 @@ def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8) -> MachineSample
         if brief.state == "Z":
             try:
                 st = procfs.parse_stat(read_small(f"{proc.ROOT}/{pid}/stat"))
-                zombies[pid] = _read_process(pid, ctx, brief, wants_sigchld=False, stat=st)
+                zombies[pid] = read_process(pid, ctx, brief, wants_sigchld=False, stat=st)
                 sessions[pid] = st.session
             except (OSError, ProcessGone, ValueError, IndexError):
                 continue  # reaped since the table was read
@@ -130,13 +130,13 @@ def _count_fds_nearest(table: dict[int, TaskBrief],
 
 def resample_zombies(zombies: dict[int, ProcessInfo]) -> tuple[float, dict[int, ProcessInfo]]:
     """Read the stat of each of `zombies` again: those still zombies now."""
-    ctx = _new_context()
+    ctx = new_context()
     taken_at = time.monotonic()
     now: dict[int, ProcessInfo] = {}
     for pid, before in zombies.items():
         brief = TaskBrief(ppid=before.ppid, uid=before.uid, threads=1, state="Z")
         try:
-            info = _read_process(pid, ctx, brief, wants_sigchld=False)
+            info = read_process(pid, ctx, brief, wants_sigchld=False)
         except ProcessGone:
             continue
         if info.is_zombie:
@@ -148,13 +148,13 @@ def read_processes(pids: list[int], table: dict[int, TaskBrief]
                    ) -> tuple[dict[int, ProcessInfo], dict[int, int]]:
     """Each of `pids` in full (with its SIGCHLD disposition) and its session
     ID; processes that are gone are left out."""
-    ctx = _new_context()
+    ctx = new_context()
     infos: dict[int, ProcessInfo] = {}
     sessions: dict[int, int] = {}
     for pid in pids:
         try:
             st = procfs.parse_stat(read_small(f"{proc.ROOT}/{pid}/stat"))
-            infos[pid] = _read_process(pid, ctx, table.get(pid), wants_sigchld=True, stat=st)
+            infos[pid] = read_process(pid, ctx, table.get(pid), wants_sigchld=True, stat=st)
             sessions[pid] = st.session
         except (OSError, ProcessGone, ValueError, IndexError):
             continue
@@ -168,7 +168,7 @@ def collect_census_target(info: ProcessInfo, zombie_children: dict[int, ProcessI
     classified (a readlink per descriptor plus the socket table: 0.3-0.7 s
     for one process with 20,000), and its live descendants are not walked:
     `scan PID` does both."""
-    ctx = _new_context()
+    ctx = new_context()
     pid = info.pid
     processes: dict[int, ProcessInfo] = {**zombie_children}
     nofile: dict[int, LimitUsage] = {}
@@ -181,6 +181,6 @@ def collect_census_target(info: ProcessInfo, zombie_children: dict[int, ProcessI
     processes[pid] = info
     return Snapshot(
         target=pid, taken_at=time.monotonic(), processes=processes, nofile=nofile,
-        nproc=_nproc(pid, info, sample.table, limits, ctx), pids_cgroup=pids_cgroup(pid, ctx),
+        nproc=nproc_usage(pid, info, sample.table, limits, ctx), pids_cgroup=pids_cgroup(pid, ctx),
         pid_max=sample.pid_max, pids_in_use=sample.tasks,
-        unreadable=tuple(_dedupe(ctx.unreadable)))
+        unreadable=tuple(dedupe(ctx.unreadable)))

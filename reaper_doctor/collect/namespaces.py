@@ -11,10 +11,10 @@ from ..model import Container, ProcessInfo
 from ..parse import containers, procfs
 from . import proc
 from .proc import read_proc_files, read_small, read_text
-from .tasks import _brief_field
+from .tasks import status_field
 
 if TYPE_CHECKING:
-    from .process import _Context
+    from .process import SampleContext
     from .tasks import TaskBrief
 
 
@@ -33,7 +33,7 @@ def namespace_view() -> NamespaceView:
     own = _pid_ns("self")
     try:
         nspid = containers.parse_nspid(
-            _brief_field(read_small(f"{proc.ROOT}/self/status"), b"\nNSpid:") or b"")
+            status_field(read_small(f"{proc.ROOT}/self/status"), b"\nNSpid:") or b"")
     except OSError:
         nspid = ()
     in_own_proc = len(nspid) == 1
@@ -51,7 +51,7 @@ def _pid_ns(pid: int | str) -> int | None:
 _NO_NAMESPACE = (None, None, False, None, None)
 
 
-def namespace_fields(pid: int, ctx: _Context) -> tuple[int | None, int | None, bool,
+def namespace_fields(pid: int, ctx: SampleContext) -> tuple[int | None, int | None, bool,
                                                   Container | None, str | None]:
     """(pid_ns, ns_pid, is_ns_init, container, sigterm) of a live process:
     its status (read once per sample), a readlink and its cgroup file."""
@@ -62,7 +62,7 @@ def namespace_fields(pid: int, ctx: _Context) -> tuple[int | None, int | None, b
     except OSError as e:
         ctx.note(pid, "namespace", e)
         return _NO_NAMESPACE
-    nspid = containers.parse_nspid(_brief_field(raw, b"\nNSpid:") or b"")
+    nspid = containers.parse_nspid(status_field(raw, b"\nNSpid:") or b"")
     ns_pid = nspid[-1] if nspid else None
     if ctx.namespace_view is None:
         ctx.namespace_view = namespace_view()
@@ -82,14 +82,14 @@ def zombie_namespace_fields(pid: int, parent: ProcessInfo | None) -> tuple[
     if parent.ns_pid is not None and parent.ns_pid != parent.pid:
         try:
             nspid = containers.parse_nspid(
-                _brief_field(read_small(f"{proc.ROOT}/{pid}/status"), b"\nNSpid:") or b"")
+                status_field(read_small(f"{proc.ROOT}/{pid}/status"), b"\nNSpid:") or b"")
             ns_pid = nspid[-1] if nspid else None
         except OSError:
             pass
     return parent.pid_ns, ns_pid, False, parent.container, None
 
 
-def _container(pid: int, ctx: _Context) -> Container | None:
+def _container(pid: int, ctx: SampleContext) -> Container | None:
     try:
         raw = read_small(f"{proc.ROOT}/{pid}/cgroup")
     except OSError:

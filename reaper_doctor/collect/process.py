@@ -35,7 +35,7 @@ CAP_SYS_RESOURCE = 24
 
 
 @dataclass
-class _Context:
+class SampleContext:
     """What one sample shares across processes: clock, tables, errors."""
 
     uptime_s: float
@@ -70,19 +70,19 @@ def _reason(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
-def _new_context(with_fd_list: bool = False) -> _Context:
+def new_context(with_fd_list: bool = False) -> SampleContext:
     try:
         uptime_s = float(read_text(f"{proc.ROOT}/uptime").split()[0])
     except OSError:
         uptime_s = 0.0
-    return _Context(uptime_s=uptime_s, clock_ticks=os.sysconf("SC_CLK_TCK"),
+    return SampleContext(uptime_s=uptime_s, clock_ticks=os.sysconf("SC_CLK_TCK"),
                     is_root=os.geteuid() == 0, my_uid=os.geteuid(),
                     with_fd_list=with_fd_list)
 
 
-def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
-                  *, wants_sigchld: bool, stat: procfs.StatLine | None = None,
-                  parent: ProcessInfo | None = None) -> ProcessInfo:
+def read_process(pid: int, ctx: SampleContext, brief: TaskBrief | None,
+                 *, wants_sigchld: bool, stat: procfs.StatLine | None = None,
+                 parent: ProcessInfo | None = None) -> ProcessInfo:
     """Read one process (from `stat` when the caller has read its stat
     already). A zombie takes its namespace and container from `parent`.
     Raises ProcessGone if it has vanished."""
@@ -125,7 +125,7 @@ def _read_process(pid: int, ctx: _Context, brief: TaskBrief | None,
                        bool(st.flags & procfs.PF_KTHREAD), st.child_faults > 0, *ns)
 
 
-def _sigchld(pid: int, ctx: _Context, threads: int,
+def _sigchld(pid: int, ctx: SampleContext, threads: int,
              bit: int = procfs.SIGCHLD_BIT) -> tuple[str | None, bool]:
     """SIGCHLD disposition (or that of the signal of mask bit `bit`) from
     the status masks, and whether it is pending; SigBlk is per thread, so
@@ -152,7 +152,7 @@ def _sigchld(pid: int, ctx: _Context, threads: int,
     return procfs.sigchld_disposition(status, any_thread_blocks=blocked, bit=bit), pending
 
 
-def _status_text(pid: int, ctx: _Context) -> str:
+def _status_text(pid: int, ctx: SampleContext) -> str:
     """/proc/<pid>/status, as read earlier in this sample if it was."""
     raw = ctx.statuses.get(pid)
     return (raw if raw is not None else read_bytes(f"{proc.ROOT}/{pid}/status")).decode("utf-8", "replace")
@@ -165,14 +165,14 @@ def disposition_of(pid: int, signum: int = signal.SIGCHLD) -> str | None:
     st = read_stat(pid)
     if st is None:
         return None
-    return _sigchld(pid, _new_context(), st.threads, 1 << (signum - 1))[0]
+    return _sigchld(pid, new_context(), st.threads, 1 << (signum - 1))[0]
 
 
 # ----------------------------------------------------------------------------
 # Limits
 
 
-def _limits(pid: int, ctx: _Context) -> dict[str, tuple[int | None, int | None]] | None:
+def read_limits(pid: int, ctx: SampleContext) -> dict[str, tuple[int | None, int | None]] | None:
     # /proc/<pid>/limits is 0444; psutil's rlimit() (prlimit) fails on other
     # users' processes without CAP_SYS_RESOURCE.
     try:
@@ -182,9 +182,9 @@ def _limits(pid: int, ctx: _Context) -> dict[str, tuple[int | None, int | None]]
         return None
 
 
-def _nproc(pid: int, target: ProcessInfo, table: dict[int, TaskBrief],
+def nproc_usage(pid: int, target: ProcessInfo, table: dict[int, TaskBrief],
            limits: dict[str, tuple[int | None, int | None]] | None,
-           ctx: _Context) -> NprocUsage | None:
+           ctx: SampleContext) -> NprocUsage | None:
     """Tasks (threads and zombies count) of the target's real UID against
     its soft RLIMIT_NPROC."""
     uid = target.uid
@@ -196,7 +196,7 @@ def _nproc(pid: int, target: ProcessInfo, table: dict[int, TaskBrief],
     return NprocUsage(used=used, soft=soft, hard=hard, uid=uid, enforced=enforced)
 
 
-def has_cap_exemption(pid: int, ctx: _Context | None = None) -> bool:
+def has_cap_exemption(pid: int, ctx: SampleContext | None = None) -> bool:
     """CAP_SYS_ADMIN or CAP_SYS_RESOURCE: RLIMIT_NPROC is not enforced
     (kernel/fork.c). False when the status cannot be read. With `ctx`, a
     status read earlier in the sample serves."""
@@ -212,6 +212,6 @@ def describe_process(pid: int) -> ProcessInfo | None:
     """One process with its command line and age (zombies: exit status);
     None if it is gone."""
     try:
-        return _read_process(pid, _new_context(), None, wants_sigchld=False)
+        return read_process(pid, new_context(), None, wants_sigchld=False)
     except ProcessGone:
         return None

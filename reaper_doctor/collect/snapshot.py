@@ -13,12 +13,12 @@ from . import proc
 from .cgroups import pids_cgroup
 from .fds import read_fds
 from .proc import ProcessGone, has_procfs, read_int
+from .process import new_context, nproc_usage, read_limits, read_process
 from .sockets import close_wait_where_uid_listens
-from .process import _limits, _new_context, _nproc, _read_process
 from .tasks import read_tree
 
 if TYPE_CHECKING:
-    from .process import _Context
+    from .process import SampleContext
 
 def collect_snapshot(target: int, *, with_fds: bool = True,
                      with_fd_list: bool = False) -> Snapshot:
@@ -37,7 +37,7 @@ def collect_snapshot(target: int, *, with_fds: bool = True,
     # scan of 20,000 descriptors).
     collecting = gc.isenabled()
     gc.disable()
-    ctx = _new_context(with_fd_list)
+    ctx = new_context(with_fd_list)
     try:
         return _collect_snapshot(target, ctx, with_fds=with_fds)
     finally:
@@ -47,7 +47,7 @@ def collect_snapshot(target: int, *, with_fds: bool = True,
             gc.enable()
 
 
-def _collect_snapshot(target: int, ctx: _Context, *, with_fds: bool) -> Snapshot:
+def _collect_snapshot(target: int, ctx: SampleContext, *, with_fds: bool) -> Snapshot:
     tree = read_tree(target)
     table = tree.table
     ctx.statuses = tree.statuses
@@ -59,13 +59,13 @@ def _collect_snapshot(target: int, ctx: _Context, *, with_fds: bool) -> Snapshot
     for pid in tree.order:
         try:
             st = tree.stats[pid]
-            info = _read_process(pid, ctx, table.get(pid), stat=st,
-                                 wants_sigchld=pid == target or pid in parents,
-                                 parent=processes.get(st.ppid))
+            info = read_process(pid, ctx, table.get(pid), stat=st,
+                                wants_sigchld=pid == target or pid in parents,
+                                parent=processes.get(st.ppid))
             if pid == target:
-                target_limits = _limits(pid, ctx)
+                target_limits = read_limits(pid, ctx)
             if not info.is_zombie and not info.is_kernel_thread:
-                limits = target_limits if pid == target else _limits(pid, ctx)
+                limits = target_limits if pid == target else read_limits(pid, ctx)
                 table_fds = read_fds(pid, ctx) if with_fds else None
                 if table_fds is not None:
                     fds[pid] = table_fds
@@ -81,7 +81,7 @@ def _collect_snapshot(target: int, ctx: _Context, *, with_fds: bool) -> Snapshot
     target_parent = None
     if target_info.is_zombie and target_info.ppid > 0:
         try:
-            target_parent = _read_process(target_info.ppid, ctx, table.get(target_info.ppid),
+            target_parent = read_process(target_info.ppid, ctx, table.get(target_info.ppid),
                                           wants_sigchld=True)
         except ProcessGone:
             pass
@@ -92,16 +92,16 @@ def _collect_snapshot(target: int, ctx: _Context, *, with_fds: bool) -> Snapshot
         close_wait_of_uid = close_wait_where_uid_listens(target, target_info.uid)
     return Snapshot(
         target=target, taken_at=time.monotonic(), processes=processes, fds=fds, nofile=nofile,
-        nproc=_nproc(target, target_info, table, target_limits, ctx),
+        nproc=nproc_usage(target, target_info, table, target_limits, ctx),
         pids_cgroup=pids_cgroup(target, ctx),
         pid_max=read_int(f"{proc.ROOT}/sys/kernel/pid_max"),
         pids_in_use=sum(b.threads for b in table.values()),
-        unreadable=tuple(_dedupe(ctx.unreadable)), target_parent=target_parent,
+        unreadable=tuple(dedupe(ctx.unreadable)), target_parent=target_parent,
         accept_queue_peers=dict(ctx.queue_peers), reader_uid=ctx.my_uid,
         close_wait_of_uid=close_wait_of_uid)
 
 
-def _dedupe(items: list[Unreadable]) -> list[Unreadable]:
+def dedupe(items: list[Unreadable]) -> list[Unreadable]:
     seen, out = set(), []
     for item in items:
         if item not in seen:

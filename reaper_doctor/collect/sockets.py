@@ -12,20 +12,20 @@ from . import proc
 from .proc import cpu_count, read_text
 
 if TYPE_CHECKING:
-    from .process import _Context
+    from .process import SampleContext
 
-def _netns_key(pid: int) -> str:
+def netns_key(pid: int) -> str:
     try:
         return os.readlink(f"{proc.ROOT}/{pid}/ns/net")
     except OSError:
         return f"pid:{pid}"
 
 
-def _socket_table(pid: int, ctx: _Context) -> tuple[_SocketRows, set[int]]:
+def socket_table(pid: int, ctx: SampleContext) -> tuple[_SocketRows, set[int]]:
     """The inet and unix socket tables of `pid`'s network namespace, read
     once per namespace per sample and shared."""
     if ctx.reading_sockets is not None:
-        ctx.reading_sockets.join()   # read ahead (_read_socket_table_ahead)
+        ctx.reading_sockets.join()   # read ahead (read_socket_table_ahead)
         ctx.reading_sockets = None
     return _read_socket_table(pid, ctx)
 
@@ -36,8 +36,8 @@ def _socket_table(pid: int, ctx: _Context) -> tuple[_SocketRows, set[int]]:
 SOCKETS_AHEAD_MIN_FDS = 1024
 
 
-def _read_socket_table_ahead(pid: int, dir_fd: int, ctx: _Context) -> None:
-    if ctx.reading_sockets is not None or _netns_key(pid) in ctx.socket_tables \
+def read_socket_table_ahead(pid: int, dir_fd: int, ctx: SampleContext) -> None:
+    if ctx.reading_sockets is not None or netns_key(pid) in ctx.socket_tables \
             or cpu_count() < 2:
         return
     try:
@@ -50,7 +50,7 @@ def _read_socket_table_ahead(pid: int, dir_fd: int, ctx: _Context) -> None:
     def read_ahead() -> None:
         try:
             _read_socket_table(pid, ctx)
-        except Exception:  # noqa: BLE001 - _socket_table reads it again and meets the error
+        except Exception:  # noqa: BLE001 - socket_table reads it again and meets the error
             pass
 
     ctx.reading_sockets = threading.Thread(target=read_ahead, name="reaper-doctor-sockets",
@@ -58,14 +58,14 @@ def _read_socket_table_ahead(pid: int, dir_fd: int, ctx: _Context) -> None:
     ctx.reading_sockets.start()
 
 
-def _read_socket_table(pid: int, ctx: _Context) -> tuple[_SocketRows, set[int]]:
-    key = _netns_key(pid)
+def _read_socket_table(pid: int, ctx: SampleContext) -> tuple[_SocketRows, set[int]]:
+    key = netns_key(pid)
     if key not in ctx.socket_tables:
         rows = _SocketRows()
         unaccepted: dict[int, set[tuple[str, int]]] = {}
         # TCP over sock_diag when the target shares our network namespace;
         # /proc/<pid>/net/tcp* otherwise, or if netlink is refused.
-        tcp = _tcp_by_sock_diag(unaccepted) if key == _netns_key(os.getpid()) else None
+        tcp = _tcp_by_sock_diag(unaccepted) if key == netns_key(os.getpid()) else None
         if tcp is not None:
             rows.dump, rows.diag = tcp
         for proto in (("udp", "udp6") if tcp is not None else ("tcp", "tcp6", "udp", "udp6")):
@@ -180,7 +180,7 @@ def _dump(nl: socket.socket, request: bytes, take: Callable[[bytes], bool]) -> N
         pass
 
 
-def _backlogs(ctx: _Context) -> dict[int, int]:
+def listen_backlogs(ctx: SampleContext) -> dict[int, int]:
     """LISTEN inode -> configured backlog, from one inet_diag dump per
     sample, only when some listener has a queue. Optional: any failure
     (no netlink, seccomp, other netns) leaves it empty, silently."""
@@ -217,8 +217,8 @@ def close_wait_where_uid_listens(pid: int, uid: int) -> dict[int, int]:
     not be read. Our network namespace only: {} when `pid` is seen in
     another (its ns link is unreadable to a non-owner, which leaves ours as
     the best guess), or when netlink is refused."""
-    theirs = _netns_key(pid)
-    if not theirs.startswith("pid:") and theirs != _netns_key(os.getpid()):
+    theirs = netns_key(pid)
+    if not theirs.startswith("pid:") and theirs != netns_key(os.getpid()):
         return {}
     listening: set[int] = set()
     waiting: dict[int, int] = {}
@@ -247,7 +247,7 @@ def listen_queues(pid: int, inodes: Iterable[int]) -> dict[int, int]:
     found: dict[int, int] = {}
     if not wanted:
         return found
-    if _netns_key(pid) == _netns_key(os.getpid()):
+    if netns_key(pid) == netns_key(os.getpid()):
         try:
             for family in (socket.AF_INET, socket.AF_INET6):
                 for diag in inet_diag_dump(family, 1 << netlink.TCP_LISTEN):

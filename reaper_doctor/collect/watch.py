@@ -14,7 +14,7 @@ from typing import (
 from ..model import Snapshot, WatchSample
 from ..parse import procfs
 from . import proc
-from .cgroups import _cgroup_file_int
+from .cgroups import read_cgroup_int
 from .fds import count_fds
 from .proc import ProcessGone, read_bytes, read_int
 from .sockets import close_wait_on_ports
@@ -138,7 +138,7 @@ def watch_sample(plan: WatchPlan, tracker: TreeTracker, t0: float) -> WatchSampl
     t_s = time.monotonic() - t0
     fds = count_fds(pid)
     tracker.refresh()
-    current = (_cgroup_file_int(f"{plan.pids_cgroup_dir}/pids.current")
+    current = (read_cgroup_int(f"{plan.pids_cgroup_dir}/pids.current")
                if plan.pids_cgroup_dir else None)
     return WatchSample(t_s=t_s, zombies=tracker.zombies, fds=fds,
                        close_wait=close_wait_on_ports(pid, plan.listen_ports, plan.same_netns,

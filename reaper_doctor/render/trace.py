@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..diagnose.trace import trace_findings, trace_verdict
 from .json import finding_document
+from .width import DEFAULT_WIDTH, fill, fit_table
 
 if TYPE_CHECKING:
     from ..model.trace import TraceResult, TraceSample
@@ -50,11 +51,10 @@ def render_sample(s: TraceSample) -> str:
             f"{c.ignored:7d}  {s.children_exited:6d}  {s.zombies:7d}")
 
 
-def render_text(r: TraceResult, *, color: bool = False) -> str:
+def render_text(r: TraceResult, *, color: bool = False, width: int = DEFAULT_WIDTH) -> str:
     """The summary printed at the end (the interval lines are printed as they
     come); `color`: the verdict in red (a finding) or green, a warning in yellow."""
     import click
-    from tabulate import tabulate
 
     def style(text: str, **how: Any) -> str:
         return click.style(text, **how) if color else text
@@ -81,10 +81,11 @@ def render_text(r: TraceResult, *, color: bool = False) -> str:
     head = (f"PID {r.pid}: {r.signal} for {r.duration_s:.1f} s ({ended}); "
             f"{r.signal} disposition {r.disposition or 'unknown'}")
     found = trace_findings(r)
-    verdict = style(trace_verdict(r), fg="red" if found else "green" if
-                    r.signum == signal.SIGCHLD else None, bold=bool(found))
-    lines = [head, tabulate(rows, tablefmt="plain", colalign=("left", "right", "left")),
-             f"verdict: {verdict}"]
+    verdict = fill(f"verdict: {trace_verdict(r)}", width, hang="  ")[len("verdict: "):]
+    lines = [fill(head, width, hang="  "),
+             fit_table(rows, (), width, tablefmt="plain", colalign=("left", "right", "left")),
+             "verdict: " + style(verdict, fg="red" if found else "green" if
+                                 r.signum == signal.SIGCHLD else None, bold=bool(found))]
     if c.lost_events:
         lines.append(style(f"warning: the ring buffer dropped {c.lost_events} events",
                            fg="yellow"))

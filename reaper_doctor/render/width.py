@@ -134,7 +134,9 @@ def fit_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] = (), width:
             if not shrinkable:
                 break
             widths[max(shrinkable, key=lambda i: widths[i])] -= 1
-    numeric = [not options["disable_numparse"] and bool(cells)
+    colalign = options.get("colalign")
+    numeric = [colalign[i] == "right" if colalign and i < len(colalign) else
+               not options["disable_numparse"] and bool(cells)
                and all(_is_number(r[i]) for r in cells) for i in range(n)]
     lines: list[str] = []
 
