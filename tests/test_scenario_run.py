@@ -102,8 +102,9 @@ def test_container_init_run_finds_rd104_and_rd105() -> None:
     code, doc = run_scenario("container-init")
     assert doc["requests"]["ok"] == 16
     assert codes(doc) == {"RD104", "RD105"}
-    # Every request's helper became a zombie of the namespace's PID 1.
-    init = doc["scan"]["tree"]["children"][0]
+    # The server listening is the namespace's PID 1, and every request's
+    # helper became its zombie.
+    init = doc["scan"]
     assert init["ns_pid"] == 1 and init["is_ns_init"] is True
     assert [f["pid"] for f in doc["findings"]] == [init["pid"]] * 2
     assert doc["scan"]["zombies"]["count"] == 16
@@ -301,13 +302,20 @@ def test_sparkline() -> None:
 
 def test_compare_text_table_from_hand_built_runs() -> None:
     from reaper_doctor.model.load import LoadResult
-    from reaper_doctor.model.scenario import RunSettings, TimelinePoint, ScenarioRun, Teardown
+    from reaper_doctor.model.scenario import (
+        RunSettings,
+        ServerRun,
+        ServerSpec,
+        Teardown,
+        TimelinePoint,
+    )
     from reaper_doctor.render.scenario import render_compare_text
 
     settings = RunSettings(requests=10, concurrency=2, timeout_s=1.0)
     runs = []
     for name, ok, hung, zombies in (("blocking", 4, 6, 0), ("event-loop", 10, 0, 0)):
-        run = ScenarioRun(scenario=SCENARIOS[name], settings=settings, server_pid=1, port=1)
+        spec = ServerSpec(argv=("python3", f"{name}.py"), scenario=SCENARIOS[name])
+        run = ServerRun(spec=spec, settings=settings, server_pid=1, port=1)
         run.load = LoadResult(sent=10, ok=ok, failed=0, hung=hung, p50_ms=12.5, p99_ms=20.0,
                               duration_s=2.0)
         run.timeline = [TimelinePoint(0.0, 1, zombies, 4, 0, 0), TimelinePoint(0.25, 1, zombies, 9, 0, 3)]
