@@ -913,7 +913,8 @@ def exporter(listen: str, min_interval_s: float, grace_s: float) -> None:
 
     history = CensusHistory(grace_s=grace_s)
     try:
-        serve(host, port, history.run, min_interval_s=min_interval_s, on_ready=ready)
+        serve(host, port, history.run, min_interval_s=min_interval_s, on_ready=ready,
+              on_error=lambda e: click.echo(error_line(f"census failed: {e!r}"), err=True))
     except OSError as e:
         die(f"cannot listen on {listen}: {e.strerror or e}")
     click.echo(f"{PROG}: exporter stopped", err=True)

@@ -71,18 +71,20 @@ def process_table(*, details: bool = False) -> dict[int, TaskBrief]:
     process's status is read once: the cheapest correct way.
     """
     table: dict[int, TaskBrief] = {}
-    entries = [e for e in os.listdir(proc.ROOT) if e.isdigit()]
+    with os.scandir(proc.ROOT) as listing:   # d_ino comes with the listing, at no cost
+        found = [(e.name, e.inode()) for e in listing if e.name.isdigit()]
+    entries = [name for name, _ in found]
     raws = read_proc_files(entries, "status")
-    for entry, raw in zip(entries, raws):
+    for (entry, ino), raw in zip(found, raws):
         if raw is None:
             continue  # exited since listdir
-        brief = _brief_of(raw, details=details)
+        brief = _brief_of(raw, details=details, ino=ino)
         if brief is not None:
             table[int(entry)] = brief
     return table
 
 
-def _brief_of(raw: bytes, *, details: bool = False) -> TaskBrief | None:
+def _brief_of(raw: bytes, *, details: bool = False, ino: int | None = None) -> TaskBrief | None:
     """A TaskBrief from the text of /proc/<pid>/status, searched for the few
     lines it needs; None without a PPid line."""
     ppid = status_field(raw, b"\nPPid:")
@@ -100,7 +102,7 @@ def _brief_of(raw: bytes, *, details: bool = False) -> TaskBrief | None:
         size = status_field(raw, b"\nFDSize:")
         brief = brief._replace(
             name=procfs.unescape_status_name(name.decode("utf-8", "replace")) if name else None,
-            fd_size=int(size) if size else None,
+            fd_size=int(size) if size else None, ino=ino,
             nspid=containers.parse_nspid(status_field(raw, b"\nNSpid:") or b""))
     return brief
 

@@ -92,6 +92,7 @@ class TaskBrief(NamedTuple):
     state: str
     name: str | None = None
     fd_size: int | None = None
+    ino: int | None = None      # inode of /proc/PID: a new process (or a reused PID) gets a new one
     nspid: tuple[int, ...] = ()       # the NSpid line: its PID in each namespace, ours first
 
 
