@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import click
 
@@ -638,7 +639,7 @@ def load_options(func: Any) -> Any:
     """The load shared by `scenario run` and `scenario compare`."""
     for option in reversed((
         click.option("--requests", "-n", type=BoundedInt(1, 5000), default=None,
-                     help="Requests to send (to 127.0.0.1 only)  [default: 60; with "
+                     help="Requests to send (to 127.0.0.1 or ::1 only)  [default: 60; with "
                           "--fd-limit N, N + concurrency: enough to reach the limit]"),
         click.option("--concurrency", "-c", type=BoundedInt(1, 64), default=8,
                      show_default=True, help="Requests in flight at once."),
@@ -740,9 +741,8 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     1: otherwise; 2: bad input (unknown scenario).
     """
     from .commands import scenario as runner
+    from .commands.run import ServerStartError
     from .model.scenario import RunSettings
-    from .render.scenario import render_run_json, render_run_text
-    from .system.lifecycle import signals_unwind
 
     if requests is None:
         requests = runner.default_requests(fd_limit, concurrency)
@@ -756,19 +756,37 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
         die(e.args[0])
     except ValueError as e:
         die(str(e))
-    progress, on_result = load_progress(f"{name}: requests", settings,
-                                        not as_json and sys.stderr.isatty())
+
+    def failed(e: ServerStartError) -> NoReturn:
+        die(str(e), 1)   # a built-in script that does not start: our failure, not the input
+
+    return _run_and_report(f"{name}: requests", settings, as_json, no_color, failed,
+                           lambda progress: runner.run_scenario(name, settings,
+                                                                on_result=progress))
+
+
+def _run_and_report(label: str, settings: Any, as_json: bool, no_color: bool,
+                    failed: Callable[[Any], NoReturn],
+                    start: Callable[[Callable[[Any], object]], Any]) -> int:
+    """Run a server (`start`, given the per-request progress callback) with a
+    progress bar on a terminal, SIGTERM unwinding like Ctrl-C; print its
+    report; return its exit code. `failed` gets a ServerStartError."""
+    from .commands.run import ServerStartError
+    from .render.scenario import render_run_json, render_run_text
+    from .system.lifecycle import signals_unwind
+
+    progress, on_result = load_progress(label, settings, not as_json and sys.stderr.isatty())
     with signals_unwind(), progress:
         try:
-            run = runner.run_scenario(name, settings, on_result=on_result)
-        except runner.ScenarioError as e:
-            die(str(e), 1)
+            result = start(on_result)
+        except ServerStartError as e:
+            failed(e)
     if as_json:
-        click.echo(render_run_json(run), nl=False)
+        click.echo(render_run_json(result), nl=False)
     else:
-        click.echo(render_run_text(run, color=use_color(no_color), width=terminal_width()),
+        click.echo(render_run_text(result, color=use_color(no_color), width=terminal_width()),
                    nl=False)
-    return run.exit_code
+    return int(result.exit_code)
 
 
 @scenario.command("compare")
@@ -777,14 +795,15 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
 @no_color_option
 def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, grace_s: float,
                      as_json: bool, no_color: bool) -> int:
-    """Run all six scenarios under the same load, one after the other, and
+    """Run every scenario under the same load, one after the other, and
     compare them in one table: ok / failed / hung requests, median latency,
     requests per second, peak zombies and descriptors, findings.
 
     Exit 0 when every scenario behaved as expected and nothing was left over.
     """
     from .commands import scenario as runner
-    from .model.scenario import SCENARIOS, RunSettings
+    from .commands.run import ServerStartError
+    from .model.scenario import RunSettings
     from .render.scenario import render_compare_json, render_compare_text
     from .system.lifecycle import signals_unwind
 
@@ -794,13 +813,16 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
                                   timeout_s=timeout_s, grace_s=grace_s)
     show = not as_json and sys.stderr.isatty()
     runs = []
+    names, skipped = runner.runnable_scenarios()
+    if skipped:
+        click.echo(f"{PROG}: {skipped}", err=True)
     with signals_unwind():
-        for name in SCENARIOS:
+        for name in names:
             progress, on_result = load_progress(f"{name:>12}", settings, show)
             with progress:
                 try:
                     runs.append(runner.run_scenario(name, settings, on_result=on_result))
-                except runner.ScenarioError as e:
+                except ServerStartError as e:
                     die(str(e), 1)
     if as_json:
         click.echo(render_compare_json(runs), nl=False)
@@ -808,6 +830,107 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
         click.echo(render_compare_text(runs, color=use_color(no_color), width=terminal_width()),
                    nl=False)
     return 0 if all(r.as_expected for r in runs) else 1
+
+
+@main.command("run", context_settings={"allow_interspersed_args": False})
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@load_options
+@click.option("--port", type=BoundedInt(1, 65535), default=None,
+              help="The listening port to load when the server listens on several.")
+@click.option("--request", "request_text", default=None, metavar="TEXT",
+              help=r"Send these bytes instead of an HTTP GET (escapes: \r \n \t \0 \\ "
+                   r"\xHH), then shut the sending side; any reply that ends counts as ok.")
+@click.option("--request-file", type=click.Path(dir_okay=False), default=None,
+              help="Send the bytes of this file instead of an HTTP GET (as --request).")
+@click.option("--startup-timeout", "startup_timeout_s",
+              type=SecondsType("--startup-timeout", 600), default=20.0, show_default=True,
+              help="Seconds the server may take to listen on a TCP port.")
+@click.option("--expect", "expect", multiple=True, metavar="CODE",
+              help="A finding code the server should show (repeat, or RD101,RD201): exit 0 "
+                   "only if these are found and no other warning or worse.")
+@click.option("--fd-limit", type=BoundedInt(1, 1 << 20), default=None,
+              help="Lower the server's soft RLIMIT_NOFILE (ulimit -n) to this.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@no_color_option
+def run_command(command: tuple[str, ...], requests: int | None, concurrency: int, timeout_s: float,
+                grace_s: float, port: int | None, request_text: str | None,
+                request_file: str | None, startup_timeout_s: float, expect: tuple[str, ...],
+                fd_limit: int | None, as_json: bool, no_color: bool) -> int:
+    """Start COMMAND (your server) in its own session, find the TCP port it
+    listens on, load it on 127.0.0.1 or ::1, sample it, scan it, then kill
+    and reap everything it started, like `scenario run` does for the
+    built-in servers. Put `--` before the command:
+
+        reaper-doctor run -n 100 -- python3 webserver3c.py
+
+    Exit 0: no finding of severity warning or worse (with --expect: the
+    expected codes and no other) and nothing left over; 1: otherwise; 2:
+    bad input, the command was not found, it exited before listening, or
+    nothing listened within --startup-timeout.
+    """
+    from .commands.run import ServerStartError, check_settings, default_requests, run_server
+    from .model.scenario import RunSettings, ServerSpec
+
+    if requests is None:
+        requests = default_requests(fd_limit, concurrency)
+    settings = RunSettings(requests=requests, concurrency=concurrency,
+                           timeout_s=timeout_s, grace_s=grace_s, fd_limit=fd_limit)
+    try:
+        check_settings(settings)
+    except ValueError as e:
+        die(str(e))
+    spec = ServerSpec(argv=command, expected=_expected_codes(expect), port=port,
+                      request=_request_bytes(request_text, request_file),
+                      startup_timeout_s=startup_timeout_s)
+
+    def failed(e: ServerStartError) -> NoReturn:
+        # One line; when the server printed something, its last line ends
+        # it and the lines before that follow, indented.
+        click.echo(error_line(str(e) + (f"; its output ends: {e.tail[-1]}" if e.tail else "")),
+                   err=True)
+        for line in e.tail[-10:-1]:
+            click.echo(f"  {line}", err=True)
+        sys.exit(2)
+
+    return _run_and_report("requests", settings, as_json, no_color, failed,
+                           lambda progress: run_server(spec, settings, on_result=progress))
+
+
+def _expected_codes(expect: tuple[str, ...]) -> tuple[str, ...]:
+    """The codes of `--expect` (repeated or comma-separated), validated."""
+    from .catalog import CODES, lookup
+
+    codes: list[str] = []
+    for item in expect:
+        for word in filter(None, (w.strip() for w in item.split(","))):
+            found = lookup(word)
+            if found is None:
+                die(f"--expect: unknown finding code {word!r} (known: {', '.join(CODES)})")
+            codes.append(found.code)
+    return tuple(sorted(set(codes)))
+
+
+def _request_bytes(text: str | None, path: str | None) -> bytes | None:
+    """The raw request of `--request` or `--request-file`; None: the HTTP GET."""
+    from .parse.request import parse_request_text
+
+    if text is not None and path is not None:
+        die("--request and --request-file exclude each other")
+    if text is not None:
+        try:
+            return parse_request_text(text)
+        except ValueError as e:
+            die(str(e))
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(1 << 20)
+        except OSError as e:
+            die(f"--request-file {path}: {e.strerror or e}")
+        if not data:
+            die(f"--request-file {path} is empty")
+        return data
+    return None
 
 
 @main.command()
@@ -846,7 +969,8 @@ def exporter(listen: str, min_interval_s: float, grace_s: float) -> None:
 
     history = CensusHistory(grace_s=grace_s)
     try:
-        serve(host, port, history.run, min_interval_s=min_interval_s, on_ready=ready)
+        serve(host, port, history.run, min_interval_s=min_interval_s, on_ready=ready,
+              on_error=lambda e: click.echo(error_line(f"census failed: {e!r}"), err=True))
     except OSError as e:
         die(f"cannot listen on {listen}: {e.strerror or e}")
     click.echo(f"{PROG}: exporter stopped", err=True)

@@ -65,6 +65,15 @@ def test_zombie():
     KEPT.append(child)
     wait_zombie(child.pid)
 
+def test_fork():
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+
+def test_grandchild():
+    subprocess.run(["sh", "-c", "sleep 60 & echo $! > grandchild.pid"], check=True)
+
 def test_clean(tmp_path):
     with open(tmp_path / "closed.txt", "w") as f:
         f.write("closed")
@@ -72,6 +81,16 @@ def test_clean(tmp_path):
     with socket.create_server(("127.0.0.1", 0)):
         pass
 """
+
+
+def line_of(source: str, text: str) -> int:
+    """The line number of the first line of `source` holding `text`."""
+    return next(n for n, line in enumerate(source.splitlines(), 1) if text in line)
+
+
+def made_at(block: str, source: str, text: str, verb: str = "made") -> bool:
+    """Whether `block` names the line of `source` holding `text` as the origin."""
+    return f"{verb} at test_leaky.py:{line_of(source, text)} in " in block
 
 
 def inner_env(**extra: str) -> dict[str, str]:
@@ -112,18 +131,28 @@ def leaky(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict[str, str]
 def test_leaky_run_fails_each_leaking_test_once_and_sums_up(leaky):
     result, blocks = leaky
     assert result.returncode == 1, result.stdout + result.stderr
-    assert sorted(blocks) == ["test_child", "test_file", "test_pipe", "test_socket",
-                              "test_zombie"], result.stdout
-    assert "6 passed, 5 errors" in result.stdout
-    assert re.search(r"reaper-doctor: 6 tests checked, 5 leaked \(mode fail", result.stdout)
+    assert sorted(blocks) == ["test_child", "test_file", "test_fork", "test_grandchild",
+                              "test_pipe", "test_socket", "test_zombie"], result.stdout
+    assert "8 passed, 7 errors" in result.stdout
+    assert re.search(r"reaper-doctor: 8 tests checked, 7 leaked \(mode fail", result.stdout)
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_what_tests_left_running_is_killed_at_session_end(leaky):
+    result, blocks = leaky
+    for name in ("test_child", "test_fork", "test_grandchild"):
+        pid = re.search(r"(?:child|fork|orphan) +pid (\d+)", blocks[name]).group(1)
+        assert re.search(rf"at session end, killed pid {pid} \(\w+\), left by "
+                         rf"test_leaky.py::{name}\b", result.stdout), result.stdout
+        assert_gone(int(pid))
 
 
 def test_kept_file_is_named_with_its_mode(leaky):
     block = leaky[1]["test_file"]
     assert "leaked 1 descriptor" in block
     assert re.search(r"fd \d+ +file +/\S+/kept-open\.txt  \(mode w, cloexec\)", block), block
-    assert "reaper-doctor explain RD203" in block
+    assert made_at(block, LEAKY, '"kept-open.txt"'), block
+    assert "unclosed-file: close it" in block
     assert '@pytest.mark.reaper_doctor_allow("fds")' in block
 
 
@@ -135,14 +164,19 @@ def test_kept_sockets_are_named_with_addresses_and_state(leaky):
     assert f"TCP/IPv4 127.0.0.1:{port} LISTEN" in block
     assert re.search(rf"TCP/IPv4 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:{port} ESTABLISHED", block)
     assert re.search(rf"TCP/IPv4 127\.0\.0\.1:{port} -> 127\.0\.0\.1:\d+ ESTABLISHED", block)
-    assert "reaper-doctor explain RD201" in block
+    # each socket with its own line: the listener, the client, the accepted one
+    assert made_at(block, LEAKY, "socket.create_server(")
+    assert made_at(block, LEAKY, "socket.create_connection(")
+    assert made_at(block, LEAKY, "server.accept()")
+    assert "unclosed-socket: close it" in block
 
 
 def test_kept_pipe_shows_both_ends(leaky):
     block = leaky[1]["test_pipe"]
     read_fd, write_fd = re.findall(r"fd (\d+) +pipe +pipe:\[\d+\]", block)
-    assert f"read end; other fds on it: {write_fd}" in block
-    assert f"write end; other fds on it: {read_fd}" in block
+    assert f"read end; also open in fd {write_fd}" in block
+    assert f"write end; also open in fd {read_fd}" in block
+    assert block.count(f"made at test_leaky.py:{line_of(LEAKY, 'os.pipe()')} in test_pipe") == 2
 
 
 def test_unwaited_child_is_named_with_its_command_and_age(leaky):
@@ -150,8 +184,25 @@ def test_unwaited_child_is_named_with_its_command_and_age(leaky):
     match = re.search(r"child +pid (\d+) +\S*python\S* -c 'import time; time.sleep\(120\)'"
                       r" +\(running for [\d.]+ s; never waited for nor killed\)", block)
     assert match, block
-    assert "reaper-doctor explain RD101" in block
+    assert made_at(block, LEAKY, "time.sleep(120)", "started")
+    assert "running-child: end it and wait for it" in block
     assert_gone(int(match.group(1)))
+
+
+def test_forked_child_is_named_with_the_fork(leaky):
+    block = leaky[1]["test_fork"]
+    assert re.search(r"fork +pid \d+ .*pytest.* \(running for", block), block
+    assert made_at(block, LEAKY, "os.fork()", "forked"), block
+    assert "forked-child: a forked child must end in os._exit()" in block
+
+
+def test_grandchild_left_behind_comes_home_and_is_reported(leaky, tmp_path_factory):
+    block = leaky[1]["test_grandchild"]
+    match = re.search(r"orphan +pid (\d+) +sleep 60 ", block)
+    assert match, block
+    assert "orphan of a process started at test_leaky.py:" in block
+    assert made_at(block, LEAKY, "sleep 60 &", "orphan of a process started"), block
+    assert "orphan: a process started by the test's child outlived it" in block
 
 
 def test_zombie_is_named_with_its_exit_status(leaky):
@@ -159,7 +210,8 @@ def test_zombie_is_named_with_its_exit_status(leaky):
     match = re.search(r"zombie +pid (\d+) +python\S* +\(exit 3; exited, but nobody called "
                       r"wait\(\) on it\)", block)
     assert match, block
-    assert "reaper-doctor explain RD101" in block
+    assert made_at(block, LEAKY, "raise SystemExit(3)", "started"), block
+    assert "zombie: it exited but nobody waited for it" in block
     assert_gone(int(match.group(1)))
 
 
@@ -208,7 +260,8 @@ def test_allow_marker_lets_a_known_leak_pass(run, pytester):
         "@pytest.mark.reaper_doctor_allow: unknown check 'fd' "
         "(choose among children, zombies, fds)",
         # test_allowed_everything is not checked at all
-        "*reaper-doctor: 3 tests checked, 1 leaked*",
+        # test_typo errors in setup: it never ran
+        "*reaper-doctor: 2 tests checked, 1 leaked*",
         "*leaked: *::test_other_kinds_allowed_only",
     ])
     assert "Warning" not in result.stdout.str()
@@ -345,6 +398,11 @@ def test_broader_fixtures_own_their_resources_until_finalized(run, pytester):
     result.assert_outcomes(passed=3, errors=1)
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_c*",
                                  "*leaked 2 descriptors*",
+                                 "  left by fixture 'leaky_module_fixture' (module scope), "
+                                 "finalized in this test's teardown",
+                                 "*made at test_broader_fixtures_own_their_resources_until_"
+                                 "finalized.py:15 in leaky_module_fixture (fixture "
+                                 "'leaky_module_fixture' (module scope)), during *::test_a",
                                  "*reaper-doctor: 3 tests checked, 1 leaked*"])
 
 
@@ -423,14 +481,15 @@ def test_describe_fds_names_each_kind(tmp_path):
             os.close(thing) if isinstance(thing, int) else thing.close()
 
 
-def test_children_found_without_the_children_file(spawner):
+def test_children_found_without_the_children_file(spawner, request):
     """The fallback for kernels without CONFIG_PROC_CHILDREN: only PIDs
     allocated since the last sample (and known children) are read."""
-    from reaper_doctor.pytest_plugin import CHECKS, LeakChecker, Settings, TestState
+    from reaper_doctor.pytest_plugin import CHECKS, LeakCheck, LeakChecker, Settings
 
-    checker = LeakChecker(Settings("fail", frozenset(CHECKS), 0.0))
+    checker = LeakChecker(Settings("fail", frozenset(CHECKS), 0.0, origins=False))
+    request.addfinalizer(checker.close)
     checker.children_file = False
-    state = TestState(checks=frozenset(CHECKS), before=checker.sample())
+    state = LeakCheck(checks=frozenset(CHECKS), before=checker.sample())
     assert not checker.leaks(state)
     live = spawner.python("print('ready', flush=True); import time; time.sleep(60)")
     dead = spawner.python("raise SystemExit(7)", wait_for_line=None)
@@ -443,3 +502,281 @@ def test_children_found_without_the_children_file(spawner):
     assert checker.last.last_pid is not None
     # Only the Popen pipe of `live` is a new descriptor.
     assert set(found.fds) == {live.stdout.fileno(), dead.stdout.fileno()}
+
+
+# ----------------------------------------------------------------------------
+# Never crash, blame once and right, what the suite keeps on purpose
+
+
+def test_a_test_that_fills_the_table_is_the_report_and_the_next_test_passes(run, pytester):
+    pytester.makepyfile("""
+        import errno, os, resource
+
+        KEPT = []
+
+        def test_fills_the_table():
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+            try:
+                while True:
+                    KEPT.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as e:
+                assert e.errno == errno.EMFILE
+
+        def test_next_one():
+            assert True
+    """)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0", "-rA")
+    result.assert_outcomes(passed=2, errors=1)
+    out = result.stdout.str()
+    assert "ERROR at teardown of test_fills_the_table" in out
+    result.stdout.fnmatch_lines([
+        "*test_fills_the_table leaked 2?? descriptors",
+        "  the test filled the descriptor table: 256 descriptors open (ulimit -n 256), "
+        "2?? of them new; e.g.:",
+        "      fd 255   /dev/null",
+        "          made at test_a_test_that_fills_the_table_is_the_report_and_the_next_test"
+        "_passes.py:10 in test_fills_the_table",
+        "  table-full: the test filled the descriptor table*",
+    ])
+    assert "ERROR at setup of test_next_one" not in out
+    assert "ERROR at teardown of test_next_one" not in out
+    assert "KeyError" not in out and "Traceback" not in out
+    result.stdout.fnmatch_lines(["*reaper-doctor: 2 tests checked, 1 leaked*"])
+
+
+def test_a_child_that_exits_during_a_later_test_is_blamed_once(run, pytester):
+    pytester.makepyfile("""
+import atexit, subprocess, sys, time
+
+KEPT = []
+""" + WAIT_ZOMBIE + """
+
+def test_starts_it():
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    atexit.register(child.wait)
+    KEPT.append(child)
+
+def test_during_which_it_exits():
+    KEPT[0].stdin.close()
+    wait_zombie(KEPT[0].pid)
+
+def test_after():
+    pass
+""")
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0", "-rA")
+    result.assert_outcomes(passed=3, errors=1)
+    out = result.stdout.str()
+    assert "ERROR at teardown of test_starts_it" in out
+    assert "ERROR at teardown of test_during_which_it_exits" not in out
+    result.stdout.fnmatch_lines([
+        "*reaper-doctor: 3 tests checked, 1 leaked*",
+        "  pid * (python*) exited during *::test_during_which_it_exits: the leaked child of "
+        "*::test_starts_it; nobody waited for it",
+        "  at session end, reaped zombie pid *, left by *::test_starts_it",
+    ])
+
+
+def test_a_leak_of_a_function_fixture_names_the_fixture(run, pytester):
+    pytester.makepyfile("""
+        import os, pytest
+
+        KEPT = []
+
+        @pytest.fixture
+        def channel():
+            r, w = os.pipe()
+            KEPT.append(r)
+            yield w
+            os.close(w)
+
+        def test_uses_it(channel):
+            pass
+    """)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        "*test_uses_it leaked 1 descriptor",
+        "*pipe*read end; the other end is in no process of the test",
+        "      made at test_a_leak_of_a_function_fixture_names_the_fixture.py:7 in channel "
+        "(fixture 'channel' (function scope))",
+    ])
+
+
+def test_a_leak_of_setupclass_names_it(run, pytester):
+    pytester.makepyfile("""
+        import socket, unittest
+
+        KEPT = []
+
+        class TestServer(unittest.TestCase):
+            @classmethod
+            def setUpClass(cls):
+                cls.server = socket.create_server(("127.0.0.1", 0))
+                KEPT.append(cls.server)
+
+            def test_one(self):
+                pass
+
+            def test_two(self):
+                pass
+    """)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of TestServer.test_two*",
+        "  left by setUpClass of TestServer, finalized in this test's teardown",
+        "*TCP/IPv4 127.0.0.1:* LISTEN",
+        "      made at test_a_leak_of_setupclass_names_it.py:8 in TestServer.setUpClass "
+        "(setUpClass of TestServer), during *::test_one",
+    ])
+
+
+def test_a_first_use_module_cache_is_not_reported_but_growth_is(run, pytester):
+    pytester.makepyfile(helper="""
+        import subprocess, sys
+
+        WORKERS = {}
+
+        def worker(kind):
+            if kind not in WORKERS:
+                WORKERS[kind] = subprocess.Popen(
+                    [sys.executable, "-c", "import sys; sys.stdin.read()"],
+                    stdin=subprocess.PIPE)
+            return WORKERS[kind]
+
+        def stop_all():
+            for proc in WORKERS.values():
+                proc.stdin.close()
+                proc.wait()
+    """)
+    pytester.makeconftest("""
+        import helper, pytest
+
+        @pytest.fixture(scope="session", autouse=True)
+        def stop_workers():
+            yield
+            helper.stop_all()
+    """)
+    pytester.makepyfile("""
+        import helper
+
+        def test_first_use():
+            helper.worker("a")
+
+        def test_cached():
+            helper.worker("a")
+
+        def test_other_kind():
+            helper.worker("b")
+
+        def test_last():  # the session fixture stops the workers in its teardown
+            pass
+    """)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0", "-p", "no:randomly")
+    result.assert_outcomes(passed=4, errors=1)
+    out = result.stdout.str()
+    assert "ERROR at teardown of test_first_use" not in out
+    assert "ERROR at teardown of test_cached" not in out
+    # The same line makes a second worker: growth, reported.
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_other_kind*",
+        "*test_other_kind leaked 1 descriptor, 1 child process",
+        "      started at helper.py:7 in worker",
+        "*called from *.py:10 in test_other_kind",
+        "*reaper-doctor: 4 tests checked, 1 leaked*",
+        "  kept from first use in *::test_first_use: pid * python*, made at helper.py:7",
+    ])
+
+
+def test_adopted_and_ini_allowed_resources_are_not_reported(run, pytester):
+    pytester.makeini("""
+        [pytest]
+        reaper_doctor_allow_paths = */cache-*.db
+        reaper_doctor_allow_commands = *keep-me*
+    """)
+    pytester.makepyfile("""
+        import atexit, os, socket, subprocess, sys
+        import reaper_doctor
+
+        KEPT = []
+
+        def test_adopted_socket():
+            KEPT.append(reaper_doctor.adopt(socket.create_server(("127.0.0.1", 0))))
+
+        def test_adopted_popen():
+            child = reaper_doctor.adopt(subprocess.Popen(
+                [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE))
+            atexit.register(lambda: (child.stdin.close(), child.wait()))
+
+        def test_allowed_path(tmp_path):
+            KEPT.append(open(tmp_path / "cache-1.db", "w"))
+
+        def test_allowed_command():
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                      "keep-me"])
+            atexit.register(lambda: (child.kill(), child.wait()))
+
+        def test_not_allowed(tmp_path):
+            KEPT.append(open(tmp_path / "other.db", "w"))
+    """)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0")
+    result.assert_outcomes(passed=5, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_not_allowed*",
+                                 "*reaper-doctor: 5 tests checked, 1 leaked*"])
+
+
+def test_a_file_closed_only_by_the_garbage_collector_is_its_own_kind(run, pytester):
+    pytester.makepyfile("""
+        def test_cycle(tmp_path):
+            holder = {"file": open(tmp_path / "in-a-cycle.txt", "w")}
+            holder["self"] = holder
+    """)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0", "-W", "error::ResourceWarning")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        "*test_cycle leaked 1 descriptor",
+        "*/in-a-cycle.txt  (closed only by the garbage collector)",
+        "      made at test_a_file_closed_only_by_the_garbage_collector_is_its_own_kind.py:2 "
+        "in test_cycle",
+        "  gc-closed: a reference cycle held it until gc.collect() closed it*",
+    ])
+    assert "pytest_plugin" not in result.stdout.str()
+
+
+def test_each_xdist_leak_is_reported_once_with_its_origin(run, pytester):
+    pytest.importorskip("xdist")
+    pytester.makepyfile(**{f"test_{n}": """
+        import os
+        KEPT = []
+
+        def test_leak():
+            KEPT.append(os.pipe())
+
+        def test_clean():
+            pass
+    """ for n in ("one", "two", "three")})
+    result = run("-p", "xdist", "-n", "2", "--reaper-doctor", "--reaper-doctor-grace=0")
+    result.assert_outcomes(passed=6, errors=3)
+    out = result.stdout.str()
+    for n in ("one", "two", "three"):
+        assert out.count(f"reaper-doctor: test_{n}.py::test_leak leaked 2 descriptors\n") == 1
+        assert out.count(f"made at test_{n}.py:5 in test_leak") == 2   # one line per end
+    result.stdout.fnmatch_lines(["*reaper-doctor: 6 tests checked, 3 leaked*"])
+
+
+def test_slow_teardown_is_waited_for_only_while_something_is_in_flight(run, pytester):
+    pytester.makepyfile("""
+        import os
+
+        KEPT = []
+
+        def test_leak_with_nothing_in_flight():
+            KEPT.append(os.pipe())
+    """)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=30", "--durations=0", "-vv")
+    result.assert_outcomes(passed=1, errors=1)
+    match = re.search(r"([\d.]+)s teardown +\S+::test_leak_with_nothing_in_flight",
+                      result.stdout.str())
+    assert match and float(match.group(1)) < 5, result.stdout.str()

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""What the pytest plugin adds to a suite's wall time.
+
+Writes a suite of its own into a temporary directory:
+
+  2,000 trivial tests, 200 tests that start and reap a child (/bin/true),
+  200 tests that open and close a listening socket and a socket pair on
+  127.0.0.1;
+
+and a variant in which a session fixture holds 1,000 descriptors open for
+the whole run (the plugin's cost must not grow with them). Each variant runs
+as a whole pytest process without the plugin and with it (`--reaper-doctor`),
+alternating round by round because the machine is shared; the table gives
+the medians and the time added: wall time, and the CPU time (user + system)
+of the pytest process, steadier when other work shares the machine. Python
+writes its bytecode caches as usual (PYTHONDONTWRITEBYTECODE is dropped): a
+first run, not timed, fills them.
+
+Usage: python benchmarks/pytest_plugin_bench.py [--rounds N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SUITE = {
+    "test_trivial.py": """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(2000))
+        def test_trivial(n):
+            assert n >= 0
+    """,
+    "test_children.py": """
+        import subprocess
+        import pytest
+
+        @pytest.mark.parametrize("n", range(200))
+        def test_child(n):
+            subprocess.run(["true"], check=True)
+    """,
+    "test_sockets.py": """
+        import socket
+        import pytest
+
+        @pytest.mark.parametrize("n", range(200))
+        def test_socket(n):
+            with socket.create_server(("127.0.0.1", 0)):
+                pass
+            a, b = socket.socketpair()
+            a.close()
+            b.close()
+    """,
+}
+
+HELD = """
+    import os, resource
+    import pytest
+
+    @pytest.fixture(scope="session", autouse=True)
+    def held_descriptors():
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < 1200:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(1200, hard), hard))
+        fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(1000)]
+        yield
+        for fd in fds:
+            os.close(fd)
+"""
+
+
+def write_suite(where: Path, *, held: bool) -> None:
+    for name, text in SUITE.items():
+        (where / name).write_text(textwrap.dedent(text))
+    (where / "conftest.py").write_text(textwrap.dedent(HELD) if held else "")
+    (where / "pytest.ini").write_text("[pytest]\n")
+
+
+def run_once(where: Path, plugin: bool) -> tuple[float, float]:
+    """(wall, cpu) seconds of one pytest run."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    env.pop("PYTEST_ADDOPTS", None)
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    if plugin:
+        args += ["-p", "reaper_doctor.pytest_plugin", "--reaper-doctor"]
+    cpu_before = _children_cpu()
+    started = time.perf_counter()
+    result = subprocess.run(args, cwd=where, env=env, capture_output=True, text=True,
+                            timeout=600)
+    elapsed = time.perf_counter() - started
+    cpu = _children_cpu() - cpu_before
+    if result.returncode != 0:
+        raise SystemExit(f"pytest failed in {where}:\n{result.stdout[-3000:]}{result.stderr}")
+    return elapsed, cpu
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    options = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rd-plugin-bench-") as tmp:
+        for variant, held in (("2,400 tests", False), ("same, 1,000 fds held", True)):
+            where = Path(tmp) / ("held" if held else "plain")
+            where.mkdir()
+            write_suite(where, held=held)
+            run_once(where, False)   # bytecode caches, file cache
+            run_once(where, True)
+            plain, checked = [], []
+            for _ in range(options.rounds):
+                plain.append(run_once(where, False))
+                checked.append(run_once(where, True))
+            row: dict[str, object] = {"variant": variant, "rounds": options.rounds}
+            for i, what in enumerate(("wall", "cpu")):
+                p = statistics.median(r[i] for r in plain)
+                c = statistics.median(r[i] for r in checked)
+                row.update({f"{what}_plain_s": round(p, 3), f"{what}_plugin_s": round(c, 3),
+                            f"{what}_added_pct": round(100 * (c - p) / p, 1)})
+            rows.append(row)
+    if options.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'suite':<22} {'wall: plain':>12} {'plugin':>7} {'added':>7}  "
+          f"{'cpu: plain':>11} {'plugin':>7} {'added':>7}   (median of {options.rounds})")
+    for r in rows:
+        print(f"{r['variant']:<22} {r['wall_plain_s']:>11.2f}s {r['wall_plugin_s']:>6.2f}s "
+              f"{r['wall_added_pct']:>6.1f}%  {r['cpu_plain_s']:>10.2f}s "
+              f"{r['cpu_plugin_s']:>6.2f}s {r['cpu_added_pct']:>6.1f}%")
+
+
+if __name__ == "__main__":
+    main()
