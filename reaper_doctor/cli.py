@@ -736,7 +736,7 @@ def _run_and_report(label: str, requests: int, as_json: bool, no_color: bool,
 @no_color_option
 def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, grace_s: float,
                      as_json: bool, no_color: bool) -> int:
-    """Run all six scenarios under the same load, one after the other, and
+    """Run every scenario under the same load, one after the other, and
     compare them in one table: ok / failed / hung requests, median latency,
     requests per second, peak zombies and descriptors, findings.
 
@@ -744,7 +744,7 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
     """
     from .commands import scenario as runner
     from .commands.run import ServerStartError
-    from .model.scenario import SCENARIOS, RunSettings
+    from .model.scenario import RunSettings
     from .render.scenario import render_compare_json, render_compare_text
     from .system.lifecycle import signals_unwind
 
@@ -754,8 +754,11 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
                                   timeout_s=timeout_s, grace_s=grace_s)
     show = not as_json and sys.stderr.isatty()
     runs = []
+    names, skipped = runner.runnable_scenarios()
+    if skipped:
+        click.echo(f"{PROG}: {skipped}", err=True)
     with signals_unwind():
-        for name in SCENARIOS:
+        for name in names:
             with _progress(f"{name:>12}", requests, show) as bar:
                 try:
                     runs.append(runner.run_scenario(name, settings,

@@ -338,6 +338,11 @@ def test_a_command_that_exits_at_once_is_exit_2_with_its_stderr(tmp_path: Path) 
     assert processes_running(str(script)) == []
 
 
+def test_a_command_killed_by_a_signal_before_listening_says_which() -> None:
+    line = one_error_line(run_cli("run", "--", "sh", "-c", "kill -KILL $$", timeout_s=60))
+    assert "exited with status -9 (killed by SIGKILL) before listening" in line, line
+
+
 def test_a_server_that_never_listens_is_exit_2_after_the_timeout(tmp_path: Path) -> None:
     script = tmp_path / "silent.py"
     script.write_text("import time\ntime.sleep(120)\n")

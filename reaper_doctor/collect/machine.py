@@ -14,6 +14,7 @@ from ..model import LimitUsage, PidsCgroup, ProcessInfo, Snapshot, Unreadable
 from ..parse import procfs
 from . import proc
 from .cgroups import pids_cgroup, pids_cgroups_with_limits
+from .namespaces import MachineNamespaces, machine_namespaces
 from .proc import ProcessGone, read_int, read_proc_files, read_small, read_text
 from .process import new_context, nproc_usage, read_process
 from .snapshot import dedupe
@@ -36,6 +37,7 @@ class MachineSample(NamedTuple):
     pid_max: int | None
     tasks: int                                        # tasks on the machine (each takes a PID)
     unreadable: list[Unreadable]
+    namespaces: MachineNamespaces | None = None
 
 
 class ProcessCache:
@@ -131,7 +133,8 @@ def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8,
         fd_counts=fd_counts, fds_skipped=skipped, fds_unreadable=denied,
         pids_cgroups=pids_cgroups_with_limits(), file_nr=file_nr,
         pid_max=read_int(f"{proc.ROOT}/sys/kernel/pid_max"),
-        tasks=sum(b.threads for b in table.values()), unreadable=ctx.unreadable)
+        tasks=sum(b.threads for b in table.values()), unreadable=ctx.unreadable,
+        namespaces=machine_namespaces(table))
 
 
 def _fd_count(pid: int) -> int:

@@ -30,13 +30,17 @@ from ..collect.machine import (
     read_processes,
     resample_zombies,
 )
+from ..collect.namespaces import MachineNamespaces
 from ..collect.proc import require_procfs
 from ..collect.process import has_cap_exemption
 from ..diagnose.census import slow_reapers, uid_tasks
+from ..diagnose.containers import pid1_findings
 from ..diagnose.fds import accept_backlog_findings, close_wait_findings, fd_growth_findings
 from ..diagnose.limits import WARN_RATIO, nofile_findings, nproc_findings, pids_cgroup_findings
 from ..diagnose.zombies import PID1_GRACE_S, persistent_zombies, zombie_findings
 from ..model import (
+    Container,
+    ContainerRow,
     FdCounts,
     Finding,
     LimitUsage,
@@ -52,6 +56,7 @@ from ..model import (
     TargetReport,
     ZombieParent,
 )
+from ..parse.containers import is_known_init
 
 TOP_NOFILE = 10
 TOP_CGROUPS = 5
@@ -185,6 +190,15 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
             if member is not None:
                 findings += pids_cgroup_findings(member, cg)
 
+    ns = first.namespaces
+    inits: dict[int, ProcessInfo] = {}
+    if ns is not None:
+        inits, _ = read_processes(sorted(ns.inits), first.table)
+        for info in inits.values():
+            findings += pid1_findings(Snapshot(target=info.pid, taken_at=first.taken_at,
+                                               processes={info.pid: info}))
+    containers = _container_rows(ns, first, inits, findings) if ns is not None else []
+
     fd_series = _fd_series(earlier, now)
     if len(fd_series) >= 3:   # RD203 needs three counts at least
         findings += fd_growth_findings(fd_series, {
@@ -212,7 +226,9 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
         nofile_counted=len(first.fd_counts), nofile_unreadable=first.fds_unreadable,
         uids=tuple(uids), pids_cgroups=tuple(cgroups), samples=samples, grace_s=grace_s,
         elapsed_s=elapsed_s, socket_holders=tuple(holders),
-        netns_read=len(later_sockets.netns) if later_sockets else 0)
+        netns_read=len(later_sockets.netns) if later_sockets else 0,
+        containers=tuple(containers),
+        pid_namespace_is_host=ns.view.proc_is_host if ns is not None else True)
     # Keep the newest sample old enough for the longest wait, and every newer one.
     keep_s = max(grace_s, PID1_GRACE_S)
     aged = [i for i, b in enumerate(recent) if later_at - b.taken_at >= keep_s]
@@ -285,6 +301,48 @@ def _descriptor_leaks(then: SocketCensus | None, later: SocketCensus,
     rows.sort(key=lambda h: (not h.verdicts, -h.close_wait,
                              -sum(q.queue for q in h.listeners), h.pid))
     return findings, rows, frozenset(all_held)
+
+
+def _container_rows(ns: MachineNamespaces, sample: MachineSample,
+                    inits: dict[int, ProcessInfo], findings: list[Finding]) -> list[ContainerRow]:
+    """One row per PID namespace below the host's (by its PID 1), and one per
+    known container that has no PID namespace of its own."""
+    verdicts: dict[int, set[str]] = {}
+    for f in findings:
+        if f.code in ("RD104", "RD105"):
+            verdicts.setdefault(f.pid, set()).add(f.code)
+    # Inside a container's /proc every process is in PID 1's namespace.
+    whole = not ns.view.proc_is_host
+    rows = []
+    in_a_namespace: set[int] = set()
+    for pid, inode in sorted(ns.inits.items()):
+        members = (list(sample.table) if whole
+                   else [p for p, i in ns.members.items() if inode is not None and i == inode])
+        in_a_namespace.update(members)
+        info = inits.get(pid)
+        brief = sample.table.get(pid)
+        name = info.name if info else (brief.name if brief else None)
+        rows.append(_row(ns.containers.get(pid), inode, pid, name, info, members, sample,
+                         tuple(sorted(verdicts.get(pid, ())))))
+    by_container: dict[Container, list[int]] = {}
+    for pid, container in ns.containers.items():
+        if pid not in in_a_namespace:
+            by_container.setdefault(container, []).append(pid)
+    for container, members in sorted(by_container.items(), key=lambda kv: kv[0].id):
+        rows.append(_row(container, None, None, None, None, members, sample, ()))
+    rows.sort(key=lambda r: (-len(r.verdict), r.init_pid or 0))
+    return rows
+
+
+def _row(container: Container | None, inode: int | None, init_pid: int | None,
+         name: str | None, info: ProcessInfo | None, members: list[int],
+         sample: MachineSample, verdict: tuple[str, ...]) -> ContainerRow:
+    zombies = sum(1 for p in members if p in sample.table and sample.table[p].state == "Z")
+    return ContainerRow(
+        container=container, pid_ns=inode, init_pid=init_pid, init_name=name,
+        init_cmdline=info.cmdline if info else None, init_is_known=is_known_init(name),
+        init_sigterm=info.sigterm if info else None,
+        processes=len(members) - zombies, zombies=zombies, verdict=verdict)
 
 
 def _by_parent(zombies: dict[int, ProcessInfo]) -> dict[int, dict[int, ProcessInfo]]:

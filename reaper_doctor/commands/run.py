@@ -8,8 +8,8 @@ left behind. A scenario is this on a built-in script with its expectations.
 2. Find the port: poll, bounded by `startup_timeout_s`, until a process of
    the session holds a TCP listening socket (collect/fds.py reads it from
    /proc). Load goes to 127.0.0.1 or ::1 only (`choose_endpoint`).
-3. Load (system/load.py), sampled every 0.25 s for the timeline; the scan after
-   the load (lost-sigchld's zombies only hold still once it stops), or
+3. Load (system/load.py), sampled every 0.25 s for the timeline; the scan
+   after the load (lost-sigchld's zombies only hold still once it stops), or
    during it when the accept queue is what stays (a blocking server's
    queue drains within a second of the last client).
 4. Tear down in a `finally`, with SIGINT and SIGTERM deferred until it is
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import resource
-import signal
 import subprocess
 import threading
 import time
@@ -35,7 +34,6 @@ from ..collect.tasks import session_members, stat_lines
 from ..collect.timeline import Sampler
 from ..model import Report
 from ..model.load import Outcome
-from ..render.common import address_text
 from ..model.scenario import (
     DEFAULT_REQUESTS,
     MAX_REQUESTS,
@@ -43,10 +41,12 @@ from ..model.scenario import (
     Endpoint,
     Listener,
     RunSettings,
-    TimelinePoint,
     ServerRun,
     ServerSpec,
+    TimelinePoint,
 )
+from ..model.signals import signal_name
+from ..render.common import address_text
 from ..system.lifecycle import (
     MIN_FD_LIMIT,
     become_subreaper,
@@ -248,10 +248,7 @@ def _wait_for_listener(spec: ServerSpec, proc: subprocess.Popen[bytes], output: 
 
 def _status(returncode: int | None) -> str:
     if returncode is not None and returncode < 0:
-        try:
-            return f"{returncode} (killed by {signal.Signals(-returncode).name})"
-        except ValueError:
-            pass
+        return f"{returncode} (killed by {signal_name(-returncode)})"
     return str(returncode)
 
 

@@ -15,6 +15,8 @@ back to the checkout (editable or dev runs).
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +25,42 @@ from ..model.load import Outcome
 from ..model.scenario import SCENARIOS, RunSettings, Scenario, ServerRun, ServerSpec, get
 from .run import check_settings, default_requests, run_server
 
-__all__ = ["check_settings", "default_requests", "resolve", "run_scenario", "script_path",
-           "scripts_dir"]
+__all__ = ["check_settings", "default_requests", "pid_namespace_problem", "resolve",
+           "run_scenario", "runnable_scenarios", "script_path", "scripts_dir"]
+
+
+# Whether this process may create a PID namespace (with a user namespace
+# when not root), tried in a child so that nothing here changes.
+_NAMESPACE_PROBE = """
+import ctypes, os, sys
+flags = 0x20000000 if os.geteuid() == 0 else 0x30000000  # CLONE_NEWPID (| CLONE_NEWUSER)
+libc = ctypes.CDLL(None, use_errno=True)
+sys.exit(0 if libc.unshare(flags) == 0 else os.strerror(ctypes.get_errno()))
+"""
+
+
+def pid_namespace_problem() -> str | None:
+    """Why no PID namespace can be made here (for the container scenarios), or None."""
+    try:
+        probe = subprocess.run([sys.executable, "-c", _NAMESPACE_PROBE], capture_output=True,
+                               text=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"cannot try: {e}"
+    if probe.returncode == 0:
+        return None
+    how = "" if os.geteuid() == 0 else " (not root: it needs unprivileged user namespaces)"
+    return f"cannot create a PID namespace{how}: {probe.stderr.strip() or probe.returncode}"
+
+
+def runnable_scenarios() -> tuple[list[str], str | None]:
+    """Every scenario this machine can run, and why the others cannot (the
+    container scenarios need a PID namespace), or None."""
+    names = list(SCENARIOS)
+    needing = [n for n in names if SCENARIOS[n].needs_pid_namespace]
+    problem = pid_namespace_problem() if needing else None
+    if problem is None:
+        return names, None
+    return [n for n in names if n not in needing], f"skipping {', '.join(needing)}: {problem}"
 
 
 def resolve(name: str) -> Scenario:

@@ -210,6 +210,9 @@ class Scenario:
     # Scan while the load runs: the finding exists only under load (a
     # blocking server's accept queue drains a second after the last client).
     scan_during_load: bool = False
+    # The server runs as PID 1 of a PID namespace of its own (a container):
+    # it needs root, or unprivileged user namespaces.
+    needs_pid_namespace: bool = False
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -244,6 +247,19 @@ SCENARIOS: dict[str, Scenario] = {
                  "one process, selectors, non-blocking sockets: the lighter design",
                  (),
                  "nothing to fix"),
+        Scenario("container-init", "container_init.py",
+                 "the server is PID 1 of its PID namespace (a container): adopted orphans "
+                 "stay zombies, and SIGTERM from outside is dropped",
+                 ("RD104", "RD105"),
+                 "an init as PID 1 that reaps and forwards signals: docker run --init, "
+                 "tini or dumb-init as ENTRYPOINT",
+                 needs_pid_namespace=True),
+        Scenario("container-init-fixed", "container_init_fixed.py",
+                 "the same server behind a small init of our own as PID 1: it forwards "
+                 "SIGTERM/SIGINT and reaps with a waitpid(-1, WNOHANG) loop",
+                 (),
+                 "nothing to fix",
+                 needs_pid_namespace=True),
     )
 }
 
