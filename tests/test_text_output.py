@@ -218,6 +218,14 @@ def test_scan_fits_the_terminal(leaky, width):
     assert "Machine census" in census and too_wide(census, width) == []
 
 
+def test_on_a_terminal_its_width(leaky):
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    code, pieces = on_pty([*cli_argv(), "scan", str(leaky.pid), "--grace", "0", "--no-color"],
+                          env, stream="stdout", columns=64)
+    out = "".join(piece for _, piece in pieces).replace("\r\n", "\n")
+    assert "RD201" in out and too_wide(out, 64) == [] and max(map(len, out.splitlines())) > 56
+
+
 def test_without_columns_and_a_terminal_the_width_is_80(leaky):
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     out = run_cli("scan", str(leaky.pid), "--grace", "0", env=env).stdout
