@@ -281,6 +281,11 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
             die(problem)
     if trace_s is not None and not pids:
         die("--trace needs at least one PID (the whole-machine census is not traced)")
+    if list_fds and not pids:
+        die("--list-fds needs at least one PID (the whole-machine census counts "
+            "descriptors, it does not list them)")
+    if list_fds and fmt in (None, "prometheus"):
+        die("--list-fds lists descriptors in text or JSON, not in the Prometheus output")
     notes: list[str] = []
     if pids:
         from .collect.targets import scan_targets
@@ -495,9 +500,23 @@ def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json:
             preflight()  # before any trial: no root or no tracefs is one line, exit 2
         except TracefsError as e:
             die(str(e))
+    from .render.progress import time_left_of_steps
+
+    chosen = [s for s in STRATEGIES if s in (strategies or STRATEGIES)]
+    total = len(chosen) * trials
+    progress = Progress("coalescing", total, not as_json and sys.stderr.isatty(),
+                        lambda done, elapsed_s: time_left_of_steps(done, total, elapsed_s))
+    started = 0
+
+    def trial_starts(strategy: str, number: int) -> None:
+        nonlocal started
+        progress.update(1 if started else 0, f"{strategy} {number}/{trials}")
+        started += 1
+
     try:
-        report = lesson_mod.run_lesson(children, trials,
-                                       strategies or STRATEGIES, trace=trace)
+        with progress:
+            report = lesson_mod.run_lesson(children, trials, chosen, trial_starts, trace=trace)
+            progress.finish()
     except lesson_mod.LessonError as e:
         die(str(e))
     except trace_errors as e:
@@ -505,7 +524,6 @@ def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json:
     if as_json:
         click.echo(lesson_render.render_json(report))
     else:
-
         click.echo(lesson_render.render_text(report, color=use_color(no_color),
                                              width=terminal_width()))
     if report.leftover_processes:
@@ -640,22 +658,70 @@ def load_options(func: Any) -> Any:
     return func
 
 
-def _progress(label: str, total: int, enabled: bool) -> Any:
-    """A click progress bar on stderr, or a stand-in that does nothing."""
-    if enabled:
-        return click.progressbar(length=total, label=label, file=sys.stderr, width=30)
+class Progress:
+    """A progress bar on stderr when it is a terminal (nothing otherwise):
+    the label, the bar, the percentage, then what is running and the time
+    left as `time_left(done, elapsed_s)` reckons it."""
 
-    class _Silent:
-        def __enter__(self) -> _Silent:
-            return self
+    def __init__(self, label: str, total: int, enabled: bool,
+                 time_left: Callable[[int, float], float | None]) -> None:
+        import time
 
-        def __exit__(self, *exc: object) -> None:
-            return None
+        self.clock = time.monotonic
+        self.started = self.clock()
+        self.time_left = time_left
+        self.item: str | None = None
+        self.bar = click.progressbar(length=total, label=label, file=sys.stderr, width=30,
+                                     show_eta=False, item_show_func=self._info) \
+            if enabled else None
 
-        def update(self, n: int) -> None:
-            pass
+    def _info(self, _: object) -> str:
+        from .render.progress import progress_info
 
-    return _Silent()
+        done = self.bar.pos if self.bar is not None else 0
+        return progress_info(self.item, self.time_left(done, self.clock() - self.started))
+
+    def __enter__(self) -> Progress:
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def update(self, steps: int, item: str | None = None) -> None:
+        if self.bar is not None:
+            self.item = item
+            self.bar.update(steps, item)
+            if not steps:          # click draws only when the bar moves
+                self.bar.render_progress()
+
+    def finish(self) -> None:
+        """All done (a skipped step counts as done)."""
+        if self.bar is not None and self.bar.length is not None:
+            self.item = None
+            self.bar.update(self.bar.length - self.bar.pos)
+
+
+def load_progress(label: str, settings: Any, enabled: bool) -> tuple[Progress, Callable[[Any], None]]:
+    """A Progress for a scenario's requests, and the `on_result` that moves it:
+    the time left from the requests' mean latency and the concurrency."""
+    from .render.progress import time_left_of_load
+
+    latencies: list[float] = []
+
+    def left(done: int, elapsed_s: float) -> float | None:
+        mean = sum(latencies) / len(latencies) if latencies else None
+        return time_left_of_load(settings.requests - done, mean, settings.concurrency)
+
+    progress = Progress(label, settings.requests, enabled, left)
+
+    def on_result(outcome: Any) -> None:
+        latencies.append(outcome.latency_ms / 1000)
+        progress.update(1)
+
+    return progress, on_result
 
 
 @scenario.command("run")
@@ -699,12 +765,12 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     def failed(e: ServerStartError) -> NoReturn:
         die(str(e), 1)   # a built-in script that does not start: our failure, not the input
 
-    return _run_and_report(f"{name}: requests", requests, as_json, no_color, failed,
+    return _run_and_report(f"{name}: requests", settings, as_json, no_color, failed,
                            lambda progress: runner.run_scenario(name, settings,
                                                                 on_result=progress))
 
 
-def _run_and_report(label: str, requests: int, as_json: bool, no_color: bool,
+def _run_and_report(label: str, settings: Any, as_json: bool, no_color: bool,
                     failed: Callable[[Any], NoReturn],
                     start: Callable[[Callable[[Any], object]], Any]) -> int:
     """Run a server (`start`, given the per-request progress callback) with a
@@ -714,14 +780,12 @@ def _run_and_report(label: str, requests: int, as_json: bool, no_color: bool,
     from .render.scenario import render_run_json, render_run_text
     from .system.lifecycle import signals_unwind
 
-    show = not as_json and sys.stderr.isatty()
-    with signals_unwind(), _progress(label, requests, show) as bar:
+    progress, on_result = load_progress(label, settings, not as_json and sys.stderr.isatty())
+    with signals_unwind(), progress:
         try:
-            result = start(lambda outcome: bar.update(1))
+            result = start(on_result)
         except ServerStartError as e:
             failed(e)
-    if show:
-        click.echo("", err=True)
     if as_json:
         click.echo(render_run_json(result), nl=False)
     else:
@@ -759,18 +823,15 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
         click.echo(f"{PROG}: {skipped}", err=True)
     with signals_unwind():
         for name in names:
-            with _progress(f"{name:>12}", requests, show) as bar:
+            progress, on_result = load_progress(f"{name:>12}", settings, show)
+            with progress:
                 try:
-                    runs.append(runner.run_scenario(name, settings,
-                                                    on_result=lambda o: bar.update(1)))
+                    runs.append(runner.run_scenario(name, settings, on_result=on_result))
                 except ServerStartError as e:
                     die(str(e), 1)
-            if show:
-                click.echo("", err=True)
     if as_json:
         click.echo(render_compare_json(runs), nl=False)
     else:
-
         click.echo(render_compare_text(runs, color=use_color(no_color), width=terminal_width()),
                    nl=False)
     return 0 if all(r.as_expected for r in runs) else 1
@@ -836,7 +897,7 @@ def run_command(command: tuple[str, ...], requests: int | None, concurrency: int
             click.echo(f"  {line}", err=True)
         sys.exit(2)
 
-    return _run_and_report("requests", requests, as_json, no_color, failed,
+    return _run_and_report("requests", settings, as_json, no_color, failed,
                            lambda progress: run_server(spec, settings, on_result=progress))
 
 

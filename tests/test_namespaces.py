@@ -157,3 +157,30 @@ def test_census_lists_each_namespace_with_its_init_and_verdict(spawner) -> None:
     assert {("RD104", leaky), ("RD105", leaky)} <= codes
     assert not {c for c in codes if c[1] == healthy}
     assert code == 1
+
+
+def test_container_init_runs_without_root_in_a_user_namespace() -> None:
+    """As nobody, the scenario makes a user namespace for its PID namespace,
+    and the scan, as the same user, still sees PID 1's masks and zombies."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the test drops to nobody with setpriv")
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    # The tool starts the scenario's server on its own Python: nobody must be
+    # able to run that Python, and it to start itself again.
+    probe = subprocess.run([*as_nobody, sys.executable, "-c",
+                            "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                            "'import reaper_doctor.cli'], check=True)"],
+                           capture_output=True, text=True, timeout=60, cwd="/")
+    if probe.returncode != 0:
+        pytest.skip("cannot run reaper-doctor as nobody here (a directory on its path is "
+                    "not readable by nobody)")
+    done = subprocess.run([*as_nobody, *cli_argv(), "scenario", "run", "container-init",
+                           "--requests", "8", "--concurrency", "4", "--json"],
+                          capture_output=True, text=True, timeout=120, cwd="/")
+    if done.returncode != 0 and "cannot create a PID namespace" in done.stdout + done.stderr:
+        pytest.skip("this kernel refuses unprivileged user namespaces")
+    import json
+
+    doc = json.loads(done.stdout)
+    assert {f["code"] for f in doc["findings"]} == {"RD104", "RD105"}, done.stderr
+    assert doc["leftover_processes"] == 0 and done.returncode == 0

@@ -21,7 +21,8 @@ from typing import Iterator
 import pytest
 from helpers import reap_adopted, run_cli, run_json, wait_until, zombie_children
 
-IMAGE = "localhost/reaper-doctor-test:busybox"
+# One tag per test process: suites running side by side each remove their own.
+IMAGE = f"localhost/reaper-doctor-test:busybox-{os.getpid()}"
 # No pids limit: the census would list the container's pids cgroup, and
 # other tests, running meanwhile, read the census.
 RUN = ["--runtime", "runc", "--network", "none", "--pids-limit", "-1",
@@ -64,10 +65,11 @@ def image(tmp_path_factory) -> Iterator[str]:
     made = podman("import", str(archive), IMAGE)
     if made.returncode != 0:
         pytest.skip(f"podman import failed: {made.stderr.strip()}")
+    image_id = made.stdout.strip().splitlines()[-1]   # sha256:...
     try:
         yield IMAGE
     finally:
-        podman("rmi", "-f", IMAGE)
+        podman("rmi", "-f", image_id)
 
 
 class Containers:

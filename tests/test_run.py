@@ -314,6 +314,31 @@ def test_an_iterative_server_is_scanned_during_the_load_rd401(tmp_path: Path) ->
 
 # -- bad input: exit 2, one line ----------------------------------------------------
 
+@pytest.mark.parametrize("args, said", [
+    (("--expect", "RD999"), "--expect: unknown finding code 'RD999'"),
+    (("--request", "x", "--request-file", "/etc/hostname"), "exclude each other"),
+    (("--request-file", "/no/such/file"), "--request-file /no/such/file"),
+    (("--port", "0"), "--port"),
+    (("--startup-timeout", "0"), "--startup-timeout"),
+])
+def test_bad_run_options_are_one_line_exit_2(args: tuple[str, ...], said: str) -> None:
+    line = one_error_line(run_cli("run", *args, "--", "true"))
+    assert said in line, line
+
+
+def test_request_file_is_sent_as_is(tmp_path: Path) -> None:
+    socat = shutil.which("socat")
+    if socat is None:
+        pytest.skip("socat is not installed (apt-get install socat)")
+    request = tmp_path / "request.bin"
+    request.write_bytes(b"\x00binary\r\n")
+    code, doc = run_doc("--requests", "4", "--concurrency", "2", "--grace", "0.3",
+                        "--request-file", str(request), "--json", "--", socat,
+                        "TCP-LISTEN:0,bind=127.0.0.1,fork,reuseaddr", "EXEC:cat")
+    assert doc["load"]["request"] == "\x00binary\r\n"
+    assert doc["requests"]["ok"] == 4 and code == 0
+
+
 def test_command_not_found_is_exit_2() -> None:
     line = one_error_line(run_cli("run", "--", "no-such-command-reaper-doctor-test"))
     assert line == "reaper-doctor: error: command not found: no-such-command-reaper-doctor-test"

@@ -313,7 +313,8 @@ def test_compare_text_table_from_hand_built_runs() -> None:
 
     settings = RunSettings(requests=10, concurrency=2, timeout_s=1.0)
     runs = []
-    for name, ok, hung, zombies in (("blocking", 4, 6, 0), ("event-loop", 10, 0, 0)):
+    for name, ok, hung, zombies in (("blocking", 4, 6, 0), ("event-loop", 10, 0, 0),
+                                    ("container-init-fixed", 10, 0, 0)):
         spec = ServerSpec(argv=("python3", f"{name}.py"), scenario=SCENARIOS[name])
         run = ServerRun(spec=spec, settings=settings, server_pid=1, port=1)
         run.load = LoadResult(sent=10, ok=ok, failed=0, hung=hung, p50_ms=12.5, p99_ms=20.0,
@@ -327,7 +328,7 @@ def test_compare_text_table_from_hand_built_runs() -> None:
     narrow = render_compare_text(runs, width=80)
     assert max(map(len, narrow.splitlines())) <= 80 and "peak" in narrow
     header = next(line for line in lines if line.startswith("scenario"))
-    for column in ("ok", "failed", "hung", "p50 ms", "req/s", "peak zombies", "peak fds",
+    for column in ("ok", "fail", "hung", "p50 ms", "req/s", "peak zombies", "peak fds",
                    "findings"):
         assert column in header
     blocking = next(line for line in lines if line.startswith("blocking"))

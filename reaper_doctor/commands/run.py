@@ -367,7 +367,7 @@ def choose_endpoint(listeners: Sequence[Listener], parents: Mapping[int, int],
         bound = ", ".join(sorted({address_text((s.host, s.port)) for s in listeners}))
         raise ListenerRefused(
             f"the server listens on {bound} only, not on loopback: reaper-doctor sends "
-            "load to 127.0.0.1 or ::1 only (bind 127.0.0.1, or 0.0.0.0 to test it)")
+            "load to 127.0.0.1 or ::1 only (bind 127.0.0.1 to test it)")
     host, first = reachable[0]
     assert host is not None
     holders = {s.pid for s in listeners}

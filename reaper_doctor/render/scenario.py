@@ -289,7 +289,7 @@ def render_compare_text(runs: Sequence[ServerRun], *, color: bool = False,
             _num(run.peak("zombies")), _num(run.peak("fds")), findings,
             "yes" if run.as_expected else style("NO", fg="red", bold=True),
         ])
-    table = fit_table(rows, ["scenario", "ok", "failed", "hung", "p50 ms", "req/s",
+    table = fit_table(rows, ["scenario", "ok", "fail", "hung", "p50 ms", "req/s",
                              "peak zombies", "peak fds", "findings", "as expected"], width)
     head = fill(f"{st.requests} requests per scenario, {st.concurrency} at a time, "
                 f"timeout {st.timeout_s:g} s each; hung = no end of reply within the timeout",
