@@ -281,6 +281,11 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
             die(problem)
     if trace_s is not None and not pids:
         die("--trace needs at least one PID (the whole-machine census is not traced)")
+    if list_fds and not pids:
+        die("--list-fds needs at least one PID (the whole-machine census counts "
+            "descriptors, it does not list them)")
+    if list_fds and fmt in (None, "prometheus"):
+        die("--list-fds lists descriptors in text or JSON, not in the Prometheus output")
     notes: list[str] = []
     if pids:
         from .collect.targets import scan_targets

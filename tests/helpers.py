@@ -301,14 +301,20 @@ def http_request(port: int, timeout_s: float = 5.0, close: bool = True) -> socke
 
 
 def on_pty(argv: list[str], env: dict[str, str] | None = None, timeout_s: float = 60.0,
-           stream: str = "stderr") -> tuple[int, list[tuple[float, str]]]:
+           stream: str = "stderr", columns: int | None = None) -> tuple[int, list[tuple[float, str]]]:
     """Run `argv` with its `stream` ("stdout" or "stderr") on a
-    pseudo-terminal, the other discarded: its exit code and what it wrote
-    there, each piece with the seconds since the start at which it came."""
+    pseudo-terminal (`columns` wide if given), the other discarded: its exit
+    code and what it wrote there, each piece with the seconds since the
+    start at which it came."""
+    import fcntl
     import pty
     import select
+    import struct
+    import termios
 
     master, slave = pty.openpty()
+    if columns is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     started = time.monotonic()
     streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, stream: slave}
     proc = subprocess.Popen(argv, **streams, env=env, start_new_session=True)

@@ -218,6 +218,14 @@ def test_scan_fits_the_terminal(leaky, width):
     assert "Machine census" in census and too_wide(census, width) == []
 
 
+def test_on_a_terminal_its_width(leaky):
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    code, pieces = on_pty([*cli_argv(), "scan", str(leaky.pid), "--grace", "0", "--no-color"],
+                          env, stream="stdout", columns=64)
+    out = "".join(piece for _, piece in pieces).replace("\r\n", "\n")
+    assert "RD201" in out and too_wide(out, 64) == [] and max(map(len, out.splitlines())) > 56
+
+
 def test_without_columns_and_a_terminal_the_width_is_80(leaky):
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     out = run_cli("scan", str(leaky.pid), "--grace", "0", env=env).stdout
@@ -322,3 +330,18 @@ def test_scenario_progress_eta_is_sane():
     assert etas, text
     for t, eta in etas:
         assert eta <= 2 * (end - t) + 2, (t, eta, end)
+
+
+def test_watch_summary_says_when_sampling_was_slower_than_asked():
+    from reaper_doctor.model import WatchSample
+    from reaper_doctor.model.watch import WatchLimits, WatchReport
+    from reaper_doctor.render.watch import summary_text
+
+    def report(step_s: float) -> WatchReport:
+        samples = tuple(WatchSample(i * step_s, 0, 10, 0, 1, None) for i in range(5))
+        return WatchReport(pid=7, name="x", interval_s=0.5, samples=samples,
+                           limits=WatchLimits(), rates_per_min={}, eta_s={}, findings=(),
+                           ended="duration")
+
+    assert "every 0.5 s\n" in summary_text(report(0.5))
+    assert "every 1.20 s (asked 0.5 s)" in summary_text(report(1.2))
