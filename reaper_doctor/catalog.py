@@ -26,6 +26,11 @@ CODES: dict[str, Code] = {
              "zombies persist under a parent that catches SIGCHLD but reaps one child per signal"),
         Code("RD103", "sigchld-blocked", "error",
              "zombies persist and SIGCHLD is blocked in the parent"),
+        Code("RD104", "init-not-reaping", "error",
+             "zombies persist under PID 1 of a container's PID namespace: no init reaps orphans"),
+        Code("RD105", "pid1-ignores-sigterm", "warning",
+             "PID 1 of a container's PID namespace has no SIGTERM handler: a stop waits, "
+             "then kills"),
         Code("RD201", "close-wait-leak", "error",
              "accepted sockets held in CLOSE_WAIT: the peer closed, the server never did"),
         Code("RD202", "inherited-listener", "info",
@@ -162,6 +167,79 @@ Fixed code
 Confirm the fix
   grep SigBlk /proc/PID/task/*/status   (bit 0x10000 clear, or zombies gone)
   reaper-doctor scan PID                (no RD103)
+""",
+    "RD104": """\
+RD104 init-not-reaping (error): zombies persist under PID 1 of a container.
+
+What it means
+  In a container the application often runs as PID 1 of its own PID
+  namespace (`CMD ["node", "server.js"]`, `python app.py`, a `sh -c`
+  wrapper). PID 1 has two duties the application does not know about;
+  this is the first: every orphan of the namespace is re-parented to it.
+  A helper started in the background (`cmd &`, a double fork, a
+  subprocess whose parent died) ends as a zombie of PID 1, and the
+  application only ever waits for the children it started itself. The
+  zombies pile up until the container's pids limit refuses fork().
+
+How reaper-doctor detects it
+  The parent of zombies that persist (the same PID, at least 3 s apart:
+  inits may reap in batches) is PID 1 of a PID namespace below the
+  host's: /proc/PID/status NSpid ends in 1. The container comes from
+  /proc/PID/cgroup (docker, podman, containerd, CRI-O, Kubernetes,
+  systemd-nspawn, LXC). RD104 replaces RD101/RD102/RD103 for that parent:
+  the fix is not in its SIGCHLD handling.
+
+Buggy code
+    CMD ["python", "server.py"]         # server.py is PID 1
+    # server.py: subprocess.run("notify.sh &", shell=True) per request
+
+Fixed code: an init as PID 1 that reaps and forwards signals
+    docker run --init IMAGE              podman run --init IMAGE
+    Compose:     services: {app: {init: true}}
+    Dockerfile:  ENTRYPOINT ["tini", "--"]    (or dumb-init)
+    Kubernetes:  shareProcessNamespace: true (the pause container becomes
+                 PID 1 and reaps), or tini as the container's command.
+  Or make the program reap: loop os.waitpid(-1, os.WNOHANG) on SIGCHLD.
+  Every orphan of the container comes to it, not only its own children.
+
+Confirm the fix
+  reaper-doctor scan PID     ("PID 1 of its PID namespace"; no RD104)
+  reaper-doctor scan         (Containers: the init column names tini)
+  reaper-doctor scenario run container-init  /  container-init-fixed
+""",
+    "RD105": """\
+RD105 pid1-ignores-sigterm (warning): PID 1 of a container drops SIGTERM.
+
+What it means
+  PID 1's second duty: signals. The kernel delivers to PID 1 of a
+  namespace, from outside, only the signals it has a handler for (and
+  SIGKILL): a SIGTERM it does not catch is silently dropped. `docker
+  stop`, `podman stop` and `kubectl delete pod` send SIGTERM, wait their
+  grace period (10 s, 10 s, 30 s) for nothing, then SIGKILL: slow
+  deploys, and no clean shutdown (connections cut, files half written).
+
+How reaper-doctor detects it
+  PID 1 of a PID namespace below the host's (NSpid ends in 1) has
+  SIGTERM neither in SigCgt (a handler) nor in SigBlk (blocked, to be
+  taken from a signalfd: catatonit, systemd), and does not sleep in
+  sigtimedwait (/proc/PID/wchan: tini, dumb-init; the waited signals
+  leave SigBlk while they wait). Judged from the masks, not the name:
+  an init may run under another name (podman-init).
+
+Buggy code
+    CMD ["sh", "-c", "exec python server.py"]   # no SIGTERM handler as PID 1
+    CMD python server.py                        # shell form: sh is PID 1
+
+Fixed code
+    docker run --init IMAGE   /  podman run --init IMAGE  /  init: true
+    ENTRYPOINT ["tini", "--"]       (tini forwards SIGTERM to the program)
+  Or handle it in the program:
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+
+Confirm the fix
+  grep -E 'SigCgt|SigBlk' /proc/PID/status   (bit 0x4000 set in one)
+  time docker stop NAME                      (well under 10 s)
+  reaper-doctor scan PID                     (no RD105)
 """,
     "RD201": """\
 RD201 close-wait-leak (error): accepted sockets held in CLOSE_WAIT.

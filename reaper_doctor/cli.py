@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -280,6 +281,11 @@ def scan(pids: tuple[int, ...], grace_s: float, fmt: str | None, as_json: bool,
             die(problem)
     if trace_s is not None and not pids:
         die("--trace needs at least one PID (the whole-machine census is not traced)")
+    if list_fds and not pids:
+        die("--list-fds needs at least one PID (the whole-machine census counts "
+            "descriptors, it does not list them)")
+    if list_fds and fmt in (None, "prometheus"):
+        die("--list-fds lists descriptors in text or JSON, not in the Prometheus output")
     notes: list[str] = []
     if pids:
         from .collect.targets import scan_targets
@@ -494,9 +500,23 @@ def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json:
             preflight()  # before any trial: no root or no tracefs is one line, exit 2
         except TracefsError as e:
             die(str(e))
+    from .render.progress import time_left_of_steps
+
+    chosen = [s for s in STRATEGIES if s in (strategies or STRATEGIES)]
+    total = len(chosen) * trials
+    progress = Progress("coalescing", total, not as_json and sys.stderr.isatty(),
+                        lambda done, elapsed_s: time_left_of_steps(done, total, elapsed_s))
+    started = 0
+
+    def trial_starts(strategy: str, number: int) -> None:
+        nonlocal started
+        progress.update(1 if started else 0, f"{strategy} {number}/{trials}")
+        started += 1
+
     try:
-        report = lesson_mod.run_lesson(children, trials,
-                                       strategies or STRATEGIES, trace=trace)
+        with progress:
+            report = lesson_mod.run_lesson(children, trials, chosen, trial_starts, trace=trace)
+            progress.finish()
     except lesson_mod.LessonError as e:
         die(str(e))
     except trace_errors as e:
@@ -504,7 +524,6 @@ def coalescing(children: int, trials: int, strategies: tuple[str, ...], as_json:
     if as_json:
         click.echo(lesson_render.render_json(report))
     else:
-
         click.echo(lesson_render.render_text(report, color=use_color(no_color),
                                              width=terminal_width()))
     if report.leftover_processes:
@@ -625,7 +644,7 @@ def load_options(func: Any) -> Any:
     """The load shared by `scenario run` and `scenario compare`."""
     for option in reversed((
         click.option("--requests", "-n", type=BoundedInt(1, 5000), default=None,
-                     help="Requests to send (to 127.0.0.1 only)  [default: 60; with "
+                     help="Requests to send (to 127.0.0.1 or ::1 only)  [default: 60; with "
                           "--fd-limit N, N + concurrency: enough to reach the limit]"),
         click.option("--concurrency", "-c", type=BoundedInt(1, 64), default=8,
                      show_default=True, help="Requests in flight at once."),
@@ -639,22 +658,70 @@ def load_options(func: Any) -> Any:
     return func
 
 
-def _progress(label: str, total: int, enabled: bool) -> Any:
-    """A click progress bar on stderr, or a stand-in that does nothing."""
-    if enabled:
-        return click.progressbar(length=total, label=label, file=sys.stderr, width=30)
+class Progress:
+    """A progress bar on stderr when it is a terminal (nothing otherwise):
+    the label, the bar, the percentage, then what is running and the time
+    left as `time_left(done, elapsed_s)` reckons it."""
 
-    class _Silent:
-        def __enter__(self) -> _Silent:
-            return self
+    def __init__(self, label: str, total: int, enabled: bool,
+                 time_left: Callable[[int, float], float | None]) -> None:
+        import time
 
-        def __exit__(self, *exc: object) -> None:
-            return None
+        self.clock = time.monotonic
+        self.started = self.clock()
+        self.time_left = time_left
+        self.item: str | None = None
+        self.bar = click.progressbar(length=total, label=label, file=sys.stderr, width=30,
+                                     show_eta=False, item_show_func=self._info) \
+            if enabled else None
 
-        def update(self, n: int) -> None:
-            pass
+    def _info(self, _: object) -> str:
+        from .render.progress import progress_info
 
-    return _Silent()
+        done = self.bar.pos if self.bar is not None else 0
+        return progress_info(self.item, self.time_left(done, self.clock() - self.started))
+
+    def __enter__(self) -> Progress:
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def update(self, steps: int, item: str | None = None) -> None:
+        if self.bar is not None:
+            self.item = item
+            self.bar.update(steps, item)
+            if not steps:          # click draws only when the bar moves
+                self.bar.render_progress()
+
+    def finish(self) -> None:
+        """All done (a skipped step counts as done)."""
+        if self.bar is not None and self.bar.length is not None:
+            self.item = None
+            self.bar.update(self.bar.length - self.bar.pos)
+
+
+def load_progress(label: str, settings: Any, enabled: bool) -> tuple[Progress, Callable[[Any], None]]:
+    """A Progress for a scenario's requests, and the `on_result` that moves it:
+    the time left from the requests' mean latency and the concurrency."""
+    from .render.progress import time_left_of_load
+
+    latencies: list[float] = []
+
+    def left(done: int, elapsed_s: float) -> float | None:
+        mean = sum(latencies) / len(latencies) if latencies else None
+        return time_left_of_load(settings.requests - done, mean, settings.concurrency)
+
+    progress = Progress(label, settings.requests, enabled, left)
+
+    def on_result(outcome: Any) -> None:
+        latencies.append(outcome.latency_ms / 1000)
+        progress.update(1)
+
+    return progress, on_result
 
 
 @scenario.command("run")
@@ -679,9 +746,8 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
     1: otherwise; 2: bad input (unknown scenario).
     """
     from .commands import scenario as runner
+    from .commands.run import ServerStartError
     from .model.scenario import RunSettings
-    from .render.scenario import render_run_json, render_run_text
-    from .system.lifecycle import signals_unwind
 
     if requests is None:
         requests = runner.default_requests(fd_limit, concurrency)
@@ -695,22 +761,37 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
         die(e.args[0])
     except ValueError as e:
         die(str(e))
-    show = not as_json and sys.stderr.isatty()
-    with signals_unwind(), \
-            _progress(f"{name}: requests", requests, show) as bar:
-        try:
-            run = runner.run_scenario(name, settings, on_result=lambda o: bar.update(1))
-        except runner.ScenarioError as e:
-            die(str(e), 1)
-    if show:
-        click.echo("", err=True)
-    if as_json:
-        click.echo(render_run_json(run), nl=False)
-    else:
 
-        click.echo(render_run_text(run, color=use_color(no_color), width=terminal_width()),
+    def failed(e: ServerStartError) -> NoReturn:
+        die(str(e), 1)   # a built-in script that does not start: our failure, not the input
+
+    return _run_and_report(f"{name}: requests", settings, as_json, no_color, failed,
+                           lambda progress: runner.run_scenario(name, settings,
+                                                                on_result=progress))
+
+
+def _run_and_report(label: str, settings: Any, as_json: bool, no_color: bool,
+                    failed: Callable[[Any], NoReturn],
+                    start: Callable[[Callable[[Any], object]], Any]) -> int:
+    """Run a server (`start`, given the per-request progress callback) with a
+    progress bar on a terminal, SIGTERM unwinding like Ctrl-C; print its
+    report; return its exit code. `failed` gets a ServerStartError."""
+    from .commands.run import ServerStartError
+    from .render.scenario import render_run_json, render_run_text
+    from .system.lifecycle import signals_unwind
+
+    progress, on_result = load_progress(label, settings, not as_json and sys.stderr.isatty())
+    with signals_unwind(), progress:
+        try:
+            result = start(on_result)
+        except ServerStartError as e:
+            failed(e)
+    if as_json:
+        click.echo(render_run_json(result), nl=False)
+    else:
+        click.echo(render_run_text(result, color=use_color(no_color), width=terminal_width()),
                    nl=False)
-    return run.exit_code
+    return int(result.exit_code)
 
 
 @scenario.command("compare")
@@ -719,14 +800,15 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
 @no_color_option
 def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, grace_s: float,
                      as_json: bool, no_color: bool) -> int:
-    """Run all six scenarios under the same load, one after the other, and
+    """Run every scenario under the same load, one after the other, and
     compare them in one table: ok / failed / hung requests, median latency,
     requests per second, peak zombies and descriptors, findings.
 
     Exit 0 when every scenario behaved as expected and nothing was left over.
     """
     from .commands import scenario as runner
-    from .model.scenario import SCENARIOS, RunSettings
+    from .commands.run import ServerStartError
+    from .model.scenario import RunSettings
     from .render.scenario import render_compare_json, render_compare_text
     from .system.lifecycle import signals_unwind
 
@@ -736,23 +818,124 @@ def scenario_compare(requests: int | None, concurrency: int, timeout_s: float, g
                                   timeout_s=timeout_s, grace_s=grace_s)
     show = not as_json and sys.stderr.isatty()
     runs = []
+    names, skipped = runner.runnable_scenarios()
+    if skipped:
+        click.echo(f"{PROG}: {skipped}", err=True)
     with signals_unwind():
-        for name in SCENARIOS:
-            with _progress(f"{name:>12}", requests, show) as bar:
+        for name in names:
+            progress, on_result = load_progress(f"{name:>12}", settings, show)
+            with progress:
                 try:
-                    runs.append(runner.run_scenario(name, settings,
-                                                    on_result=lambda o: bar.update(1)))
-                except runner.ScenarioError as e:
+                    runs.append(runner.run_scenario(name, settings, on_result=on_result))
+                except ServerStartError as e:
                     die(str(e), 1)
-            if show:
-                click.echo("", err=True)
     if as_json:
         click.echo(render_compare_json(runs), nl=False)
     else:
-
         click.echo(render_compare_text(runs, color=use_color(no_color), width=terminal_width()),
                    nl=False)
     return 0 if all(r.as_expected for r in runs) else 1
+
+
+@main.command("run", context_settings={"allow_interspersed_args": False})
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@load_options
+@click.option("--port", type=BoundedInt(1, 65535), default=None,
+              help="The listening port to load when the server listens on several.")
+@click.option("--request", "request_text", default=None, metavar="TEXT",
+              help=r"Send these bytes instead of an HTTP GET (escapes: \r \n \t \0 \\ "
+                   r"\xHH), then shut the sending side; any reply that ends counts as ok.")
+@click.option("--request-file", type=click.Path(dir_okay=False), default=None,
+              help="Send the bytes of this file instead of an HTTP GET (as --request).")
+@click.option("--startup-timeout", "startup_timeout_s",
+              type=SecondsType("--startup-timeout", 600), default=20.0, show_default=True,
+              help="Seconds the server may take to listen on a TCP port.")
+@click.option("--expect", "expect", multiple=True, metavar="CODE",
+              help="A finding code the server should show (repeat, or RD101,RD201): exit 0 "
+                   "only if these are found and no other warning or worse.")
+@click.option("--fd-limit", type=BoundedInt(1, 1 << 20), default=None,
+              help="Lower the server's soft RLIMIT_NOFILE (ulimit -n) to this.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@no_color_option
+def run_command(command: tuple[str, ...], requests: int | None, concurrency: int, timeout_s: float,
+                grace_s: float, port: int | None, request_text: str | None,
+                request_file: str | None, startup_timeout_s: float, expect: tuple[str, ...],
+                fd_limit: int | None, as_json: bool, no_color: bool) -> int:
+    """Start COMMAND (your server) in its own session, find the TCP port it
+    listens on, load it on 127.0.0.1 or ::1, sample it, scan it, then kill
+    and reap everything it started, like `scenario run` does for the
+    built-in servers. Put `--` before the command:
+
+        reaper-doctor run -n 100 -- python3 webserver3c.py
+
+    Exit 0: no finding of severity warning or worse (with --expect: the
+    expected codes and no other) and nothing left over; 1: otherwise; 2:
+    bad input, the command was not found, it exited before listening, or
+    nothing listened within --startup-timeout.
+    """
+    from .commands.run import ServerStartError, check_settings, default_requests, run_server
+    from .model.scenario import RunSettings, ServerSpec
+
+    if requests is None:
+        requests = default_requests(fd_limit, concurrency)
+    settings = RunSettings(requests=requests, concurrency=concurrency,
+                           timeout_s=timeout_s, grace_s=grace_s, fd_limit=fd_limit)
+    try:
+        check_settings(settings)
+    except ValueError as e:
+        die(str(e))
+    spec = ServerSpec(argv=command, expected=_expected_codes(expect), port=port,
+                      request=_request_bytes(request_text, request_file),
+                      startup_timeout_s=startup_timeout_s)
+
+    def failed(e: ServerStartError) -> NoReturn:
+        # One line; when the server printed something, its last line ends
+        # it and the lines before that follow, indented.
+        click.echo(error_line(str(e) + (f"; its output ends: {e.tail[-1]}" if e.tail else "")),
+                   err=True)
+        for line in e.tail[-10:-1]:
+            click.echo(f"  {line}", err=True)
+        sys.exit(2)
+
+    return _run_and_report("requests", settings, as_json, no_color, failed,
+                           lambda progress: run_server(spec, settings, on_result=progress))
+
+
+def _expected_codes(expect: tuple[str, ...]) -> tuple[str, ...]:
+    """The codes of `--expect` (repeated or comma-separated), validated."""
+    from .catalog import CODES, lookup
+
+    codes: list[str] = []
+    for item in expect:
+        for word in filter(None, (w.strip() for w in item.split(","))):
+            found = lookup(word)
+            if found is None:
+                die(f"--expect: unknown finding code {word!r} (known: {', '.join(CODES)})")
+            codes.append(found.code)
+    return tuple(sorted(set(codes)))
+
+
+def _request_bytes(text: str | None, path: str | None) -> bytes | None:
+    """The raw request of `--request` or `--request-file`; None: the HTTP GET."""
+    from .parse.request import parse_request_text
+
+    if text is not None and path is not None:
+        die("--request and --request-file exclude each other")
+    if text is not None:
+        try:
+            return parse_request_text(text)
+        except ValueError as e:
+            die(str(e))
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(1 << 20)
+        except OSError as e:
+            die(f"--request-file {path}: {e.strerror or e}")
+        if not data:
+            die(f"--request-file {path} is empty")
+        return data
+    return None
 
 
 @main.command()
@@ -791,7 +974,8 @@ def exporter(listen: str, min_interval_s: float, grace_s: float) -> None:
 
     history = CensusHistory(grace_s=grace_s)
     try:
-        serve(host, port, history.run, min_interval_s=min_interval_s, on_ready=ready)
+        serve(host, port, history.run, min_interval_s=min_interval_s, on_ready=ready,
+              on_error=lambda e: click.echo(error_line(f"census failed: {e!r}"), err=True))
     except OSError as e:
         die(f"cannot listen on {listen}: {e.strerror or e}")
     click.echo(f"{PROG}: exporter stopped", err=True)

@@ -298,3 +298,44 @@ def http_request(port: int, timeout_s: float = 5.0, close: bool = True) -> socke
         return s
     s.close()
     return body
+
+
+def on_pty(argv: list[str], env: dict[str, str] | None = None, timeout_s: float = 60.0,
+           stream: str = "stderr", columns: int | None = None) -> tuple[int, list[tuple[float, str]]]:
+    """Run `argv` with its `stream` ("stdout" or "stderr") on a
+    pseudo-terminal (`columns` wide if given), the other discarded: its exit
+    code and what it wrote there, each piece with the seconds since the
+    start at which it came."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    if columns is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    started = time.monotonic()
+    streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, stream: slave}
+    proc = subprocess.Popen(argv, **streams, env=env, start_new_session=True)
+    os.close(slave)
+    pieces: list[tuple[float, str]] = []
+    try:
+        while time.monotonic() - started < timeout_s:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 4096)
+                except OSError:        # EIO: the other end is closed
+                    break
+                if not data:
+                    break
+                pieces.append((time.monotonic() - started, data.decode("utf-8", "replace")))
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    return proc.returncode, pieces

@@ -45,3 +45,12 @@ def test_two_formats_at_once_is_one_error(fmt):
 def test_json_twice_over_is_no_conflict():
     result = run_cli("scan", "1", "--grace", "0", "--json", "--format", "json")
     assert result.returncode in (0, 1) and result.stdout.startswith("{"), result.stderr
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["scan", "--list-fds"], "--list-fds needs at least one PID"),
+    (["scan", "1", "--list-fds", "--format", "prometheus"], "--list-fds lists descriptors in "
+                                                             "text or JSON"),
+])
+def test_list_fds_where_it_cannot_list_is_one_error(argv, message):
+    assert message in one_error_line(run_cli(*argv, "--grace", "0"))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from reaper_doctor.model import Container
 from reaper_doctor.parse.containers import (
-    HOST_PID_NS_INODE, Container, container_from_cgroup, parse_ns_inode, parse_nspid,
+    HOST_PID_NS_INODE, container_from_cgroup, parse_ns_inode, parse_nspid,
     sigterm_disposition, waits_for_signals,
 )
 

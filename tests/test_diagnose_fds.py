@@ -3,6 +3,8 @@ test_fds.py and test_watch.py prove them on real processes)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from reaper_doctor.diagnose.fds import (
     accept_backlog_findings,
     close_wait_findings,
@@ -149,3 +151,24 @@ def test_sparkline():
     assert sparkline([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█"
     assert sparkline([5, 5, 5]) == "▁▁▁"
     assert len(sparkline(list(range(1000)))) == 40
+
+
+def test_coverage_names_what_is_missing_and_what_would_complete_it():
+    from reaper_doctor.diagnose.coverage import coverage
+    from reaper_doctor.model import Unreadable
+
+    procs = [proc(10, 1), proc(11, 10), proc(12, 10)]
+    complete = snap(0, {}, procs)
+    assert coverage(complete) is None
+    denied = tuple(Unreadable(pid, "fds", "permission denied") for pid in (10, 11, 12))
+    gaps = coverage(dataclasses.replace(complete, unreadable=denied, reader_uid=65534))
+    assert gaps is not None
+    assert gaps.missing == ("the descriptors of 3 processes, PIDs 10, 11, 12 "
+                            "(permission denied)",)
+    assert "RD201" in gaps.unchecked and "RD101" not in gaps.unchecked
+    assert gaps.to_complete == "run as root, or as UID 1000 (the owner), to complete it"
+    as_root = coverage(dataclasses.replace(complete, unreadable=denied[:1], reader_uid=0))
+    assert as_root is not None and "even as root" in as_root.to_complete
+    # A field no finding needs leaves the scan complete.
+    cmdline = (Unreadable(10, "cmdline", "permission denied"),)
+    assert coverage(dataclasses.replace(complete, unreadable=cmdline)) is None

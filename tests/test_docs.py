@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -32,7 +33,7 @@ from docs_reference import (
     json_shapes,
     relative_links,
 )
-from helpers import run_cli, run_json, wait_until, zombie_children
+from helpers import children_states, run_cli, run_json, wait_until, zombie_children
 from test_exporter import Exporter
 
 from reaper_doctor.catalog import CODES
@@ -83,13 +84,37 @@ def test_scan_json_is_as_documented(spawner):
             "fds.list[].target", "fds.sockets[].state"} <= seen
 
 
+# PID 1 of a PID namespace of its own that does not reap: RD104 and RD105.
+NAMESPACE_INIT = r"""
+import os
+print("ready", flush=True)
+os.execvp("unshare", ["unshare", "--pid", "--fork", "sh", "-c", "(sleep 0.1 &); exec sleep 60"])
+"""
+
+
+def _can_unshare_pid() -> bool:
+    probe = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True,
+                           timeout=30, check=False) if shutil.which("unshare") else None
+    return probe is not None and probe.returncode == 0
+
+
 def test_census_json_is_as_documented(spawner):
     proc = _zombie_server(spawner)
+    namespace = _can_unshare_pid()
+    if namespace:
+        holder = spawner.python(NAMESPACE_INIT)
+        wait_until(lambda: any(zombie_children(c) for c in children_states(holder.pid)),
+                   what="a zombie under the namespace's PID 1")
     code, doc = run_json("scan", "--grace", "0.3")
     assert code == 1
     checker = assert_documented(doc)
     assert proc.pid in [t["pid"] for t in doc["targets"]]
-    assert "zombie_parents[].verdict" in checker.seen["machine-object"]
+    seen = checker.seen["machine-object"]
+    assert "zombie_parents[].verdict" in seen
+    if namespace:   # its rows, and RD104's and RD105's evidence, were checked too
+        assert "containers[].init.sigterm" in seen
+        codes = {f["code"] for t in doc["targets"] for f in t["findings"]}
+        assert {"RD104", "RD105"} <= codes
 
 
 def test_watch_json_is_as_documented(spawner):

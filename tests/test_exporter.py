@@ -223,3 +223,67 @@ def test_history_gives_rd203_across_censuses_and_forgets_gone_pids(spawner):
     spawner.reap_all()
     _report, state = census_after(state, grace_s=0)
     assert not any(grower.pid in s.counts for s in state.fd_series)
+
+
+def test_process_cache_keys_by_inode_refreshes_and_forgets():
+    from reaper_doctor.collect.machine import ProcessCache
+    from reaper_doctor.collect.tasks import TaskBrief
+
+    cache = ProcessCache()
+    table = {10: TaskBrief(ppid=1, uid=0, threads=1, state="S", ino=111)}
+    cache.next_census(table)
+    cache.put("limits", 10, 111, "read at census 1")
+    assert cache.get("limits", 10, 111) == "read at census 1"
+    assert cache.get("limits", 10, 999) is None            # same PID, another process
+    for _ in range(ProcessCache.REFRESH + 10 % ProcessCache.REFRESH - 1):
+        cache.next_census(table)
+    assert cache.get("limits", 10, 111) == "read at census 1"
+    cache.next_census(table)
+    assert cache.get("limits", 10, 111) is None            # due to be read again
+    assert cache.get("limits", 10, 111, refresh=False) == "read at census 1"
+    cache.next_census({})
+    assert cache.get("limits", 10, 111, refresh=False) is None   # the PID is gone
+
+
+def test_exporter_censuses_see_a_changed_limit_within_the_refresh(spawner):
+    from reaper_doctor.collect.machine import ProcessCache
+    from reaper_doctor.commands.census import census_after
+
+    proc = spawner.python("import time; print('ready', flush=True); time.sleep(300)")
+    cache, state = ProcessCache(), None
+
+    def soft_seen() -> int | None:
+        nonlocal state
+        report, state = census_after(state, grace_s=0, cache=cache, sockets=False)
+        return state.cache.get("limits", proc.pid, _ino(proc.pid),
+                               refresh=False)["Max open files"][0]
+
+    first = soft_seen()
+    import resource
+
+    hard = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)[1]
+    resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (first - 1, hard))
+    seen = [soft_seen() for _ in range(2 * ProcessCache.REFRESH)]
+    assert seen[0] == first and first - 1 in seen
+
+
+def _ino(pid: int) -> int:
+    import os
+
+    return os.stat(f"/proc/{pid}").st_ino
+
+
+def test_cached_zombies_follow_their_new_parent(spawner):
+    import os
+
+    from reaper_doctor.collect.machine import ProcessCache
+    from reaper_doctor.commands.census import census_after
+
+    parent = spawner.zombie_parent("0", "0")
+    cache = ProcessCache()
+    report, state = census_after(None, grace_s=0, cache=cache, sockets=False)
+    assert parent.pid in [zp.pid for zp in report.machine.zombie_parents]
+    os.killpg(parent.pid, signal.SIGKILL)
+    parent.wait()
+    report, state = census_after(state, grace_s=0, cache=cache, sockets=False)
+    assert parent.pid not in [zp.pid for zp in report.machine.zombie_parents]

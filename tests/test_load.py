@@ -12,7 +12,7 @@ from reaper_doctor.model.load import LoadResult
 from reaper_doctor.system.load import drive, one_request, percentile
 
 
-@pytest.mark.parametrize("host", ["localhost", "0.0.0.0", "::1", "10.0.0.1", "127.0.0.2"])
+@pytest.mark.parametrize("host", ["localhost", "0.0.0.0", "::", "10.0.0.1", "127.0.0.2"])
 def test_refuses_anything_but_loopback(host: str) -> None:
     with pytest.raises(ValueError, match="127.0.0.1"):
         drive(host, 80, requests=1, concurrency=1, timeout_s=1)
@@ -109,3 +109,80 @@ def test_bad_reply_is_failed() -> None:
         finally:
             t.join(timeout=15)
     assert outcome.outcome == "failed" and "bad reply" in (outcome.error or "")
+
+
+def _serve_once(srv: socket.socket, reply: bytes, box: dict) -> threading.Thread:
+    """Accept one connection on `srv`, keep what it received up to EOF (or
+    the first 1024 bytes), answer `reply` and close."""
+    def answer_once() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            box["got"] = conn.recv(1024)
+            conn.sendall(reply)
+
+    t = threading.Thread(target=answer_once)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("reply, outcome", [(b"HTTP/1.1 200 OK\r\n\r\nhi", "ok"),
+                                            (b"HTTP/1.0 404 Not Found\r\n\r\n", "ok"),
+                                            (b"HTTP/1.1 500 Oops\r\n\r\n", "failed"),
+                                            (b"", "failed")])
+def test_http_request_is_1_1_with_connection_close(reply: bytes, outcome: str) -> None:
+    box: dict = {}
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        srv.settimeout(10)
+        t = _serve_once(srv, reply, box)
+        try:
+            result = one_request("127.0.0.1", srv.getsockname()[1], timeout_s=10)
+        finally:
+            t.join(timeout=15)
+    assert box["got"].startswith(b"GET / HTTP/1.1\r\n")
+    assert b"\r\nConnection: close\r\n" in box["got"] and box["got"].endswith(b"\r\n\r\n")
+    assert result.outcome == outcome, result
+
+
+def test_raw_request_is_sent_as_given_then_half_closed() -> None:
+    # An echo server reads until EOF: it answers only because the driver
+    # shuts its sending side down after the request.
+    box: dict = {}
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        srv.settimeout(10)
+
+        def echo_until_eof() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                data = b""
+                while chunk := conn.recv(1024):
+                    data += chunk
+                box["got"] = data
+                conn.sendall(data)
+
+        t = threading.Thread(target=echo_until_eof)
+        t.start()
+        try:
+            result = one_request("127.0.0.1", srv.getsockname()[1], timeout_s=10,
+                                 request=b"PING\r\n")
+        finally:
+            t.join(timeout=15)
+    assert box["got"] == b"PING\r\n"
+    assert result.outcome == "ok", result
+
+
+def test_load_to_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this Python")
+    try:
+        srv = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError as e:
+        pytest.skip(f"cannot bind ::1 here: {e}")
+    box: dict = {}
+    with srv:
+        srv.settimeout(10)
+        t = _serve_once(srv, b"HTTP/1.1 200 OK\r\n\r\n", box)
+        try:
+            result = drive("::1", srv.getsockname()[1], requests=1, concurrency=1, timeout_s=10)
+        finally:
+            t.join(timeout=15)
+    assert result.ok == 1, result.errors

@@ -21,6 +21,7 @@ from helpers import (
     wait_until,
     zombie_children,
 )
+from namespaces import namespace_skip_reason, needs_namespaces
 
 from reaper_doctor.commands.scenario import script_path
 from reaper_doctor.model.scenario import SCENARIOS
@@ -93,6 +94,28 @@ def test_lost_sigchld_run_finds_rd102() -> None:
     assert doc["requests"]["ok"] == 16
     assert "RD102" in codes(doc) and "RD101" not in codes(doc)
     assert 0 < doc["scan"]["zombies"]["count"] <= 16
+    assert doc["as_expected"] and code == 0
+
+
+def test_container_init_run_finds_rd104_and_rd105() -> None:
+    needs_namespaces()
+    code, doc = run_scenario("container-init")
+    assert doc["requests"]["ok"] == 16
+    assert codes(doc) == {"RD104", "RD105"}
+    # The server listening is the namespace's PID 1, and every request's
+    # helper became its zombie.
+    init = doc["scan"]
+    assert init["ns_pid"] == 1 and init["is_ns_init"] is True
+    assert [f["pid"] for f in doc["findings"]] == [init["pid"]] * 2
+    assert doc["scan"]["zombies"]["count"] == 16
+    assert doc["as_expected"] and code == 0
+
+
+def test_container_init_fixed_runs_clean() -> None:
+    needs_namespaces()
+    code, doc = run_scenario("container-init-fixed")
+    assert doc["requests"] == {"sent": 16, "ok": 16, "failed": 0, "hung": 0}
+    assert doc["findings"] == [] and doc["scan"]["zombies"]["count"] == 0
     assert doc["as_expected"] and code == 0
 
 
@@ -232,7 +255,9 @@ def test_compare_shows_the_collapse_the_leaks_and_the_clean_designs() -> None:
     assert doc["schema"] == "reaper-doctor/scenario-compare/1"
     assert_documented(doc)
     runs = {r["scenario"]: r for r in doc["runs"]}
-    assert list(runs) == list(SCENARIOS)
+    # Where no PID namespace can be made, compare skips the container scenarios.
+    assert list(runs) == [name for name in SCENARIOS if not (
+        SCENARIOS[name].needs_pid_namespace and namespace_skip_reason())]
     for run in runs.values():
         assert_nothing_left(run)
     blocking, fixed = runs["blocking"], runs["fixed-fork"]
@@ -244,8 +269,11 @@ def test_compare_shows_the_collapse_the_leaks_and_the_clean_designs() -> None:
     assert runs["fd-leak"]["requests"]["hung"] == 8
     assert "RD101" in codes(runs["zombie-leak"]) and runs["zombie-leak"]["peak"]["zombies"] == 8
     assert "RD102" in codes(runs["lost-sigchld"])
-    for name in ("fixed-fork", "event-loop"):
-        assert runs[name]["findings"] == [] and runs[name]["requests"]["ok"] == 8
+    for name in ("fixed-fork", "event-loop", "container-init-fixed"):
+        if name in runs:
+            assert runs[name]["findings"] == [] and runs[name]["requests"]["ok"] == 8
+    if "container-init" in runs:
+        assert codes(runs["container-init"]) == {"RD104", "RD105"}
     assert doc["leftover_processes"] == 0
     assert result.returncode == 0
 
@@ -274,13 +302,21 @@ def test_sparkline() -> None:
 
 def test_compare_text_table_from_hand_built_runs() -> None:
     from reaper_doctor.model.load import LoadResult
-    from reaper_doctor.model.scenario import RunSettings, TimelinePoint, ScenarioRun, Teardown
+    from reaper_doctor.model.scenario import (
+        RunSettings,
+        ServerRun,
+        ServerSpec,
+        Teardown,
+        TimelinePoint,
+    )
     from reaper_doctor.render.scenario import render_compare_text
 
     settings = RunSettings(requests=10, concurrency=2, timeout_s=1.0)
     runs = []
-    for name, ok, hung, zombies in (("blocking", 4, 6, 0), ("event-loop", 10, 0, 0)):
-        run = ScenarioRun(scenario=SCENARIOS[name], settings=settings, server_pid=1, port=1)
+    for name, ok, hung, zombies in (("blocking", 4, 6, 0), ("event-loop", 10, 0, 0),
+                                    ("container-init-fixed", 10, 0, 0)):
+        spec = ServerSpec(argv=("python3", f"{name}.py"), scenario=SCENARIOS[name])
+        run = ServerRun(spec=spec, settings=settings, server_pid=1, port=1)
         run.load = LoadResult(sent=10, ok=ok, failed=0, hung=hung, p50_ms=12.5, p99_ms=20.0,
                               duration_s=2.0)
         run.timeline = [TimelinePoint(0.0, 1, zombies, 4, 0, 0), TimelinePoint(0.25, 1, zombies, 9, 0, 3)]
@@ -292,7 +328,7 @@ def test_compare_text_table_from_hand_built_runs() -> None:
     narrow = render_compare_text(runs, width=80)
     assert max(map(len, narrow.splitlines())) <= 80 and "peak" in narrow
     header = next(line for line in lines if line.startswith("scenario"))
-    for column in ("ok", "failed", "hung", "p50 ms", "req/s", "peak zombies", "peak fds",
+    for column in ("ok", "fail", "hung", "p50 ms", "req/s", "peak zombies", "peak fds",
                    "findings"):
         assert column in header
     blocking = next(line for line in lines if line.startswith("blocking"))

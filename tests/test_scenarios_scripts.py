@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ast
 import io
+import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +16,8 @@ import tokenize
 
 import psutil
 import pytest
-from helpers import wait_until, zombie_children
+from helpers import live_children, wait_until, zombie_children
+from namespaces import namespace_skip_reason, needs_namespaces, ns_pids
 from scenario_servers import read_until, start_scenario
 
 from reaper_doctor.catalog import CODES
@@ -27,9 +30,10 @@ NAMES = sorted(SCENARIOS)
 
 # -- the registry --------------------------------------------------------------
 
-def test_registry_lists_the_six_scenarios() -> None:
+def test_registry_lists_the_scenarios() -> None:
     assert set(SCENARIOS) == {"blocking", "zombie-leak", "lost-sigchld", "fd-leak",
-                              "fixed-fork", "event-loop"}
+                              "fixed-fork", "event-loop", "container-init",
+                              "container-init-fixed"}
     for s in SCENARIOS.values():
         assert set(s.expected) <= set(CODES)
         assert s.reproduces and s.fix
@@ -75,14 +79,20 @@ def test_script_is_short_stdlib_only_and_documented(name: str) -> None:
                 if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
-    assert '"127.0.0.1"' in source and "0.0.0.0" not in source
+    # A scenario may build on another one (the fixed container runs the
+    # container_init.py server): the scripts ship side by side.
+    siblings = {path.stem for path in scripts_dir().glob("*.py")}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"} | siblings, imported
+    assert "0.0.0.0" not in source
+    assert '"127.0.0.1"' in source or imported & siblings   # its server binds loopback
 
 
 # -- the scripts run alone ---------------------------------------------------------
 
 @pytest.mark.parametrize("name", NAMES)
 def test_script_prints_its_address_and_serves_a_request(spawner, name: str) -> None:
+    if SCENARIOS[name].needs_pid_namespace:
+        needs_namespaces()
     proc, port = start_scenario(spawner, name, lifetime_s=20)
     # fd-leak never sends EOF (that is its bug): read until the body instead.
     if name == "fd-leak":
@@ -98,8 +108,10 @@ def test_script_prints_its_address_and_serves_a_request(spawner, name: str) -> N
 
 
 def test_scripts_end_by_themselves(spawner) -> None:
-    procs = [start_scenario(spawner, name, lifetime_s=1)[0] for name in NAMES]
-    for name, proc in zip(NAMES, procs):
+    names = [name for name in NAMES
+             if not (SCENARIOS[name].needs_pid_namespace and namespace_skip_reason())]
+    procs = [start_scenario(spawner, name, lifetime_s=1)[0] for name in names]
+    for name, proc in zip(names, procs):
         assert proc.wait(timeout=30) == 0, name
 
 
@@ -178,3 +190,46 @@ def test_fd_leak_reaches_emfile_and_keeps_running(spawner) -> None:
         time.sleep(0.05)
     assert sum(server.cpu_times()[:2]) - before < 0.25
     assert proc.poll() is None
+
+
+# -- the container scenarios: real PID namespaces -----------------------------------
+
+def test_container_init_keeps_adopted_zombies_and_ignores_sigterm(spawner) -> None:
+    needs_namespaces()
+    proc, port = start_scenario(spawner, "container-init", "--helper-ms", "10",
+                                "--stop-timeout", "2")
+    pid1 = wait_until(lambda: live_children(proc.pid), what="the namespace's PID 1")[0]
+    assert ns_pids(pid1) == [pid1, 1]
+    result = drive("127.0.0.1", port, requests=6, concurrency=2, timeout_s=10)
+    assert result.ok == 6, result
+    # Each request's helper ends as a zombie of PID 1, which never reaps it.
+    zombies = wait_until(lambda: len(zombie_children(pid1)) >= 6 and zombie_children(pid1),
+                         timeout_s=15, what="6 zombies under the namespace's PID 1")
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        time.sleep(0.1)
+    assert set(zombies) <= set(zombie_children(pid1))
+    # SIGTERM from outside is dropped (no handler in PID 1): the runtime's
+    # SIGKILL after --stop-timeout ends it, and the namespace with it.
+    started = time.monotonic()
+    proc.terminate()
+    assert proc.wait(timeout=15) == 128 + signal.SIGKILL
+    assert time.monotonic() - started >= 1.5
+    wait_until(lambda: not os.path.exists(f"/proc/{pid1}"), what="PID 1 to be reaped")
+
+
+def test_container_init_fixed_reaps_orphans_and_forwards_sigterm(spawner) -> None:
+    needs_namespaces()
+    proc, port = start_scenario(spawner, "container-init-fixed", "--helper-ms", "10",
+                                "--stop-timeout", "10")
+    init = wait_until(lambda: live_children(proc.pid), what="the namespace's PID 1")[0]
+    server = wait_until(lambda: live_children(init), what="the server under the init")[0]
+    assert ns_pids(init) == [init, 1] and ns_pids(server) == [server, 2]
+    result = drive("127.0.0.1", port, requests=6, concurrency=2, timeout_s=10)
+    assert result.ok == 6, result
+    wait_until(lambda: live_children(init) == [server] and not zombie_children(init),
+               timeout_s=15, what="the init to reap every helper")
+    started = time.monotonic()
+    proc.terminate()   # the init passes it on; the server ends; so does the init
+    assert proc.wait(timeout=15) == 128 + signal.SIGTERM   # the server's own end
+    assert time.monotonic() - started < 5

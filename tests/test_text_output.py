@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from helpers import cli_argv, run_cli, run_json, wait_until, zombie_children
+from helpers import cli_argv, run_cli, run_json, on_pty, wait_until, zombie_children
 
 # Holds a listener, a file and a pipe; prints the listener's port.
 HOLDER = r"""
@@ -218,6 +218,14 @@ def test_scan_fits_the_terminal(leaky, width):
     assert "Machine census" in census and too_wide(census, width) == []
 
 
+def test_on_a_terminal_its_width(leaky):
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    code, pieces = on_pty([*cli_argv(), "scan", str(leaky.pid), "--grace", "0", "--no-color"],
+                          env, stream="stdout", columns=64)
+    out = "".join(piece for _, piece in pieces).replace("\r\n", "\n")
+    assert "RD201" in out and too_wide(out, 64) == [] and max(map(len, out.splitlines())) > 56
+
+
 def test_without_columns_and_a_terminal_the_width_is_80(leaky):
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     out = run_cli("scan", str(leaky.pid), "--grace", "0", env=env).stdout
@@ -295,3 +303,30 @@ def test_trace_and_lesson_trace_fit(spawner, trace_env, tracefs_root):
     lesson = run_cli("lesson", "coalescing", "-n", "16", "-t", "1", "--trace", env=env)
     assert lesson.returncode == 0, lesson.stderr
     assert "merged" in lesson.stdout and too_wide(lesson.stdout, 64) == []
+
+
+# --- Progress on a terminal ------------------------------------------------
+
+
+def test_lesson_shows_its_progress_on_a_terminal():
+    code, pieces = on_pty([*cli_argv(), "lesson", "coalescing", "-n", "8", "-t", "2",
+                                  "--strategy", "wait-once", "--strategy", "waitpid-loop"])
+    text = "".join(piece for _, piece in pieces)
+    assert code == 0, text
+    for shown in ("coalescing", "wait-once 1/2", "wait-once 2/2", "waitpid-loop 2/2", "100%"):
+        assert shown in text, text
+
+
+def test_scenario_progress_eta_is_sane():
+    # Hung requests end in waves, all 8 of a wave at the 1 s timeout: the
+    # first of each wave must not read as "one request per second".
+    code, pieces = on_pty([*cli_argv(), "scenario", "run", "fd-leak", "-n", "32",
+                                  "-c", "8", "--timeout", "1"], timeout_s=120)
+    text = "".join(piece for _, piece in pieces)
+    assert code in (0, 1) and "100%" in text, text
+    end = next(t for t, piece in pieces if "100%" in piece)
+    etas = [(t, sum(int(x) * 60 ** i for i, x in enumerate(reversed(m.split(":")))))
+            for t, piece in pieces for m in re.findall(r"\b((?:\d\d:)?\d\d:\d\d)\b", piece)]
+    assert etas, text
+    for t, eta in etas:
+        assert eta <= 2 * (end - t) + 2, (t, eta, end)

@@ -15,12 +15,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from docs_reference import assert_documented
-from helpers import one_error_line, run_cli, wait_until, zombie_children
+from helpers import on_pty, one_error_line, run_cli, wait_until, zombie_children
 
 from reaper_doctor.diagnose.trace import trace_findings, trace_verdict
 from reaper_doctor.model.signals import parse_signal
@@ -397,35 +396,8 @@ def test_zombies_left_is_one_number_or_labelled():
 
 def _read_pty(argv: list[str], env: dict[str, str], timeout_s: float = 30) -> str:
     """Run `argv` with its stdout on a pseudo-terminal; return what it wrote."""
-    import pty
-    import select
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(argv, stdout=slave, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
-    os.close(slave)
-    out = b""
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:       # EIO: the other side is closed
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            elif proc.poll() is not None:
-                break
-        proc.wait(timeout=timeout_s)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-    return out.decode("utf-8", "replace")
+    _, pieces = on_pty(argv, env, timeout_s, stream="stdout")
+    return "".join(piece for _, piece in pieces)
 
 
 @needs_root

@@ -12,12 +12,12 @@ the sample.
   proc        the door: /proc's root, whole-file reads, parallel small reads
   tasks       the process table, a target's tree, children, new PIDs
   process     one process: stat, command line, SIGCHLD, limits
-  fds         descriptors: classified, counted, described
+  fds         descriptors: classified, counted, described; a server's listeners
   sockets     socket tables (sock_diag, /proc/<pid>/net/*)
   cgroups     pids cgroups
   snapshot    one full sample of a target: a Snapshot
   machine     the whole machine, for the census
   watch       light samples for `watch`
-  timeline    the scenario run's sampler
+  timeline    a server run's sampler
   psutil_fallback   a Snapshot where there is no /proc
 """

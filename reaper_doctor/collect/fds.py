@@ -1,5 +1,6 @@
 """A process's descriptors: classified by kind (one readlink each), counted
-without reading a link, or described one by one."""
+without reading a link, or described one by one; the listening sockets of
+a server's processes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import (
 )
 
 from ..model import FdCounts, FdDetail, FdTable, SocketFd
+from ..model.scenario import Listener
 from ..parse import procfs
 from . import proc
 from .proc import ProcessGone, check_gone, map_io, read_text
@@ -150,6 +152,24 @@ def _read_fd_dir(pid: int, dir_fd: int, fd_dir: str, ctx: SampleContext) -> FdTa
                    unlisted_socket_fds=tuple(sorted(unlisted)),
                    closed_tcp=tuple(sorted(closed_tcp)),
                    listed=tuple(sorted(listed)), unreadable_links=unreadable)
+
+
+def listening_sockets(pids: Iterable[int]) -> list[Listener]:
+    """The TCP listening sockets held by each of `pids` (processes that have
+    exited meanwhile, or whose descriptors cannot be read, are skipped):
+    where a server `run` started listens."""
+    ctx = new_context()  # one socket table per network namespace, shared
+    found: list[Listener] = []
+    for pid in pids:
+        try:
+            table = read_fds(pid, ctx)
+        except ProcessGone:
+            continue
+        if table is None:
+            continue
+        found += [Listener(pid, s.local[0], s.local[1], s.proto)
+                  for s in table.listeners if s.proto in ("tcp", "tcp6")]
+    return found
 
 
 def count_fds(pid: int) -> int | None:

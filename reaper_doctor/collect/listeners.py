@@ -23,6 +23,7 @@ from ..parse import netlink, procfs
 from . import proc
 from .proc import map_io, read_text
 from .sockets import _dump_tcp
+from .machine import ProcessCache
 from .tasks import TaskBrief
 
 # What a census needs of TCP: listeners and CLOSE_WAIT sockets.
@@ -56,10 +57,18 @@ class SocketCensus(NamedTuple):
         return next((ns for ns in self.netns if ns.key == key), None)
 
 
-def netns_of(pids: Iterable[int]) -> tuple[dict[str, list[int]], int]:
+def netns_of(pids: Iterable[int], table: Mapping[int, TaskBrief] | None = None,
+             cache: ProcessCache | None = None) -> tuple[dict[str, list[int]], int]:
     """Live processes grouped by network namespace; and how many could not
-    be placed (gone, or /proc/PID/ns/net denied without CAP_SYS_PTRACE)."""
+    be placed (gone, or /proc/PID/ns/net denied without CAP_SYS_PTRACE).
+    With `cache`, a process's namespace is read again only now and then."""
     pids = list(pids)
+    known: dict[int, str] = {}
+    if cache is not None and table is not None:
+        for pid in pids:
+            ns = cache.get("netns", pid, table[pid].ino)
+            if ns is not None:
+                known[pid] = ns
 
     def key(pid: int) -> str | None:
         try:
@@ -67,21 +76,26 @@ def netns_of(pids: Iterable[int]) -> tuple[dict[str, list[int]], int]:
         except OSError:
             return None
 
+    todo = [pid for pid in pids if pid not in known]
+    for pid, ns in zip(todo, map_io(key, todo)):
+        if ns is not None:
+            known[pid] = ns
+            if cache is not None and table is not None:
+                cache.put("netns", pid, table[pid].ino, ns)
     groups: dict[str, list[int]] = {}
-    unplaced = 0
-    for pid, ns in zip(pids, map_io(key, pids)):
-        if ns is None:
-            unplaced += 1
-        else:
+    for pid in pids:
+        ns = known.get(pid)
+        if ns is not None:
             groups.setdefault(ns, []).append(pid)
-    return groups, unplaced
+    return groups, len(pids) - len(known)
 
 
-def read_socket_census(table: Mapping[int, TaskBrief]) -> SocketCensus:
+def read_socket_census(table: Mapping[int, TaskBrief],
+                       cache: ProcessCache | None = None) -> SocketCensus:
     """The listeners and CLOSE_WAIT-on-listening-port sockets of every
     network namespace of the machine's live processes."""
     live = [pid for pid, brief in table.items() if brief.state != "Z" and not _kernel(brief)]
-    groups, unplaced = netns_of(live)
+    groups, unplaced = netns_of(live, table, cache)
     try:
         own = os.readlink(f"{proc.ROOT}/self/ns/net")
     except OSError:
@@ -170,30 +184,48 @@ def _socket_fd(fd: int, row: procfs.SocketRow, backlog: int | None) -> SocketFd:
                     backlog=backlog)
 
 
+# Processes whose descriptors are read at a time while searching holders:
+# enough for both CPUs (map_io), few enough to stop soon after the last
+# holder is found.
+HOLDER_CHUNK = 256
+
+
 def find_holders(ns: NetnsSockets, wanted: frozenset[int], table: Mapping[int, TaskBrief],
-                 owner_uids: Iterable[int]) -> dict[int, dict[int, int]]:
+                 owner_uids: Iterable[int], hint: Iterable[int] = ()
+                 ) -> dict[int, dict[int, int]]:
     """pid -> {inode: fd} of the processes of `ns` that hold any of
     `wanted` (and of the namespace's listeners: a holder's listening ports
-    are part of its picture). The owner UIDs' processes are read first;
-    the others only if some wanted socket is still without a holder."""
+    are part of its picture). Read in order of likelihood until every
+    wanted socket has a holder and every port of theirs a listener: the
+    processes of `hint` (last time's holders), then those of the owner
+    UIDs, then the others; within each, the biggest descriptor tables
+    first (FDSize: a leak grows its table). Copies of a socket in
+    processes read after that are not looked for."""
     interesting = wanted | frozenset(ns.listeners)
+    ports = {s.local[1] for i in wanted for s in (ns.close_wait.get(i), ns.listeners.get(i))
+             if s is not None}
     uids = set(owner_uids)
-    first = [pid for pid in ns.pids if table[pid].uid in uids]
-    rest = [pid for pid in ns.pids if table[pid].uid not in uids]
+    hinted = set(hint)
+
+    def order(pid: int) -> tuple[int, int, int]:
+        brief = table[pid]
+        return (0 if pid in hinted else 1 if brief.uid in uids else 2,
+                -(brief.fd_size or 0), pid)
+
+    todo = sorted(ns.pids, key=order)
     holders: dict[int, dict[int, int]] = {}
-    for batch in (first, rest):
-        if not batch:
-            continue
-        for pid, held in zip(batch, map_io(lambda pid: _socket_inodes(pid, interesting), batch)):
+    placed: set[int] = set()
+    for start in range(0, len(todo), HOLDER_CHUNK):
+        chunk = todo[start:start + HOLDER_CHUNK]
+        for pid, held in zip(chunk, map_io(lambda pid: _socket_inodes(pid, interesting), chunk)):
             if held:
                 holders[pid] = held
-        placed = {inode for held in holders.values() for inode in held}
-        if wanted <= placed:
+                placed.update(held)
+        listening = {ns.listeners[i].local[1] for i in placed if i in ns.listeners}
+        if wanted <= placed and ports <= listening:
             break
     # A holder of only a listener matters when the listener's port is one
     # of the wanted sockets' ports: its port makes them accepted connections.
-    ports = {s.local[1] for i in wanted for s in (ns.close_wait.get(i), ns.listeners.get(i))
-             if s is not None}
     return {pid: held for pid, held in holders.items()
             if wanted & held.keys() or any(ns.listeners[i].local[1] in ports
                                            for i in held if i in ns.listeners)}

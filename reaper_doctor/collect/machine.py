@@ -6,6 +6,7 @@ import heapq
 import os
 import time
 from typing import (
+    Any,
     NamedTuple,
 )
 
@@ -13,6 +14,7 @@ from ..model import LimitUsage, PidsCgroup, ProcessInfo, Snapshot, Unreadable
 from ..parse import procfs
 from . import proc
 from .cgroups import pids_cgroup, pids_cgroups_with_limits
+from .namespaces import MachineNamespaces, machine_namespaces
 from .proc import ProcessGone, read_int, read_proc_files, read_small, read_text
 from .process import new_context, nproc_usage, read_process
 from .snapshot import dedupe
@@ -35,9 +37,48 @@ class MachineSample(NamedTuple):
     pid_max: int | None
     tasks: int                                        # tasks on the machine (each takes a PID)
     unreadable: list[Unreadable]
+    namespaces: MachineNamespaces | None = None
 
 
-def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8) -> MachineSample:
+class ProcessCache:
+    """What stays true of a process from one census to the next, for a
+    process that takes censuses one after another (the exporter): each
+    zombie as read (again once re-parented), and each live process's
+    limits and network namespace.
+    Entries are keyed by PID and the inode of /proc/PID, which a new
+    process, or a reused PID, does not share; an entry is read again after
+    REFRESH censuses at most (spread by PID), since prlimit(2) and setns(2)
+    change a live process's; PIDs that are gone are dropped."""
+
+    REFRESH = 6
+
+    def __init__(self) -> None:
+        self.census = 0
+        self.stores: dict[str, dict[int, tuple[int, int, Any]]] = {}
+
+    def get(self, store: str, pid: int, ino: int | None, *, refresh: bool = True) -> Any:
+        """The kept value, or None when there is none still good."""
+        entry = self.stores.get(store, {}).get(pid)
+        if entry is None or ino is None or entry[0] != ino:
+            return None
+        if refresh and self.census - entry[1] >= self.REFRESH + pid % self.REFRESH:
+            return None
+        return entry[2]
+
+    def put(self, store: str, pid: int, ino: int | None, value: Any) -> None:
+        if ino is not None:
+            self.stores.setdefault(store, {})[pid] = (ino, self.census, value)
+
+    def next_census(self, table: dict[int, TaskBrief]) -> None:
+        """Start a census over `table`: forget the PIDs it does not hold."""
+        self.census += 1
+        for store in self.stores.values():
+            for pid in [pid for pid in store if pid not in table]:
+                del store[pid]
+
+
+def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8,
+                    cache: ProcessCache | None = None) -> MachineSample:
     """Every process, every zombie, every process's limits, and the
     descriptor counts of the processes that may be nearest their soft
     RLIMIT_NOFILE.
@@ -55,20 +96,32 @@ def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8) -> MachineSample
     sessions: dict[int, int] = {}
     limits: dict[int, dict[str, tuple[int | None, int | None]]] = {}
     live: list[int] = []
+    if cache is not None:
+        cache.next_census(table)
     for pid, brief in table.items():
         if brief.state == "Z":
+            kept = cache.get("zombie", pid, brief.ino, refresh=False) if cache else None
+            if kept is not None and kept[0].ppid == brief.ppid:   # not re-parented since
+                zombies[pid], sessions[pid] = kept
+                continue
             try:
                 st = procfs.parse_stat(read_small(f"{proc.ROOT}/{pid}/stat"))
                 zombies[pid] = read_process(pid, ctx, brief, wants_sigchld=False, stat=st)
                 sessions[pid] = st.session
             except (OSError, ProcessGone, ValueError, IndexError):
                 continue  # reaped since the table was read
+            if cache is not None:
+                cache.put("zombie", pid, brief.ino, (zombies[pid], st.session))
+        elif cache is not None and (kept := cache.get("limits", pid, brief.ino)) is not None:
+            limits[pid] = kept
         else:
             live.append(pid)
     # Only ulimit -n and ulimit -u matter here: found in each file, not parsed.
     for pid, raw in zip(live, read_proc_files(live, "limits")):
         if raw is not None:
             limits[pid] = procfs.parse_some_limits(raw)
+            if cache is not None:
+                cache.put("limits", pid, table[pid].ino, limits[pid])
     fd_counts, skipped, denied = _count_fds_nearest(table, limits, fd_top, fd_floor)
     try:
         file_nr: tuple[int, int, int] | None = procfs.parse_file_nr(
@@ -80,7 +133,8 @@ def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8) -> MachineSample
         fd_counts=fd_counts, fds_skipped=skipped, fds_unreadable=denied,
         pids_cgroups=pids_cgroups_with_limits(), file_nr=file_nr,
         pid_max=read_int(f"{proc.ROOT}/sys/kernel/pid_max"),
-        tasks=sum(b.threads for b in table.values()), unreadable=ctx.unreadable)
+        tasks=sum(b.threads for b in table.values()), unreadable=ctx.unreadable,
+        namespaces=machine_namespaces(table))
 
 
 def _fd_count(pid: int) -> int:

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     import threading
 from typing import TYPE_CHECKING
 
-from ..model import NprocUsage, ProcessInfo, Unreadable
+from ..model import Container, NprocUsage, ProcessInfo, Unreadable
 from . import proc
+from .namespaces import NamespaceView, namespace_fields, zombie_namespace_fields
 from .proc import ProcessGone, check_gone, read_bytes, read_small, read_text
 from .tasks import read_stat
 
@@ -51,6 +52,10 @@ class SampleContext:
     queue_peers: dict[int, frozenset[tuple[str, int]]] = field(default_factory=dict)
     statuses: dict[int, bytes] = field(default_factory=dict)  # raw status read this sample
     reading_sockets: threading.Thread | None = None  # reading the socket table ahead
+    namespace_view: NamespaceView | None = None      # read once, when first needed
+    # The cgroup file's text -> its container: the processes of one
+    # container share one text, parsed once.
+    container_of_cgroup: dict[bytes, Container | None] = field(default_factory=dict)
 
     def note(self, pid: int, what: str, err: BaseException | str) -> None:
         reason = err if isinstance(err, str) else _reason(err)
@@ -76,9 +81,11 @@ def new_context(with_fd_list: bool = False) -> SampleContext:
 
 
 def read_process(pid: int, ctx: SampleContext, brief: TaskBrief | None,
-                  *, wants_sigchld: bool, stat: procfs.StatLine | None = None) -> ProcessInfo:
+                 *, wants_sigchld: bool, stat: procfs.StatLine | None = None,
+                 parent: ProcessInfo | None = None) -> ProcessInfo:
     """Read one process (from `stat` when the caller has read its stat
-    already). Raises ProcessGone if it has vanished."""
+    already). A zombie takes its namespace and container from `parent`.
+    Raises ProcessGone if it has vanished."""
     base = f"{proc.ROOT}/{pid}"
     st = stat
     if st is None:
@@ -111,10 +118,11 @@ def read_process(pid: int, ctx: SampleContext, brief: TaskBrief | None,
     age = None
     if ctx.uptime_s:
         age = max(0.0, ctx.uptime_s - st.start_ticks / ctx.clock_ticks)
+    ns = zombie_namespace_fields(pid, parent) if is_zombie else namespace_fields(pid, ctx)
     # Positional, in field order: half the cost of keywords, once per process.
     return ProcessInfo(pid, st.ppid, st.comm, st.state, st.start_ticks, age, st.threads,
                        uid, cmdline, num_fds, exit_status, sigchld, pending,
-                       bool(st.flags & procfs.PF_KTHREAD), st.child_faults > 0)
+                       bool(st.flags & procfs.PF_KTHREAD), st.child_faults > 0, *ns)
 
 
 def _sigchld(pid: int, ctx: SampleContext, threads: int,

@@ -58,8 +58,10 @@ def _collect_snapshot(target: int, ctx: SampleContext, *, with_fds: bool) -> Sna
     target_limits = None
     for pid in tree.order:
         try:
-            info = read_process(pid, ctx, table.get(pid), stat=tree.stats[pid],
-                                 wants_sigchld=pid == target or pid in parents)
+            st = tree.stats[pid]
+            info = read_process(pid, ctx, table.get(pid), stat=st,
+                                wants_sigchld=pid == target or pid in parents,
+                                parent=processes.get(st.ppid))
             if pid == target:
                 target_limits = read_limits(pid, ctx)
             if not info.is_zombie and not info.is_kernel_thread:

@@ -11,7 +11,7 @@ from typing import (
 )
 
 from ..model.process import TaskBrief
-from ..parse import procfs
+from ..parse import containers, procfs
 from . import proc
 from .proc import (
     ProcessGone,
@@ -51,7 +51,7 @@ def session_members(sid: int) -> list[procfs.StatLine]:
     return [st for st in stat_lines() if st.session == sid]
 
 
-def _brief_field(raw: bytes, key: bytes) -> bytes | None:
+def status_field(raw: bytes, key: bytes) -> bytes | None:
     start = raw.find(key)
     if start < 0:
         return None
@@ -71,36 +71,39 @@ def process_table(*, details: bool = False) -> dict[int, TaskBrief]:
     process's status is read once: the cheapest correct way.
     """
     table: dict[int, TaskBrief] = {}
-    entries = [e for e in os.listdir(proc.ROOT) if e.isdigit()]
+    with os.scandir(proc.ROOT) as listing:   # d_ino comes with the listing, at no cost
+        found = [(e.name, e.inode()) for e in listing if e.name.isdigit()]
+    entries = [name for name, _ in found]
     raws = read_proc_files(entries, "status")
-    for entry, raw in zip(entries, raws):
+    for (entry, ino), raw in zip(found, raws):
         if raw is None:
             continue  # exited since listdir
-        brief = _brief_of(raw, details=details)
+        brief = _brief_of(raw, details=details, ino=ino)
         if brief is not None:
             table[int(entry)] = brief
     return table
 
 
-def _brief_of(raw: bytes, *, details: bool = False) -> TaskBrief | None:
+def _brief_of(raw: bytes, *, details: bool = False, ino: int | None = None) -> TaskBrief | None:
     """A TaskBrief from the text of /proc/<pid>/status, searched for the few
     lines it needs; None without a PPid line."""
-    ppid = _brief_field(raw, b"\nPPid:")
+    ppid = status_field(raw, b"\nPPid:")
     if ppid is None:
         return None
-    threads = _brief_field(raw, b"\nThreads:")
-    uid = _brief_field(raw, b"\nUid:")
-    state = _brief_field(raw, b"\nState:")
+    threads = status_field(raw, b"\nThreads:")
+    uid = status_field(raw, b"\nUid:")
+    state = status_field(raw, b"\nState:")
     brief = TaskBrief(
         ppid=int(ppid), uid=int(uid.split()[0]) if uid else None,
         threads=int(threads) if threads else 1,
         state=state[:1].decode() if state else "?")
     if details:
-        name = _brief_field(raw, b"Name:")
-        size = _brief_field(raw, b"\nFDSize:")
+        name = status_field(raw, b"Name:")
+        size = status_field(raw, b"\nFDSize:")
         brief = brief._replace(
             name=procfs.unescape_status_name(name.decode("utf-8", "replace")) if name else None,
-            fd_size=int(size) if size else None)
+            fd_size=int(size) if size else None, ino=ino,
+            nspid=containers.parse_nspid(status_field(raw, b"\nNSpid:") or b""))
     return brief
 
 
@@ -327,7 +330,7 @@ def read_brief(pid: int) -> TaskBrief | None:
         raw = read_bytes(f"{proc.ROOT}/{pid}/status")
     except OSError:
         return None
-    tgid = _brief_field(raw, b"\nTgid:")
+    tgid = status_field(raw, b"\nTgid:")
     if tgid is None or int(tgid) != pid:
         return None
     return _brief_of(raw)

@@ -1,4 +1,4 @@
-"""The scenario run's timeline: the server's session sampled from a thread."""
+"""A server run's timeline: the server's session sampled from a thread."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ SAMPLE_INTERVAL_S = 0.25
 MAX_SAMPLES = 2400            # 10 minutes at 0.25 s: the timeline stays bounded
 
 
-def socket_counts(pid: int, port: int) -> tuple[int, int]:
-    """(sockets in CLOSE_WAIT on 127.0.0.1:`port`, connections queued on the
-    listener there), from the kernel's sock_diag filtered by state: the cost
-    follows those sockets, not the machine's socket table (which, after a few
-    load tests, holds 20,000+ TIME_WAIT rows)."""
+def socket_counts(pid: int, port: int, family: int = socket.AF_INET) -> tuple[int, int]:
+    """(sockets of `family` in CLOSE_WAIT on local `port`, connections queued
+    on the listener there), from the kernel's sock_diag filtered by state:
+    the cost follows those sockets, not the machine's socket table (which,
+    after a few load tests, holds 20,000+ TIME_WAIT rows)."""
     close_wait = close_wait_on_ports(pid, frozenset({port}), same_netns=True,
-                                     families=(socket.AF_INET,)) or 0
+                                     families=(family,)) or 0
     try:
-        queued = sum(row.rqueue for row in inet_diag_dump(socket.AF_INET, 1 << netlink.TCP_LISTEN)
+        queued = sum(row.rqueue for row in inet_diag_dump(family, 1 << netlink.TCP_LISTEN)
                      if row.local_port == port)  # rqueue of a listener = its accept queue
     except OSError:
         queued = 0
@@ -42,11 +42,16 @@ def fd_count(pid: int) -> int | None:
 class Sampler:
     """Samples the server's session every `interval_s` from a thread until
     stopped; remembers every process it saw (pid and start time) so the
-    teardown can prove each one is gone."""
+    teardown can prove each one is gone. Processes and zombies are counted
+    over session `sid`; descriptors are those of `target` (the process
+    holding the listener: `sid` itself unless given), sockets those on
+    `port` (IPv6 ones when `ipv6`)."""
 
-    def __init__(self, pid: int, port: int, started_at: float,
-                 interval_s: float = SAMPLE_INTERVAL_S) -> None:
-        self.pid = pid
+    def __init__(self, sid: int, port: int, started_at: float, *, target: int | None = None,
+                 ipv6: bool = False, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+        self.sid = sid
+        self.pid = sid if target is None else target
+        self.family = socket.AF_INET6 if ipv6 else socket.AF_INET
         self.port = port
         self.started_at = started_at
         self.interval_s = interval_s
@@ -66,10 +71,10 @@ class Sampler:
     def snapshot_now(self) -> None:
         """Take one sample in the calling thread (never raises)."""
         try:
-            members = session_members(self.pid)
+            members = session_members(self.sid)
             if not any(st.pid == self.pid and st.state != "Z" for st in members):
                 return  # the server has exited
-            close_wait, queued = socket_counts(self.pid, self.port)
+            close_wait, queued = socket_counts(self.pid, self.port, self.family)
             sample = TimelinePoint(t_s=time.monotonic() - self.started_at,
                             processes=sum(1 for st in members if st.state != "Z"),
                             zombies=sum(1 for st in members if st.state == "Z"),

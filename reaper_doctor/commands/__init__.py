@@ -8,5 +8,6 @@ command line, calls one of these, renders, and exits.
   watch      one target over time, light samples
   trace      SIGCHLD tracepoint counts beside /proc (root)
   lesson     `lesson coalescing`: reaping strategies side by side
-  scenario   `scenario run` / `compare`: a scenario server under load
+  run        `run -- COMMAND`: any server under load, judged, then reaped
+  scenario   `scenario run` / `compare`: `run` on a built-in script
 """

@@ -24,18 +24,23 @@ from ..collect.listeners import (
 )
 from ..collect.machine import (
     MachineSample,
+    ProcessCache,
     collect_census_target,
     collect_machine,
     read_processes,
     resample_zombies,
 )
+from ..collect.namespaces import MachineNamespaces
 from ..collect.proc import require_procfs
 from ..collect.process import has_cap_exemption
 from ..diagnose.census import slow_reapers, uid_tasks
+from ..diagnose.containers import pid1_findings
 from ..diagnose.fds import accept_backlog_findings, close_wait_findings, fd_growth_findings
 from ..diagnose.limits import WARN_RATIO, nofile_findings, nproc_findings, pids_cgroup_findings
 from ..diagnose.zombies import PID1_GRACE_S, persistent_zombies, zombie_findings
 from ..model import (
+    Container,
+    ContainerRow,
     FdCounts,
     Finding,
     LimitUsage,
@@ -51,21 +56,37 @@ from ..model import (
     TargetReport,
     ZombieParent,
 )
+from ..parse.containers import is_known_init
 
 TOP_NOFILE = 10
 TOP_CGROUPS = 5
-class CensusState(NamedTuple):
-    """What a census leaves for the next one to judge persistence against
-    (the exporter's censuses, one after another)."""
+
+
+class Baseline(NamedTuple):
+    """One census's zombies and sockets, for a later one to judge against."""
 
     taken_at: float                          # time.monotonic() of its zombie sample
     zombies: dict[int, ProcessInfo]
     sockets: SocketCensus | None
-    fd_series: tuple[FdCounts, ...]          # descriptor counts of the last censuses
+    holders: frozenset[int]                  # PIDs that held the sockets it explained
+
+
+class CensusState(NamedTuple):
+    """What a census leaves for the next ones (the exporter's censuses, one
+    after another): its recent samples, oldest first, so that a census can
+    judge against one at least the grace old without sleeping; descriptor
+    counts of the last censuses; what is kept of each process."""
+
+    baselines: tuple[Baseline, ...]
+    fd_series: tuple[FdCounts, ...]
+    cache: ProcessCache | None = None
 
 
 # Censuses of descriptor counts kept for RD203 (it needs at least three).
 FD_HISTORY = 6
+# Recent samples kept to judge persistence against (censuses every second
+# need the one from three seconds ago when PID 1 holds zombies).
+MAX_BASELINES = 16
 
 
 def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep,
@@ -79,16 +100,20 @@ def census(*, grace_s: float = 1.0, sleep: Callable[[float], None] = time.sleep,
 
 
 def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
-                 sleep: Callable[[float], None] = time.sleep,
-                 sockets: bool = True) -> tuple[Report, CensusState]:
-    """A census judged against `earlier` when it is at least the grace old
-    (no sleep: the exporter's previous census), else as `census` does; and
-    the state the next census judges against. PIDs that are gone are
-    forgotten: the state holds this census's processes only. Raises
-    ProcUnavailable where there is no /proc."""
+                 sleep: Callable[[float], None] = time.sleep, sockets: bool = True,
+                 cache: ProcessCache | None = None) -> tuple[Report, CensusState]:
+    """A census judged against the newest of `earlier`'s samples that is at
+    least the grace old (no sleep: the exporter's previous censuses), else
+    as `census` does; and the state the next census judges against. PIDs
+    that are gone are forgotten: the state holds this census's processes
+    only. `cache`, or the one `earlier` carries: zombies, limits and
+    network namespaces kept from census to census (see ProcessCache).
+    Raises ProcUnavailable where there is no /proc."""
     require_procfs("scan with no PID")
-    now = collect_machine(fd_top=TOP_NOFILE, fd_floor=WARN_RATIO)
-    now_sockets = read_socket_census(now.table) if sockets else None
+    if cache is None and earlier is not None:
+        cache = earlier.cache
+    now = collect_machine(fd_top=TOP_NOFILE, fd_floor=WARN_RATIO, cache=cache)
+    now_sockets = read_socket_census(now.table, cache) if sockets else None
     now_by_parent = _by_parent(now.zombies)
     parents, parent_sessions = read_processes(sorted(now_by_parent), now.table)
     slow = slow_reapers(now_by_parent, parents, parent_sessions, now.sessions)
@@ -97,8 +122,11 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
         wait_s = max(wait_s, PID1_GRACE_S)
     then_zombies, then_at, then_sockets = now.zombies, now.taken_at, now_sockets
     later_zombies, later_at, later_sockets, samples = now.zombies, now.taken_at, now_sockets, 1
-    if grace_s > 0 and earlier is not None and now.taken_at - earlier.taken_at >= wait_s:
-        then_zombies, then_at, then_sockets = earlier.zombies, earlier.taken_at, earlier.sockets
+    recent = earlier.baselines if earlier is not None else ()
+    old_enough = [b for b in recent if now.taken_at - b.taken_at >= wait_s]
+    if grace_s > 0 and old_enough:
+        base = old_enough[-1]
+        then_zombies, then_at, then_sockets = base.zombies, base.taken_at, base.sockets
         samples = 2
     elif grace_s > 0 and (now.zombies or _to_explain(now_sockets)):
         remaining = now.taken_at + wait_s - time.monotonic()
@@ -162,15 +190,28 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
             if member is not None:
                 findings += pids_cgroup_findings(member, cg)
 
+    ns = first.namespaces
+    inits: dict[int, ProcessInfo] = {}
+    if ns is not None:
+        inits, _ = read_processes(sorted(ns.inits), first.table)
+        for info in inits.values():
+            findings += pid1_findings(Snapshot(target=info.pid, taken_at=first.taken_at,
+                                               processes={info.pid: info}))
+    containers = _container_rows(ns, first, inits, findings) if ns is not None else []
+
     fd_series = _fd_series(earlier, now)
-    findings += fd_growth_findings(fd_series, {
-        pid: LimitUsage(used=used, soft=first.limits[pid].get("Max open files", (None, None))[0],
-                        hard=None) for pid, used in now.fd_counts.items()})
+    if len(fd_series) >= 3:   # RD203 needs three counts at least
+        findings += fd_growth_findings(fd_series, {
+            pid: LimitUsage(used=used, hard=None,
+                            soft=first.limits[pid].get("Max open files", (None, None))[0])
+            for pid, used in now.fd_counts.items()})
 
     holders: list[SocketHolder] = []
+    held_by: frozenset[int] = frozenset()
     if later_sockets is not None:
-        found, holders = _descriptor_leaks(then_sockets if samples == 2 else None,
-                                           later_sockets, now, then_at, later_at)
+        found, holders, held_by = _descriptor_leaks(
+            then_sockets if samples == 2 else None, later_sockets, now, then_at, later_at,
+            recent[-1].holders if recent else frozenset())
         findings += found
 
     elapsed_s = round(later_at - then_at, 3)
@@ -185,9 +226,16 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
         nofile_counted=len(first.fd_counts), nofile_unreadable=first.fds_unreadable,
         uids=tuple(uids), pids_cgroups=tuple(cgroups), samples=samples, grace_s=grace_s,
         elapsed_s=elapsed_s, socket_holders=tuple(holders),
-        netns_read=len(later_sockets.netns) if later_sockets else 0)
-    state = CensusState(taken_at=later_at, zombies=later_zombies, sockets=later_sockets,
-                        fd_series=fd_series)
+        netns_read=len(later_sockets.netns) if later_sockets else 0,
+        containers=tuple(containers),
+        pid_namespace_is_host=ns.view.proc_is_host if ns is not None else True)
+    # Keep the newest sample old enough for the longest wait, and every newer one.
+    keep_s = max(grace_s, PID1_GRACE_S)
+    aged = [i for i, b in enumerate(recent) if later_at - b.taken_at >= keep_s]
+    kept = recent[aged[-1] if aged else 0:][-MAX_BASELINES + 1:]
+    state = CensusState(
+        baselines=(*kept, Baseline(later_at, later_zombies, later_sockets, held_by)),
+        fd_series=fd_series, cache=cache)
     return Report(targets=tuple(targets), machine=machine), state
 
 
@@ -198,20 +246,26 @@ def _to_explain(sockets: SocketCensus | None) -> bool:
 def _fd_series(earlier: CensusState | None, now: MachineSample) -> tuple[FdCounts, ...]:
     """The descriptor counts of the last FD_HISTORY censuses, this one
     included, of the processes that are still there."""
-    series = [*(earlier.fd_series if earlier else ()), FdCounts(now.taken_at, now.fd_counts)]
+    if earlier is None:
+        return (FdCounts(now.taken_at, now.fd_counts),)
+    series = [*earlier.fd_series, FdCounts(now.taken_at, now.fd_counts)]
     alive = now.table
     return tuple(FdCounts(s.taken_at, {pid: n for pid, n in s.counts.items() if pid in alive})
                  for s in series[-FD_HISTORY:])
 
 
 def _descriptor_leaks(then: SocketCensus | None, later: SocketCensus,
-                      sample: MachineSample, then_at: float, later_at: float
-                      ) -> tuple[list[Finding], list[SocketHolder]]:
+                      sample: MachineSample, then_at: float, later_at: float,
+                      hint: frozenset[int]) -> tuple[list[Finding], list[SocketHolder],
+                                                     frozenset[int]]:
     """RD201 and RD401 by the rules of `scan PID`, for the processes that
     hold what a network namespace has to explain. With `then` (two
     samples) only what was there in both counts: the same CLOSE_WAIT
-    socket, a listener whose queue was never empty."""
+    socket, a listener whose queue was never empty. `hint`: the processes
+    that held such sockets last time, searched first. Also returns the
+    processes found holding them."""
     forking = frozenset(b.ppid for b in sample.table.values())
+    all_held: set[int] = set()
     findings: list[Finding] = []
     rows: list[SocketHolder] = []
     for ns in later.netns:
@@ -224,7 +278,8 @@ def _descriptor_leaks(then: SocketCensus | None, later: SocketCensus,
                                or (i in before.listeners and before.listeners[i].rx_queue))
         if not wanted:
             continue
-        held = find_holders(ns, wanted, sample.table, {ns.owners[i] for i in wanted})
+        held = find_holders(ns, wanted, sample.table, {ns.owners[i] for i in wanted}, hint)
+        all_held.update(held)
         infos, _ = read_processes(sorted(held), sample.table)
         held = {pid: inodes for pid, inodes in held.items() if pid in infos}
         later_snap = Snapshot(target=0, taken_at=later_at, processes=infos,
@@ -245,7 +300,49 @@ def _descriptor_leaks(then: SocketCensus | None, later: SocketCensus,
                     verdicts=tuple(sorted({f.code for f in found if f.pid == pid}))))
     rows.sort(key=lambda h: (not h.verdicts, -h.close_wait,
                              -sum(q.queue for q in h.listeners), h.pid))
-    return findings, rows
+    return findings, rows, frozenset(all_held)
+
+
+def _container_rows(ns: MachineNamespaces, sample: MachineSample,
+                    inits: dict[int, ProcessInfo], findings: list[Finding]) -> list[ContainerRow]:
+    """One row per PID namespace below the host's (by its PID 1), and one per
+    known container that has no PID namespace of its own."""
+    verdicts: dict[int, set[str]] = {}
+    for f in findings:
+        if f.code in ("RD104", "RD105"):
+            verdicts.setdefault(f.pid, set()).add(f.code)
+    # Inside a container's /proc every process is in PID 1's namespace.
+    whole = not ns.view.proc_is_host
+    rows = []
+    in_a_namespace: set[int] = set()
+    for pid, inode in sorted(ns.inits.items()):
+        members = (list(sample.table) if whole
+                   else [p for p, i in ns.members.items() if inode is not None and i == inode])
+        in_a_namespace.update(members)
+        info = inits.get(pid)
+        brief = sample.table.get(pid)
+        name = info.name if info else (brief.name if brief else None)
+        rows.append(_row(ns.containers.get(pid), inode, pid, name, info, members, sample,
+                         tuple(sorted(verdicts.get(pid, ())))))
+    by_container: dict[Container, list[int]] = {}
+    for pid, container in ns.containers.items():
+        if pid not in in_a_namespace:
+            by_container.setdefault(container, []).append(pid)
+    for container, members in sorted(by_container.items(), key=lambda kv: kv[0].id):
+        rows.append(_row(container, None, None, None, None, members, sample, ()))
+    rows.sort(key=lambda r: (-len(r.verdict), r.init_pid or 0))
+    return rows
+
+
+def _row(container: Container | None, inode: int | None, init_pid: int | None,
+         name: str | None, info: ProcessInfo | None, members: list[int],
+         sample: MachineSample, verdict: tuple[str, ...]) -> ContainerRow:
+    zombies = sum(1 for p in members if p in sample.table and sample.table[p].state == "Z")
+    return ContainerRow(
+        container=container, pid_ns=inode, init_pid=init_pid, init_name=name,
+        init_cmdline=info.cmdline if info else None, init_is_known=is_known_init(name),
+        init_sigterm=info.sigterm if info else None,
+        processes=len(members) - zombies, zombies=zombies, verdict=verdict)
 
 
 def _by_parent(zombies: dict[int, ProcessInfo]) -> dict[int, dict[int, ProcessInfo]]:

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from ..model import Report
 from ..render.prometheus import registry_of, report_families
+from ..collect.machine import ProcessCache
 from .census import CensusState, census_after
 
 DEFAULT_LISTEN = "127.0.0.1:9563"
@@ -189,12 +190,22 @@ def _stop_serving(signum: int) -> BaseException:
 
 
 def serve(host: str, port: int, run_census: Callable[[], Report], *, min_interval_s: float,
-          on_ready: Callable[[str, int], None] = lambda host, port: None) -> None:
+          on_ready: Callable[[str, int], None] = lambda host, port: None,
+          on_error: Callable[[BaseException], None] = lambda error: None) -> None:
     """Serve until SIGTERM or Ctrl-C, then close the listening socket and
-    return. Raises OSError if the address cannot be bound."""
+    return. A census that fails is counted, told to `on_error`, and its
+    scrape carries the exporter's own series only. Raises OSError if the
+    address cannot be bound."""
     from ..system.lifecycle import signals_unwind
 
-    shared: SharedResult[Report] = SharedResult(run_census, min_interval_s)
+    def census() -> Report:
+        try:
+            return run_census()
+        except Exception as e:
+            on_error(e)
+            raise
+
+    shared: SharedResult[Report] = SharedResult(census, min_interval_s)
     server = make_server(host, port, make_app(CensusCollector(shared)))
     try:
         with signals_unwind(error=_stop_serving):
@@ -214,14 +225,16 @@ class CensusHistory:
     previous census, at least `grace_s` earlier, saw it too: a scrape does
     not sleep for it (only the first census, or one that follows the last
     too closely, waits out the grace). The descriptor counts of the last
-    censuses give RD203. PIDs that are gone are forgotten.
+    censuses give RD203. Zombies, limits and network namespaces are kept
+    from census to census (ProcessCache). PIDs that are gone are forgotten.
     """
 
     def __init__(self, *, grace_s: float) -> None:
         self.grace_s = grace_s
         self.state: CensusState | None = None
+        self.cache = ProcessCache()
 
     def run(self) -> Report:
         started = time.perf_counter()
-        report, self.state = census_after(self.state, grace_s=self.grace_s)
+        report, self.state = census_after(self.state, grace_s=self.grace_s, cache=self.cache)
         return report._replace(duration_s=time.perf_counter() - started)

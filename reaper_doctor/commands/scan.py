@@ -14,6 +14,7 @@ from ..collect.sockets import listen_queues
 from ..collect.proc import ProcessGone
 from ..collect.snapshot import collect_snapshot
 from ..diagnose import diagnose
+from ..diagnose.containers import namespace_inits
 from ..diagnose.trace import with_measured_sigchld
 from ..diagnose.zombies import PID1_GRACE_S
 from ..model import FdCounts, Report, Snapshot, TargetReport
@@ -55,8 +56,9 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
     gone: set[int] = set()
     light: dict[int, list[FdCounts]] = {pid: [_counts_of(snap)] for pid, snap in first.items()}
     if grace_s > 0:
-        if any(z.ppid == 1 for snap in first.values() for z in snap.zombies):
-            wait_s = max(wait_s, PID1_GRACE_S)  # PID 1 reaps lazily
+        slow = {1}.union(*(namespace_inits(snap) for snap in first.values()))
+        if any(z.ppid in slow for snap in first.values() for z in snap.zombies):
+            wait_s = max(wait_s, PID1_GRACE_S)  # PID 1 (any namespace's) reaps lazily
         traced_at = _attach_tracer(tracer, first)
         live = {pid: [p.pid for p in snap.processes.values() if not p.is_zombie]
                 for pid, snap in first.items()}

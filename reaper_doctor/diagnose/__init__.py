@@ -17,6 +17,7 @@ from .fds import (
     fd_growth_findings,
     inherited_listener_findings,
 )
+from .containers import pid1_findings
 from .limits import limit_findings
 from .zombies import zombie_findings
 
@@ -36,5 +37,5 @@ def diagnose(samples: Sequence[Snapshot], *, grace_s: float,
              *inherited_listener_findings(earlier, later),
              *accept_backlog_findings(earlier, later, leaks=leaks,
                                       between=[s.queues for s in fd_series]),
-             *limit_findings(later)]
+             *limit_findings(later), *pid1_findings(later)]
     return sorted(found, key=lambda f: (f.pid, f.code))

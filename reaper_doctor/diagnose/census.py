@@ -27,7 +27,7 @@ def slow_reapers(by_parent: dict[int, dict[int, ProcessInfo]], parents: dict[int
     slow = {1}
     for ppid, zombies in by_parent.items():
         parent = parents.get(ppid)
-        if parent and parent.name in INIT_LIKE:
+        if parent and (parent.name in INIT_LIKE or parent.is_ns_init):
             slow.add(ppid)
             continue
         session = parent_sessions.get(ppid)

@@ -39,7 +39,7 @@ def coverage(snap: Snapshot) -> Coverage | None:
             who = f"PID {pids[0]}"
         else:
             shown = ", ".join(map(str, pids[:MAX_PIDS])) + ("…" if len(pids) > MAX_PIDS else "")
-            who = f"{len(pids)} processes (PIDs {shown})"
+            who = f"{len(pids)} processes, PIDs {shown}"
         missing.append(f"{WHAT[name]} of {who} ({items[0][1]})")
         unchecked.update(CHECKS[name])
         owners.update(snap.processes[pid].uid for pid in pids)

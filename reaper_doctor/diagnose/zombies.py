@@ -12,6 +12,7 @@ from ..model import (
     Snapshot,
 )
 from ..model.kernel import ExitStatus
+from .containers import init_not_reaping, namespace_inits
 from .findings import MAX_EVIDENCE_PIDS, finding
 
 # PID 1 on some machines reaps orphans only every ~1-2 s:
@@ -37,8 +38,11 @@ def persistent_zombies(earlier: Snapshot, later: Snapshot, grace_s: float,
 
 def zombie_findings(earlier: Snapshot, later: Snapshot, grace_s: float,
                     slow_reapers: Collection[int] = (1,)) -> Iterable[Finding]:
+    """RD101/RD102/RD103 by the parent's SIGCHLD handling, or RD104 when the
+    parent is a namespace's PID 1 (a slow reaper, as PID 1 is)."""
+    slow = {*slow_reapers, *namespace_inits(later)}
     by_parent: dict[int, list[ProcessInfo]] = {}
-    for z in persistent_zombies(earlier, later, grace_s, slow_reapers):
+    for z in persistent_zombies(earlier, later, grace_s, slow):
         by_parent.setdefault(z.ppid, []).append(z)
     if not by_parent:
         return
@@ -71,6 +75,8 @@ def _zombie_finding(ppid: int, parent: ProcessInfo | None, zombies: list[Process
         sigchld_pending=bool(parent and parent.sigchld_pending),
         exit_statuses=statuses, pids=pids[:MAX_EVIDENCE_PIDS],
         persisted_s=round(elapsed_s, 3))
+    if parent is not None and parent.is_ns_init:
+        return init_not_reaping(parent, seen, evidence)
     if disposition == "blocked":
         pending = " (a SIGCHLD is pending)" if parent and parent.sigchld_pending else ""
         return finding("RD103", ppid,

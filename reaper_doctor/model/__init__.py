@@ -9,8 +9,9 @@ scenario, load) are imported from their own module.
 
 from .fds import FdDetail, FdTable, SocketFd
 from .limits import LimitUsage, NprocUsage, PidsCgroup
-from .process import ProcessInfo, Unreadable
+from .process import Container, ProcessInfo, Unreadable, describe_place
 from .report import (
+    ContainerRow,
     Coverage,
     Finding,
     ListenerQueue,
@@ -27,7 +28,8 @@ from .snapshot import FdCounts, Snapshot
 from .watch import WATCH_SERIES, WatchLimits, WatchReport, WatchSample
 
 __all__ = [
-    "Coverage", "FdCounts", "FdDetail", "FdTable", "Finding", "LimitUsage", "ListenerQueue", "MachineCensus",
+    "Container", "ContainerRow", "Coverage", "describe_place", "FdCounts", "FdDetail", "FdTable",
+    "Finding", "LimitUsage", "ListenerQueue", "MachineCensus",
     "NofileUsage", "NprocUsage", "PidsCgroup", "ProcessInfo", "Report", "Severity", "Snapshot",
     "SocketFd", "SocketHolder", "TargetReport", "UidTasks", "Unreadable", "WATCH_SERIES",
     "WatchLimits", "WatchReport", "WatchSample", "ZombieParent",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple
 
 if TYPE_CHECKING:
     from .limits import PidsCgroup
+    from .process import Container
     from .snapshot import Snapshot
 
 class Severity(str, Enum):
@@ -124,6 +125,21 @@ class SocketHolder(NamedTuple):
     verdicts: tuple[str, ...] = ()          # "RD201", "RD401" when they persisted
 
 
+class ContainerRow(NamedTuple):
+    """A PID namespace below the host's, or a known container, as the census saw it."""
+
+    container: Container | None      # None: a PID namespace no known runtime made
+    pid_ns: int | None               # its PID namespace's inode; None: the host's or unreadable
+    init_pid: int | None             # host PID of its PID 1; None: no namespace of its own
+    init_name: str | None
+    init_cmdline: tuple[str, ...] | None
+    init_is_known: bool              # tini, dumb-init, catatonit, systemd... (by name)
+    init_sigterm: str | None         # how its PID 1 takes SIGTERM (ProcessInfo.sigterm)
+    processes: int                   # live processes in it, PID 1 included
+    zombies: int
+    verdict: tuple[str, ...]         # codes of the findings about its PID 1 (RD104, RD105)
+
+
 class MachineCensus(NamedTuple):
     """What `scan` with no PID saw on the whole machine."""
 
@@ -143,6 +159,10 @@ class MachineCensus(NamedTuple):
     elapsed_s: float                            # between the two samples (0 with one)
     socket_holders: tuple[SocketHolder, ...] = ()  # CLOSE_WAIT / accept queues, worst first
     netns_read: int = 0                         # network namespaces whose sockets were read
+    containers: tuple[ContainerRow, ...] = ()   # worst verdict first
+    # False when this /proc is a container's: the census sees only that
+    # PID namespace, whose PID 1 is the container's init.
+    pid_namespace_is_host: bool = True
 
 
 def exit_code(findings: Iterable[Finding]) -> int:

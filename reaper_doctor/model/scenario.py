@@ -1,10 +1,13 @@
-"""The scenario servers: what each one reproduces and what reaper-doctor
-should find in it."""
+"""Server runs (`run -- COMMAND`, `scenario run NAME`): what to start and
+how to judge it, what the run saw; and the scenario servers, what each one
+reproduces and what reaper-doctor should find in it."""
 
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .load import LoadResult
 from .process import Teardown
@@ -16,6 +19,7 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_GRACE_S = 1.0
 SETTLE_TIMEOUT_S = 3.0        # after the load: children finish, tick-synchronised exits land
+START_TIMEOUT_S = 20.0        # to listen: a Python start-up on a busy 2-core machine
 
 
 # ----------------------------------------------------------------------------
@@ -63,24 +67,68 @@ class RunSettings:
         return round(rounds * self.timeout_s + self.grace_s + SETTLE_TIMEOUT_S + 20.0, 1)
 
 
-@dataclass
-class ScenarioRun:
-    """Everything one `scenario run` saw; render/scenario.py turns it into text or JSON."""
+class Listener(NamedTuple):
+    """A TCP socket in LISTEN held by process `pid`."""
 
-    scenario: Scenario
+    pid: int
+    host: str       # as the kernel shows it: "0.0.0.0", "127.0.0.1", "::", "::1", ...
+    port: int
+    proto: str      # "tcp" or "tcp6"
+
+
+class Endpoint(NamedTuple):
+    """Where the load goes, and the process to scan."""
+
+    host: str       # "127.0.0.1" or "::1"
+    port: int
+    owner: int      # the topmost process of the tree holding the listener
+    bound: str      # the address the server bound, e.g. "0.0.0.0:8080"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """What to start and how to judge it."""
+
+    argv: tuple[str, ...]
+    scenario: Scenario | None = None          # a built-in script; None: the user's command
+    expected: tuple[str, ...] = ()            # finding codes the run expects
+    also_allowed: tuple[str, ...] = ()        # by-products tolerated besides `expected`
+    scan_during_load: bool | None = None      # None: when the accept queue stays non-empty
+    port: int | None = None                   # the listening port to load, when several
+    request: bytes | None = None              # raw request; None: the HTTP GET
+    startup_timeout_s: float = START_TIMEOUT_S
+
+    @property
+    def label(self) -> str:
+        """The scenario's name, or the command as a shell would show it."""
+        return self.scenario.name if self.scenario else shlex.join(self.argv)
+
+
+@dataclass
+class ServerRun:
+    """Everything one run saw; render/scenario.py turns it into text or JSON."""
+
+    spec: ServerSpec
     settings: RunSettings
-    server_pid: int | None = None
+    server_pid: int | None = None             # the command's process: its session's id
+    target_pid: int | None = None             # the process scanned: it holds the listener
+    host: str | None = None                   # 127.0.0.1 or ::1
     port: int | None = None
-    script: str = ""
+    bound: str | None = None                  # the address the server bound
     load: LoadResult | None = None
     scan: TargetReport | None = None
     scanned: str = "after-load"               # or "during-load"
     scan_error: str | None = None             # e.g. the server exited before the scan
     timeline: list[TimelinePoint] = field(default_factory=list)
-    server_errors: list[str] = field(default_factory=list)
+    server_errors: list[str] = field(default_factory=list)   # distinct stderr lines
+    output_tail: list[str] = field(default_factory=list)     # last lines, stderr else stdout
     server_exit: int | None = None            # its exit status if it ended by itself
     cleanup: Teardown | None = None
     interrupted: bool = False
+
+    @property
+    def scenario(self) -> Scenario | None:
+        return self.spec.scenario
 
     @property
     def findings(self) -> tuple[Finding, ...]:
@@ -93,13 +141,13 @@ class ScenarioRun:
     @property
     def missing(self) -> list[str]:
         """Expected codes the scan did not find."""
-        return sorted(set(self.scenario.expected) - set(self.found_codes))
+        return sorted(set(self.spec.expected) - set(self.found_codes))
 
     @property
     def unexpected(self) -> list[Finding]:
         """Findings of severity warning or worse that are neither expected nor
-        a by-product the scenario allows (`Scenario.also_allowed`)."""
-        allowed = set(self.scenario.expected) | set(self.scenario.also_allowed)
+        a by-product the run allows (`ServerSpec.also_allowed`)."""
+        allowed = set(self.spec.expected) | set(self.spec.also_allowed)
         return [f for f in self.findings
                 if f.severity.rank >= Severity.WARNING.rank and f.code not in allowed]
 
@@ -162,6 +210,9 @@ class Scenario:
     # Scan while the load runs: the finding exists only under load (a
     # blocking server's accept queue drains a second after the last client).
     scan_during_load: bool = False
+    # The server runs as PID 1 of a PID namespace of its own (a container):
+    # it needs root, or unprivileged user namespaces.
+    needs_pid_namespace: bool = False
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -196,6 +247,19 @@ SCENARIOS: dict[str, Scenario] = {
                  "one process, selectors, non-blocking sockets: the lighter design",
                  (),
                  "nothing to fix"),
+        Scenario("container-init", "container_init.py",
+                 "the server is PID 1 of its PID namespace (a container): adopted orphans "
+                 "stay zombies, and SIGTERM from outside is dropped",
+                 ("RD104", "RD105"),
+                 "an init as PID 1 that reaps and forwards signals: docker run --init, "
+                 "tini or dumb-init as ENTRYPOINT",
+                 needs_pid_namespace=True),
+        Scenario("container-init-fixed", "container_init_fixed.py",
+                 "the same server behind a small init of our own as PID 1: it forwards "
+                 "SIGTERM/SIGINT and reaps with a waitpid(-1, WNOHANG) loop",
+                 (),
+                 "nothing to fix",
+                 needs_pid_namespace=True),
     )
 }
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 import signal
-from typing import NamedTuple
+
+from ..model import Container
 
 # The initial (host) PID namespace has a fixed inode number
 # (PROC_PID_INIT_INO, include/linux/proc_ns.h): readlink /proc/1/ns/pid
@@ -31,21 +32,6 @@ KNOWN_INITS = frozenset({
 })
 
 SIGTERM_BIT = 1 << (signal.SIGTERM - 1)
-
-
-class Container(NamedTuple):
-    """The container a process runs in, as its cgroup names it."""
-
-    runtime: str             # "docker", "podman", "containerd", "cri-o", "kubernetes",
-                             # "systemd-nspawn", "lxc"
-    id: str                  # the runtime's full id (64 hex digits), or the pod UID
-                             # (kubernetes), or the machine / container name
-    pod: str | None = None   # the Kubernetes pod UID, when the path has one
-
-    @property
-    def short_id(self) -> str:
-        """The 12-character id `docker ps` and `podman ps` show; a name stays whole."""
-        return self.id[:12] if _HEX64.fullmatch(self.id) else self.id
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -9,6 +9,12 @@ from ..model import ProcessInfo, Snapshot
 from ..parse.procfs import STATE_NAMES
 
 
+# What the census says when the /proc it reads is a container's.
+OWN_NAMESPACE_NOTE = ("reaper-doctor runs inside a PID namespace (a container): it sees only "
+                      "the processes of its own PID namespace, whose PID 1 is the container's "
+                      "init")
+
+
 def state_word(info: ProcessInfo) -> str:
     return STATE_NAMES.get(info.state, info.state)
 

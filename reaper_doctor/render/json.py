@@ -11,15 +11,17 @@ from typing import Any, Iterator
 from ..diagnose.coverage import coverage
 from ..diagnose.zombies import exit_status_describer
 from ..model import (
+    Container,
     FdTable,
     Finding,
     MachineCensus,
+    ProcessInfo,
     Report,
     Snapshot,
     TargetReport,
 )
 from ..parse.procfs import STATE_NAMES
-from .common import address_text, children_map, state_word, zombie_groups
+from .common import OWN_NAMESPACE_NOTE, address_text, children_map, state_word, zombie_groups
 
 SCHEMA = "reaper-doctor/scan/1"
 
@@ -102,6 +104,17 @@ def machine_document(m: MachineCensus) -> dict[str, Any]:
             for h in m.socket_holders],
         "netns_read": m.netns_read,
         "samples": m.samples, "grace_s": m.grace_s, "elapsed_s": m.elapsed_s,
+        "pid_namespace": {"is_host": m.pid_namespace_is_host,
+                          "note": None if m.pid_namespace_is_host else OWN_NAMESPACE_NOTE},
+        "containers": [
+            {"container": container_document(r.container) if r.container else None,
+             "pid_ns": r.pid_ns,
+             "init": None if r.init_pid is None else {
+                 "pid": r.init_pid, "name": r.init_name,
+                 "cmdline": list(r.init_cmdline) if r.init_cmdline else None,
+                 "known_init": r.init_is_known, "sigterm": r.init_sigterm},
+             "processes": r.processes, "zombies": r.zombies, "verdict": list(r.verdict)}
+            for r in m.containers],
     }
 
 
@@ -121,6 +134,7 @@ def target_document(t: TargetReport) -> dict[str, Any]:
         "ppid": me.ppid, "uid": me.uid, "state": state_word(me), "threads": me.threads,
         "kernel_thread": me.is_kernel_thread,
         "age_s": _round(me.age_s), "sigchld": me.sigchld,
+        **namespace_document(me),
         "tree": tree_document(snap),
         "zombies": {
             "count": sum(g.count for g in groups),   # every zombie is in one group
@@ -201,6 +215,14 @@ def tree_document(snap: Snapshot) -> dict[str, Any]:
             node["exit_status"] = describe(info.exit_status)
         if info.sigchld is not None:
             node["sigchld"] = info.sigchld
+        # Only where they tell something: a PID inside a namespace below
+        # ours, a namespace's PID 1 and its container.
+        if info.ns_pid is not None and info.ns_pid != info.pid:
+            node["ns_pid"] = info.ns_pid
+        if info.is_ns_init:
+            node["is_ns_init"] = True
+            if info.container is not None:
+                node["container"] = container_document(info.container)
         node["children"] = []
         nodes[info.pid] = node
     for ppid, children in children_map(snap).items():
@@ -208,6 +230,23 @@ def tree_document(snap: Snapshot) -> dict[str, Any]:
         if parent is not None:
             parent["children"] = [nodes[c.pid] for c in children]
     return nodes[snap.target]
+
+
+def namespace_document(info: ProcessInfo) -> dict[str, Any]:
+    """PID namespace and container of a process: its namespace's inode, its
+    PID there, whether it is that namespace's PID 1 (and then how it takes
+    SIGTERM), and the container (None: none known)."""
+    c = info.container
+    doc: dict[str, Any] = {
+        "pid_ns": info.pid_ns, "ns_pid": info.ns_pid, "is_ns_init": info.is_ns_init,
+        "container": container_document(c) if c else None}
+    if info.is_ns_init:
+        doc["sigterm"] = info.sigterm
+    return doc
+
+
+def container_document(c: Container) -> dict[str, Any]:
+    return {"runtime": c.runtime, "id": c.id, "short_id": c.short_id, "pod": c.pod}
 
 
 def _usage(usage: Any) -> dict[str, Any] | None:

@@ -18,15 +18,19 @@ from ..model import (
     FdTable,
     Finding,
     LimitUsage,
+    MachineCensus,
     ProcessInfo,
     Report,
     Severity,
     Snapshot,
     TargetReport,
+    describe_place,
 )
 from ..model.kernel import ExitStatus
+from ..parse.containers import is_known_init
 from .common import (
-    address_text, children_map, command_line, pid_list, safe, sampling_phrase, state_word, zombie_groups,
+    OWN_NAMESPACE_NOTE, address_text, children_map, command_line, pid_list, safe,
+    sampling_phrase, state_word, zombie_groups,
 )
 from .width import DEFAULT_WIDTH, fill, fit_table, join_fitted
 
@@ -61,6 +65,8 @@ def render_census(report: Report, style: Callable[..., str], width: int = DEFAUL
         f"PIDs {m.tasks} of {_num(m.pid_max)} (kernel.pid_max{', ' + _pct(pids) if pids else ''})",
         f"open files {_num(m.files_open)} of {_num(m.file_max)} "
         f"(fs.file-max{', ' + _pct(files) if files else ''})"], width)]
+    if not m.pid_namespace_is_host:
+        head.append(style(fill(OWN_NAMESPACE_NOTE, width), fg="yellow"))
     parts = ["\n".join(head)]
 
     leaking = [p for p in m.zombie_parents if not p.is_reaper]
@@ -139,6 +145,9 @@ def render_census(report: Report, style: Callable[..., str], width: int = DEFAUL
     else:
         parts.append("pids cgroups: none has a pids.max")
 
+    if m.containers:
+        parts.append(_containers(m, width))
+
     findings = [f for t in report.targets for f in t.findings]
     if not findings:
         parts.append(style("Findings: none", fg="green"))
@@ -154,6 +163,25 @@ def render_census(report: Report, style: Callable[..., str], width: int = DEFAUL
             lines.append(f"  … {len(ranked) - MAX_CENSUS_FINDINGS} more (--json lists them all)")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
+
+
+def _containers(m: MachineCensus, width: int) -> str:
+    """Each PID namespace below ours, and each known container, with its PID 1."""
+    rows = []
+    for r in m.containers[:MAX_CENSUS_ROWS]:
+        c = r.container
+        if r.init_pid is None:
+            init = "(shares the host's PID namespace)"
+        else:
+            command = " ".join(r.init_cmdline) if r.init_cmdline else (r.init_name or "?")
+            init = f"{r.init_pid} {safe(command)[:40]}"
+            init += f" (init: {r.init_name})" if r.init_is_known else " (not an init)"
+        rows.append([c.short_id if c else "-", c.runtime if c else "-", init, r.processes,
+                     r.zombies, " ".join(r.verdict) or "ok"])
+    title = f"Containers and PID namespaces: {len(m.containers)}"
+    return title + "\n" + fit_table(
+        rows, ["container", "runtime", "PID 1 (host PID, command)", "processes", "zombies",
+               "verdict"], width, disable_numparse=True) + _more(len(m.containers), "namespaces")
 
 
 def _more(total: int, what: str) -> str:
@@ -197,11 +225,25 @@ def _headline(t: TargetReport, me: ProcessInfo, style: Callable[..., str], width
     extra = [f"SIGCHLD {me.sigchld or 'unknown'}", f"parent {me.ppid}", sampling]
     if t.gone:
         extra.append(style("the process exited during the scan", fg="yellow"))
-    return line + "\n" + join_fitted(extra, width, hang="  ")
+    where = _place(me)
+    return line + "\n" + join_fitted(extra, width, hang="  ") + (
+        "\n" + fill(where, width) if where else "")
+
+
+def _place(info: ProcessInfo) -> str | None:
+    """"PID 1 of its PID namespace, in podman container a1df1d9cf5b3", or
+    "PID 7 in its PID namespace"; for PID 1 also how it takes SIGTERM."""
+    in_ns = info.ns_pid if info.ns_pid is not None and info.ns_pid != info.pid else None
+    where = describe_place(info.is_ns_init, info.container, in_ns)
+    if where and info.is_ns_init:
+        known = "a known init" if is_known_init(info.name) else "not a known init"
+        where += f" ({known}; SIGTERM {info.sigterm or 'unknown'})"
+    return where
 
 
 def _node_label(info: ProcessInfo) -> str:
-    bits = [f"{info.pid} {safe(info.name)}"]
+    in_ns = f" (ns PID {info.ns_pid})" if info.ns_pid not in (None, info.pid) else ""
+    bits = [f"{info.pid}{in_ns} {safe(info.name)}"]
     if info.is_zombie:
         bits.append("<defunct>")
         if info.exit_status:
@@ -212,6 +254,8 @@ def _node_label(info: ProcessInfo) -> str:
             bits.append(f"fds {info.num_fds}")
         if info.sigchld and info.sigchld != "default":
             bits.append(f"SIGCHLD {info.sigchld}")
+        if info.is_ns_init and info.container is not None:
+            bits.append(f"· {info.container.describe()}")
     return " ".join(bits)
 
 

@@ -18,6 +18,7 @@ COLUMN_GAP = 2       # tabulate's "simple" and "plain" put two spaces between co
 COMFORTABLE = 16     # a wrapped column this wide still reads well
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_HYPHEN_PARTS = re.compile(r"[^-]*-|[^-]+")   # "a-b-c" -> "a-", "b-", "c"
 # "PID 12", "UID 0", "port 8080", "exit 3": a line never ends between the two.
 _GLUED = re.compile(r"\b(PIDs?|pids?|UID|uid|port|fd|fds|exit|returns) (?=\d)|\b(ulimit) (?=-)")
 
@@ -121,14 +122,20 @@ def fit_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] = (), width:
     floor = [natural[i] if any("\x1b" in c for c in col)
              else max([0, *(len(word) for c in col for word in c.split())])
              for i, col in enumerate(columns)]
+    # Past the longest word, a hyphenated one ("container-init-fixed") may
+    # break after a hyphen.
+    hyphen_floor = [natural[i] if any("\x1b" in c for c in col)
+                    else max([0, *(len(part) for c in col for word in c.split()
+                                   for part in _HYPHEN_PARTS.findall(word))])
+                    for i, col in enumerate(columns)]
     widths = list(natural)
     budget = width - COLUMN_GAP * (n - 1)
     # First the other columns, down to a comfortable width; then every
-    # column, down to its longest word.
+    # column, down to its longest word; then hyphenated words break.
     late = set(last)
     comfortable = [max(floor[i], min(natural[i], COMFORTABLE)) for i in range(n)]
     for allowed, low in (([i for i in range(n) if i not in late], comfortable),
-                         (list(range(n)), floor)):
+                         (list(range(n)), floor), (list(range(n)), hyphen_floor)):
         while sum(widths) > budget:
             shrinkable = [i for i in allowed if widths[i] > low[i]]
             if not shrinkable:
@@ -169,7 +176,10 @@ def _pad(text: str, width: int, right: bool) -> str:
 def _wrap_cell(text: str, width: int) -> str:
     if "\x1b" in text or widest_line(text) <= width:
         return text
-    return "\n".join(fill(line, width) for line in text.split("\n"))
+    return "\n".join(
+        fill(line, width) if max(map(len, line.split()), default=0) <= width else
+        textwrap.fill(line, width, break_long_words=False, break_on_hyphens=True)
+        for line in text.split("\n"))
 
 
 __all__ = ["visible_len", "widest_line", "fill", "join_fitted", "fill_prose",

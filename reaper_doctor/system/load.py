@@ -1,13 +1,18 @@
-"""A bounded load driver for the scenario servers, on 127.0.0.1 only.
+"""A bounded load driver for servers on loopback (127.0.0.1 or ::1) only.
 
-Each request connects, sends a tiny HTTP/1.0 request, and reads until EOF:
-the scenario servers send no Content-Length, so the body ends only when the
-last copy of the server's socket is closed. That is what makes a leaked
-`client_connection` visible from outside: the read never ends. Outcomes:
+Each request connects, sends a tiny HTTP/1.1 request with `Connection:
+close`, and reads until EOF: the reply ends only when the last copy of the
+server's socket is closed (a fork server's parent holds one copy, the child
+another; FIN goes out when both are closed). That is what makes a leaked
+accepted socket visible from outside: the read never ends. A raw request
+(`request=` bytes, for servers that do not speak HTTP) is sent as given,
+then the sending side is shut down, so a server that reads until EOF (an
+echo server) sees the end of it. Outcomes:
 
-- ``ok``: the reply ended with EOF within the timeout;
-- ``failed``: the connection was refused or reset, or the reply was not a
-  200 (the error is kept);
+- ``ok``: the reply ended with EOF within the timeout (for the HTTP
+  request: an HTTP status line below 500);
+- ``failed``: the connection was refused or reset, or the HTTP reply was
+  not HTTP or a 5xx (the error is kept);
 - ``hung``: no EOF (or no connection) within ``timeout_s``.
 
 The work is bounded: ``requests`` requests at most, each within ``timeout_s``
@@ -26,9 +31,11 @@ from collections.abc import Callable
 from ..model.load import LoadResult, Outcome, _round
 
 LOOPBACK = "127.0.0.1"
+LOOPBACK6 = "::1"
 MAX_REQUESTS = 100_000
 MAX_CONCURRENCY = 256
-REQUEST = b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\nUser-Agent: reaper-doctor\r\n\r\n"
+REQUEST = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: reaper-doctor\r\n"
+           b"Connection: close\r\n\r\n")
 MAX_REPLY_BYTES = 1 << 20  # a scenario reply is a few dozen bytes
 
 
@@ -41,8 +48,11 @@ def percentile(values: list[float], pct: float) -> float | None:
     return ordered[int(rank) - 1]
 
 
-def one_request(host: str, port: int, timeout_s: float, index: int = 0) -> Outcome:
-    """Connect, send the request, read until EOF; never longer than `timeout_s`."""
+def one_request(host: str, port: int, timeout_s: float, index: int = 0,
+                request: bytes | None = None) -> Outcome:
+    """Connect, send the request, read until EOF; never longer than `timeout_s`.
+    `request` None: the HTTP GET, its reply checked; bytes: sent as given,
+    then the sending side shut down, any reply accepted."""
     start = time.monotonic()
     deadline = start + timeout_s
 
@@ -52,7 +62,9 @@ def one_request(host: str, port: int, timeout_s: float, index: int = 0) -> Outco
     reply = b""
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            sock.sendall(REQUEST)
+            sock.sendall(REQUEST if request is None else request)
+            if request is not None:
+                sock.shutdown(socket.SHUT_WR)
             while len(reply) < MAX_REPLY_BYTES:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -67,11 +79,18 @@ def one_request(host: str, port: int, timeout_s: float, index: int = 0) -> Outco
     except OSError as e:
         return Outcome(index, "failed", elapsed_ms(), _describe(e))
     latency = elapsed_ms()
-    status = reply.split(b"\r\n", 1)[0]
-    if not status.startswith(b"HTTP/") or b" 200 " not in status + b" ":
-        shown = status[:60].decode("latin-1") or "empty reply"
+    if request is None and not _http_answered(reply):
+        shown = reply.split(b"\r\n", 1)[0][:60].decode("latin-1") or "empty reply"
         return Outcome(index, "failed", latency, f"bad reply: {shown!r}")
     return Outcome(index, "ok", latency)
+
+
+def _http_answered(reply: bytes) -> bool:
+    """Whether `reply` starts with an HTTP status line whose code is below
+    500: the server understood the request (a 404 is an answer too)."""
+    parts = reply.split(b"\r\n", 1)[0].split(None, 2)
+    return (len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit()
+            and len(parts[1]) == 3 and int(parts[1]) < 500)
 
 
 def _describe(e: OSError) -> str:
@@ -81,15 +100,17 @@ def _describe(e: OSError) -> str:
 
 
 def drive(host: str, port: int, requests: int, concurrency: int, timeout_s: float,
-          on_result: Callable[[Outcome], object] | None = None) -> LoadResult:
+          on_result: Callable[[Outcome], object] | None = None,
+          request: bytes | None = None) -> LoadResult:
     """Send `requests` requests to host:port, `concurrency` at a time, from threads.
 
-    `host` must be "127.0.0.1": the driver refuses to send load anywhere
-    else (ValueError). `on_result` is called once per request, in the
-    calling thread (safe for a click progress bar), as results come in.
+    `host` must be "127.0.0.1" or "::1": the driver refuses to send load
+    anywhere else (ValueError). `request`: see `one_request`. `on_result`
+    is called once per request, in the calling thread (safe for a click
+    progress bar), as results come in.
     """
-    if host != LOOPBACK:
-        raise ValueError(f"load is sent to {LOOPBACK} only, not to {host!r}")
+    if host not in (LOOPBACK, LOOPBACK6):
+        raise ValueError(f"load is sent to {LOOPBACK} or {LOOPBACK6} only, not to {host!r}")
     if not 0 < port < 65536:
         raise ValueError(f"port must be in 1..65535, not {port}")
     if not 0 <= requests <= MAX_REQUESTS:
@@ -110,7 +131,7 @@ def drive(host: str, port: int, requests: int, concurrency: int, timeout_s: floa
             if index is None:
                 return
             try:
-                results.put(one_request(host, port, timeout_s, index))
+                results.put(one_request(host, port, timeout_s, index, request))
             except Exception as e:  # never lose a result: the caller counts them
                 results.put(Outcome(index, "failed", 0.0, f"{type(e).__name__}: {e}"))
 
