@@ -35,3 +35,19 @@ def test_benchmark_smoke_run_reports_and_reaps_everything():
     assert "census_s" in doc["goals"]
     for target in (m, big):
         assert not os.path.exists(f"/proc/{target['pid']}"), "a target was left running"
+
+
+EXPORTER_BENCH = os.path.join(os.path.dirname(BENCH), "exporter_bench.py")
+
+
+def test_exporter_benchmark_smoke_run_reports_and_reaps_everything():
+    result = subprocess.run([sys.executable, EXPORTER_BENCH, "--size", "small", "--rounds", "1",
+                             "--rss-scrapes", "3", "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["schema"] == "reaper-doctor/exporter-bench/1"
+    assert doc["scrape"]["reaper-doctor"]["median_s"] > 0
+    assert doc["rss"]["scrapes"] == 3 and doc["rss"]["after_mb"] > 0
+    assert set(doc["coverage"]) == {"once", "exporter"}
+    assert doc["crowd"]["zombies"] > 0

@@ -15,6 +15,7 @@ documents of the other end-to-end tests.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -147,6 +148,17 @@ def test_lesson_json_is_as_documented():
     assert code == 0
     assert_documented(doc)
     assert len(doc["strategies"]) == 4
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: tracefs is root-only")
+def test_traced_lesson_json_is_as_documented(trace_env):
+    """--trace adds the kernel's counts to each strategy and trial."""
+    code, doc = run_json("lesson", "coalescing", "--children", "8", "--trials", "1", "--trace",
+                         timeout_s=120, env=trace_env)
+    assert code == 0
+    checker = assert_documented(doc)
+    assert doc["traced"] is True
+    assert "strategies[].trials[].kernel.merged" in checker.seen["lesson-coalescing"]
 
 
 def test_the_examples_agree_with_their_tables():

@@ -330,3 +330,18 @@ def test_scenario_progress_eta_is_sane():
     assert etas, text
     for t, eta in etas:
         assert eta <= 2 * (end - t) + 2, (t, eta, end)
+
+
+def test_watch_summary_says_when_sampling_was_slower_than_asked():
+    from reaper_doctor.model import WatchSample
+    from reaper_doctor.model.watch import WatchLimits, WatchReport
+    from reaper_doctor.render.watch import summary_text
+
+    def report(step_s: float) -> WatchReport:
+        samples = tuple(WatchSample(i * step_s, 0, 10, 0, 1, None) for i in range(5))
+        return WatchReport(pid=7, name="x", interval_s=0.5, samples=samples,
+                           limits=WatchLimits(), rates_per_min={}, eta_s={}, findings=(),
+                           ended="duration")
+
+    assert "every 0.5 s\n" in summary_text(report(0.5))
+    assert "every 1.20 s (asked 0.5 s)" in summary_text(report(1.2))

@@ -111,8 +111,14 @@ def summary_text(report: WatchReport, *, color: bool = False, width: int = DEFAU
     elif report.ended == "interrupted":
         lines.append(f"Interrupted after {span:.1f} s")
     n = len(report.samples)
-    lines.append(f"Summary: {n} sample{'s' if n != 1 else ''} over {span:.1f} s, "
-                 f"every {report.interval_s:g} s")
+    every = f"every {report.interval_s:g} s"
+    if n > 1:
+        # A big tree takes longer to sample than the interval: say so.
+        measured = (report.samples[-1].t_s - report.samples[0].t_s) / (n - 1)
+        if measured > report.interval_s * 1.1 + 0.05:
+            every = f"every {measured:.2f} s (asked {report.interval_s:g} s)"
+    lines.append(fill(f"Summary: {n} sample{'s' if n != 1 else ''} over {span:.1f} s, "
+                      f"{every}", width, hang="  "))
     rows = []
     for name in WATCH_SERIES:
         values = _series(report, name)
