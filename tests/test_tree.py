@@ -62,6 +62,34 @@ def test_children_files_find_the_same_tree_as_a_full_walk(spawner):
         p for p in full.order if full.stats[p].state == "Z")
 
 
+def test_a_session_walked_from_its_starter_is_the_whole_session(spawner):
+    # The sampler of `run` looks for the server's session below the process
+    # that started it, not across the machine: the same members, zombies too.
+    proc = spawner.python(FAMILY)
+    wait_until(lambda: len(zombie_children(proc.pid)) == 4, what="4 zombie children")
+    (child,) = live_children(proc.pid)
+    wait_until(lambda: len(zombie_children(child)) == 2, what="2 zombie grandchildren")
+    below = tasks.session_members_below(proc.pid, os.getpid())
+    assert sorted(st.pid for st in below) == sorted(
+        st.pid for st in tasks.session_members(proc.pid))
+    assert len(below) == 1 + 1 + 4 + 2
+    assert sorted(st.pid for st in tasks.session_members_below(proc.pid, child)) == sorted(
+        [child, *zombie_children(child)])
+
+
+def test_the_tree_read_before_the_machine_has_the_same_table(spawner):
+    proc = spawner.python(FAMILY)
+    wait_until(lambda: len(zombie_children(proc.pid)) == 4, what="4 zombie children")
+    whole = tasks.read_tree(proc.pid)
+    first = tasks.read_tree(proc.pid, machine=False)
+    assert set(first.table) == set(first.order) == set(whole.order)
+    tasks.add_machine(first)
+    me = os.getpid()                                   # outside the tree
+    assert (first.table[me].ppid, first.table[me].uid) == (whole.table[me].ppid, os.getuid())
+    for pid in whole.order:
+        assert first.table[pid] == whole.table[pid]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to take on another real UID")
 def test_nproc_counts_zombies_by_real_uid_not_by_proc_owner(spawner):
     proc = spawner.python(SETUID_PARENT, "5")

@@ -15,7 +15,7 @@ from .fds import read_fds
 from .proc import ProcessGone, has_procfs, read_int
 from .process import new_context, nproc_usage, read_limits, read_process
 from .sockets import close_wait_where_uid_listens
-from .tasks import read_tree
+from .tasks import add_machine, read_tree
 
 if TYPE_CHECKING:
     from .process import SampleContext
@@ -48,7 +48,10 @@ def collect_snapshot(target: int, *, with_fds: bool = True,
 
 
 def _collect_snapshot(target: int, ctx: SampleContext, *, with_fds: bool) -> Snapshot:
-    tree = read_tree(target)
+    # The tree first, the rest of the machine (for RLIMIT_NPROC and the PIDs
+    # in use) after its descriptors: a listener's queue is read at the
+    # start of the sample, not after thousands of other processes.
+    tree = read_tree(target, machine=False)
     table = tree.table
     ctx.statuses = tree.statuses
     parents = {st.ppid for st in tree.stats.values()}
@@ -77,6 +80,7 @@ def _collect_snapshot(target: int, ctx: SampleContext, *, with_fds: bool) -> Sna
                 raise
             continue
         processes[pid] = info
+    add_machine(tree)
     target_info = processes[target]
     target_parent = None
     if target_info.is_zombie and target_info.ppid > 0:

@@ -11,7 +11,7 @@ from ..parse import netlink
 from .fds import count_fds
 from .proc import ProcessGone
 from .sockets import close_wait_on_ports, inet_diag_dump
-from .tasks import session_members
+from .tasks import session_members, session_members_below
 
 SAMPLE_INTERVAL_S = 0.25
 MAX_SAMPLES = 2400            # 10 minutes at 0.25 s: the timeline stays bounded
@@ -45,11 +45,17 @@ class Sampler:
     teardown can prove each one is gone. Processes and zombies are counted
     over session `sid`; descriptors are those of `target` (the process
     holding the listener: `sid` itself unless given), sockets those on
-    `port` (IPv6 ones when `ipv6`)."""
+    `port` (IPv6 ones when `ipv6`). With `under` (the child subreaper that
+    started the session), members are looked for below it, not across the
+    whole machine: a sample then costs what the session holds, and does not
+    starve the other threads (a scan during the load) on a machine of
+    thousands of processes."""
 
     def __init__(self, sid: int, port: int, started_at: float, *, target: int | None = None,
-                 ipv6: bool = False, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+                 ipv6: bool = False, interval_s: float = SAMPLE_INTERVAL_S,
+                 under: int | None = None) -> None:
         self.sid = sid
+        self.under = under
         self.pid = sid if target is None else target
         self.family = socket.AF_INET6 if ipv6 else socket.AF_INET
         self.port = port
@@ -71,7 +77,8 @@ class Sampler:
     def snapshot_now(self) -> None:
         """Take one sample in the calling thread (never raises)."""
         try:
-            members = session_members(self.sid)
+            members = (session_members(self.sid) if self.under is None
+                       else session_members_below(self.sid, self.under))
             if not any(st.pid == self.pid and st.state != "Z" for st in members):
                 return  # the server has exited
             close_wait, queued = socket_counts(self.pid, self.port, self.family)

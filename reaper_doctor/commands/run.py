@@ -22,6 +22,7 @@ Side effect: the calling process stays a child subreaper afterwards.
 from __future__ import annotations
 
 import collections
+import os
 import resource
 import subprocess
 import threading
@@ -172,7 +173,7 @@ def run_server(spec: ServerSpec, settings: RunSettings = RunSettings(), *,
         run.host, run.port, run.target_pid, run.bound = (endpoint.host, endpoint.port,
                                                          endpoint.owner, endpoint.bound)
         sampler = Sampler(proc.pid, endpoint.port, started_at, target=endpoint.owner,
-                          ipv6=endpoint.host == "::1")
+                          ipv6=endpoint.host == "::1", under=os.getpid())
         sampler.seen |= seen
         sampler.snapshot_now()
         sampler.start()
@@ -272,11 +273,13 @@ def _load_and_scan(run: ServerRun, endpoint: Endpoint, sampler: Sampler,
     done = 0
     # Some findings exist only under load: a blocking server's accept queue
     # drains within a second of the last client (RD401). Those servers are
-    # scanned while the load runs, once a quarter of the requests is done:
-    # a scenario says so; for any other server, the queue decides (non-empty
-    # in the last two samples, a quarter of a second apart).
-    scan_at = max(1, settings.requests // 4)
+    # scanned while the load runs. A scenario that says so is scanned from
+    # the first answer (its queue is full from the first round of clients,
+    # and the scan's two samples must both fall before it drains); for any
+    # other server, the queue decides once a quarter of the requests is
+    # done (non-empty in the last two samples, a quarter of a second apart).
     during = run.spec.scan_during_load
+    scan_at = 1 if during else max(1, settings.requests // 4)
 
     def result(outcome: Outcome) -> None:
         nonlocal done, scan_thread, during
