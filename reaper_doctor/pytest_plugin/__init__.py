@@ -5,8 +5,10 @@ in the ini file). Inactive, this module only adds its options and its
 marker: nothing is read, nothing is slowed, and reaper_doctor.collect (let
 alone psutil) is never imported.
 
-Active, it samples the test process before the test's setup and after its
-teardown (diff.py), and reports what the test left behind (report.py):
+Active, it samples the test process after each test's teardown (and once
+before the first test): one test's after is the next one's before, since
+nothing runs between two tests. It reports what each test left behind
+(diff.py, report.py):
 
 - descriptors, keyed by (fd, st_dev, st_ino). The count comes in one
   stat() of /proc/self/fd; the set is read again (a listdir and one fstat
@@ -241,7 +243,6 @@ class LeakCheck:
         self.failed = False                    # setup or call already failed
 
 
-_CHECK = pytest.StashKey[LeakCheck]()
 
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -283,8 +284,8 @@ class LeakChecker:
         self.fixture_codes: dict[Any, str] = {}   # broader fixtures' code -> label
         self._owned_keys: set[Key] | None = None   # owned and kept, all together
         self._interval: tuple[Any, set[Key]] | None = None   # a broader fixture's setup
-        self.ended: Sample | None = None   # the last sample of the last test checked
-        self.marked: set[str] | None = None   # node ids of the tests with the marker
+        self.allowed: dict[str, frozenset[str]] = {}   # node id -> what its marker allows
+        self.bad_markers: dict[str, str] = {}           # node id -> what is wrong with it
         self.results: dict[str, tuple[LeakCheck, str, bool, list[str]]] = {}
         self.recorder: Recorder | None = None
         # Built now: with the descriptor table full, nothing can be imported.
@@ -351,46 +352,52 @@ class LeakChecker:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        # Once, not per test: which tests carry the marker.
-        self.marked = {item.nodeid for item in items if item.get_closest_marker(MARKER)}
-
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
-        # The outermost wrapper, like the teardown's: both samples see the
-        # standard descriptors as they are outside capture.
-        checks = self.settings.checks
-        bad_marker = None
-        self.current = None
-        if self.marked is None or item.nodeid in self.marked:
+        # Once, not per test: what each marked test may leak. A bad marker
+        # fails the test's setup through a fixture of the plugin's.
+        for item in items:
             marker = item.get_closest_marker(MARKER)
-            if marker is not None:
-                try:
-                    allowed = (_parse_checks(marker.args, f"@pytest.mark.{MARKER}")
-                               if marker.args else frozenset(CHECKS))
-                except pytest.UsageError as e:
-                    bad_marker, allowed = str(e), frozenset()
-                checks = checks - allowed
-        if checks and os.getpid() == self.pid:
-            check = self.current = LeakCheck(checks=checks, started_ticks=_boot_ticks(),
-                                             threads=threading.active_count())
-            if self.recorder is not None:
-                self.recorder.take()   # what pytest did between tests
-                self.recorder.test = item.nodeid
+            if marker is None:
+                continue
             try:
-                # Nothing forks between two tests: the children read at the
-                # end of the last one are this one's before.
-                check.before = self.sample(children_of=self.ended)
-            except Exception as e:  # never raised into the suite: reported on this test
-                check.error = f"{type(e).__name__}: {e}"
-            item.stash[_CHECK] = check
-        elif self.recorder is not None:
-            self.recorder.test = item.nodeid
-        result = yield
-        # Failing before the yield would skip the other plugins' setup
-        # wrappers (capture, logging) and break their teardown.
-        if bad_marker:
-            pytest.fail(bad_marker, pytrace=False)
-        return result
+                self.allowed[item.nodeid] = (_parse_checks(marker.args, f"@pytest.mark.{MARKER}")
+                                             if marker.args else frozenset(CHECKS))
+            except pytest.UsageError as e:
+                self.bad_markers[item.nodeid] = str(e)
+                names = getattr(item, "fixturenames", None)
+                if isinstance(names, list):
+                    names.insert(0, "_reaper_doctor_bad_marker")
+
+    @pytest.fixture
+    def _reaper_doctor_bad_marker(self, request: pytest.FixtureRequest) -> None:
+        pytest.fail(self.bad_markers.get(request.node.nodeid, "bad marker"), pytrace=False)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, None, Any]:
+        self._begin(None, None)
+        return (yield)
+
+    def _begin(self, item: pytest.Item | None, after: Sample | None) -> None:
+        """Open the next test's check: its before is the last test's after
+        (nothing runs between two tests), read outside capture like the
+        after is; there is no setup hook to pay for."""
+        self.current = None
+        if os.getpid() != self.pid:
+            return
+        check = self.current = LeakCheck(checks=self.settings.checks,
+                                         started_ticks=_boot_ticks(),
+                                         threads=threading.active_count())
+        if self.recorder is not None:
+            self.recorder.take()   # what pytest did between tests
+            self.recorder.test = item.nodeid if item is not None else ""
+        try:
+            check.before = after if after is not None else self.sample()
+        except Exception as e:  # never raised into the suite: reported on its test
+            check.error = f"{type(e).__name__}: {e}"
+
+    @pytest.hookimpl
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        if self.recorder is not None and self.current is not None:
+            self.recorder.test = nodeid   # the events it records are this test's
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> None:
@@ -459,37 +466,46 @@ class LeakChecker:
                                 ) -> Generator[None, None, None]:
         # tryfirst: the outermost wrapper, so this runs after every fixture
         # finalizer and every other plugin's teardown.
-        self._close_interval()   # the setup failed before its report
+        self._close_interval()   # the setup failed before its end
         try:
             result = yield
         except BaseException:
-            self._after(item, may_raise=False)
+            self._after(item, nextitem, may_raise=False)
             raise
-        self._after(item, may_raise=True)
+        self._after(item, nextitem, may_raise=True)
         return result
 
-    def _after(self, item: pytest.Item, *, may_raise: bool) -> None:
-        check = item.stash.get(_CHECK, None)
+    def _after(self, item: pytest.Item, nextitem: pytest.Item | None, *,
+               may_raise: bool) -> None:
+        check = self.current
         self.current = None
         if check is None or os.getpid() != self.pid:
             return  # a forked child running pytest code: not the process we watch
-        self.ended = None
+        check.checks = check.checks - self.allowed.get(item.nodeid, frozenset())
+        if item.nodeid in self.bad_markers:
+            check.checks = frozenset()
         events = self.recorder.take() if self.recorder is not None else []
         if self.recorder is not None:
             self.recorder.test = None
+        after: Sample | None = None
+        text, fails = "", False
         try:
-            if check.before is None:
+            if not check.checks:
+                after = self.sample()   # what it was allowed to leave is the next one's before
+            elif check.before is None:
                 text, fails = block(item.nodeid, [Entry(
                     "check-error", f"before the test: {check.error}")]), False
             else:
                 text, fails = self._check(check, item, events)
-                self.ended = self.last
+                after = self.last
         except Exception as e:  # never raised into the suite: reported on this test
             text = block(item.nodeid, [Entry("check-error",
                                              f"after the test: {type(e).__name__}: {e}")])
             fails = False
         notes, self.pending_notes = self.pending_notes, []
-        self.results[item.nodeid] = (check, text, fails, notes)
+        if check.checks:
+            self.results[item.nodeid] = (check, text, fails, notes)
+        self._begin(nextitem, after)
         if not text:
             return
         if self.settings.mode == "warn" or not fails:
@@ -592,8 +608,6 @@ class LeakChecker:
         origin_of = {fd: self.origins.get(("fd", fd, key)) for fd, key in fds.items()}
         children = [*found.children, *found.zombies]
         infos = {st.pid: self.process.describe_process(st.pid) for st in children}
-        children = [st for st in children
-                    if not _matches(_command_line(infos[st.pid], st), self.settings.allow_commands)]
         for st in [st for st in children if st.start_ticks < check.started_ticks - 1]:
             # Born before this test: an orphan of an earlier test's child that
             # came home now. Not this test's leak.
@@ -603,6 +617,8 @@ class LeakChecker:
                                       f"process during {item.nodeid}, but started before it")
         child_origin = self._child_origins(children, infos, check)
         self._await_exec(children, infos, child_origin)
+        children = [st for st in children
+                    if not _matches(_command_line(infos[st.pid], st), self.settings.allow_commands)]
         # The first use of a helper's cache is not a leak.
         fds = {fd: k for fd, k in fds.items()
                if not self._first_use(("fd", fd, k), origin_of.get(fd), item, links[fd])}

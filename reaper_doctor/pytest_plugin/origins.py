@@ -42,7 +42,10 @@ MAX_FRAMES = 40
 SPAWNS = frozenset({"subprocess.Popen", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
                     "os.system"})
 WATCHED = frozenset({"open", "socket.__new__", *SPAWNS})
-Frames = tuple[tuple[Any, int], ...]   # ((code object, line number), ...), innermost first
+# ((code object, offset of its last instruction), ...), innermost first. Not
+# f_lineno: computing it walks the code's line table, which costs more than
+# the rest of the recording; the report computes it for the frames it shows.
+Frames = tuple[tuple[Any, int], ...]
 
 
 class Event(NamedTuple):
@@ -230,7 +233,7 @@ class Recorder:
     def note(self, kind: str, frame: Any, **fields: Any) -> None:
         frames: list[tuple[Any, int]] = []
         while frame is not None and len(frames) < MAX_FRAMES:
-            frames.append((frame.f_code, frame.f_lineno))
+            frames.append((frame.f_code, frame.f_lasti))
             frame = frame.f_back
         self.seq += 1
         event = Event(kind, self.seq, self.test, tuple(frames), **fields)
@@ -410,8 +413,20 @@ class Place(NamedTuple):
 
 
 def places(frames: Frames) -> list[Place]:
-    return [Place(code.co_filename, lineno, getattr(code, "co_qualname", code.co_name), code)
-            for code, lineno in frames]
+    return [Place(code.co_filename, _line(code, lasti),
+                  getattr(code, "co_qualname", code.co_name), code)
+            for code, lasti in frames]
+
+
+def _line(code: Any, lasti: int) -> int:
+    """The line of the instruction at byte offset `lasti` (what f_lineno says)."""
+    line = code.co_firstlineno
+    for start, end, number in code.co_lines():
+        if start <= lasti < end:
+            return number if number is not None else line
+        if number is not None:
+            line = number
+    return line
 
 
 class Library:
