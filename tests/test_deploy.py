@@ -106,3 +106,21 @@ def test_what_root_sees_of_another_users_process_with_each_capability(spawner):
     assert seen["sys_ptrace"] == (None, False, ["exit 3"], ["RD101"])
     assert seen["dac_read_search,sys_ptrace"][0] and seen["dac_read_search,sys_ptrace"][1]
     assert seen["dac_read_search,sys_ptrace"][2] == ["exit 3"]
+
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
+    unit = (DEPLOY / "systemd" / "reaper-doctor-exporter.service").read_text()
+    script = cli_argv()[0]
+    if not os.path.isabs(script) or not os.access(script, os.X_OK):
+        pytest.skip("no installed reaper-doctor script to point ExecStart at")
+    assert "ExecStart=/usr/local/bin/reaper-doctor exporter" in unit
+    local = tmp_path / "reaper-doctor-exporter.service"
+    local.write_text(unit.replace("/usr/local/bin/reaper-doctor", script))
+    result = subprocess.run([SYSTEMD_ANALYZE, "verify", str(local)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout + result.stderr == "", (
+        result.stdout + result.stderr)

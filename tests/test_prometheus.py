@@ -164,3 +164,15 @@ def test_promtool_check_metrics_passes_on_scan_and_census(spawner):
                                capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stdout + check.stderr
         assert check.stdout + check.stderr == ""   # not even a lint warning
+
+
+def test_container_labels_carry_the_short_id_and_runtime():
+    from types import SimpleNamespace
+
+    from reaper_doctor.render.prometheus import container_labels
+
+    info = SimpleNamespace(container=SimpleNamespace(id="a1df1d9cf5b3" + "0" * 52,
+                                                     runtime="podman"))
+    assert container_labels(info) == {"container_id": "a1df1d9cf5b3", "runtime": "podman"}
+    assert container_labels(SimpleNamespace(container=None)) == {}
+    assert container_labels(None) == {}

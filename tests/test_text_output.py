@@ -268,6 +268,28 @@ def test_join_fitted_and_fill_keep_to_the_width():
     assert fill(f"top files: {path} ×2", 40).splitlines() == ["top files:", path, "×2"]
 
 
+def test_a_table_with_a_long_path_still_fits_the_width():
+    # The census's Containers table: six columns whose headers are single
+    # words, and a PID 1 command with a path longer than what is left.
+    from reaper_doctor.render.width import fit_table
+
+    path = "/tmp/venv-stability/bin/python"
+    rows = [["-", "-", f"29759 {path} -c import os (not an init)", 3, 0, "RD104 RD105"]]
+    headers = ["container", "runtime", "PID 1 (host PID, command)", "processes", "zombies",
+               "verdict"]
+    for width in (80, 60):
+        table = fit_table(rows, headers, width)
+        assert too_wide(table, width) == [], table
+        lines = table.splitlines()
+        rule = next(i for i, line in enumerate(lines) if line.startswith("---"))
+        start = lines[0].index("PID 1")
+        end = start + len(lines[rule][start:].split(" ")[0])
+        column = "".join(line[start:end].strip() for line in lines[rule + 1:])
+        assert path in column, table          # broken inside, nothing lost
+    wide = fit_table(rows, headers, 200)       # what fits is never broken
+    assert path in wide and len(wide.splitlines()) == 3
+
+
 # Catches SIGCHLD and reaps one child per handler run; after "go" on stdin
 # forks a burst of children that exit at once.
 WAIT_ONCE = r"""

@@ -16,6 +16,7 @@ DEFAULT_WIDTH = 80   # when neither COLUMNS nor a terminal says (the CLI measure
 MIN_WIDTH = 40       # narrower than this, the layout wraps too much to read
 COLUMN_GAP = 2       # tabulate's "simple" and "plain" put two spaces between columns
 COMFORTABLE = 16     # a wrapped column this wide still reads well
+LONG_WORD_FLOOR = 8   # below that, a long word (a path) breaks inside, as a last resort
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _HYPHEN_PARTS = re.compile(r"[^-]*-|[^-]+")   # "a-b-c" -> "a-", "b-", "c"
@@ -105,7 +106,9 @@ def fit_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] = (), width:
     ("simple" or "plain") with its widest columns wrapped at spaces until
     it fits, the columns in `last` only when the others are as narrow as
     they go. A cell is never narrower than its longest word, and a column
-    with colour is never wrapped."""
+    with colour is never wrapped. Past that, as a last resort, a word
+    longer than LONG_WORD_FLOOR (a path) breaks inside: the table fits
+    whenever its columns can each keep that many characters."""
     from tabulate import tabulate   # here: `reaper-doctor --version` must not pay for it
 
     options.setdefault("disable_numparse", True)
@@ -134,8 +137,12 @@ def fit_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] = (), width:
     # column, down to its longest word; then hyphenated words break.
     late = set(last)
     comfortable = [max(floor[i], min(natural[i], COMFORTABLE)) for i in range(n)]
+    long_word_floor = [hyphen_floor[i] if any("\x1b" in c for c in col)
+                       else min(hyphen_floor[i], LONG_WORD_FLOOR)
+                       for i, col in enumerate(columns)]
     for allowed, low in (([i for i in range(n) if i not in late], comfortable),
-                         (list(range(n)), floor), (list(range(n)), hyphen_floor)):
+                         (list(range(n)), floor), (list(range(n)), hyphen_floor),
+                         (list(range(n)), long_word_floor)):
         while sum(widths) > budget:
             shrinkable = [i for i in allowed if widths[i] > low[i]]
             if not shrinkable:
@@ -178,7 +185,7 @@ def _wrap_cell(text: str, width: int) -> str:
         return text
     return "\n".join(
         fill(line, width) if max(map(len, line.split()), default=0) <= width else
-        textwrap.fill(line, width, break_long_words=False, break_on_hyphens=True)
+        textwrap.fill(line, width, break_long_words=True, break_on_hyphens=True)
         for line in text.split("\n"))
 
 
