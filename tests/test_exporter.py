@@ -115,8 +115,12 @@ def test_concurrent_scrapes_share_one_census(exporter):
     ex = exporter("--min-interval", "0")
     ex.metrics()                            # warm: imports done, first census taken
     results: list[dict] = []
+    # Released together: on a busy machine, threads started one by one can
+    # reach the exporter a census apart, each then rightly starting one.
+    at_once = threading.Barrier(6)
 
     def scrape() -> None:
+        at_once.wait(60)
         results.append(ex.metrics())
 
     threads = [threading.Thread(target=scrape) for _ in range(6)]
