@@ -1,6 +1,6 @@
 """The use cases: when to read, wait, spawn and judge, for each command.
 
-Each returns records (model/) for render/ to print; cli.py parses the
+Each returns records (model/) for render/ to print; cli/ parses the
 command line, calls one of these, renders, and exits.
 
   scan       one target (or several), two samples apart
