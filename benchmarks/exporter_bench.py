@@ -222,7 +222,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
 
         if args.rss_scrapes:
             log(f"RSS over {args.rss_scrapes} scrapes:")
-            for _ in range(20):
+            # Warm up (imports, caches) with as many scrapes as are measured,
+            # at most 20: each one close to the last waits out the grace.
+            for _ in range(min(20, args.rss_scrapes)):
                 _get(urls["reaper-doctor"])
             before = _rss_kb(exporter.pid)
             started = time.monotonic()

@@ -98,10 +98,11 @@ def live_children(pid: int) -> list[int]:
     return [child for child, state in children_states(pid).items() if state != "Z"]
 
 
-def reap(proc: subprocess.Popen, timeout_s: float = 5.0) -> None:
-    """End `proc` and its process group: SIGTERM, wait, SIGKILL, wait."""
+def reap(proc: subprocess.Popen, timeout_s: float = 5.0, *, term: bool = True) -> None:
+    """End `proc` and its process group: SIGTERM, wait, SIGKILL, wait (with
+    `term` False, SIGKILL at once)."""
     if proc.poll() is None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        for sig in (signal.SIGTERM, signal.SIGKILL) if term else (signal.SIGKILL,):
             try:
                 os.killpg(proc.pid, sig) if _own_group(proc) else proc.send_signal(sig)
             except ProcessLookupError:
@@ -184,6 +185,9 @@ class Spawner:
 
     def __init__(self) -> None:
         self.started: list[subprocess.Popen] = []
+        # Those SIGTERM would not end (a PID namespace's init without a
+        # handler): waiting out reap's timeout for them is time lost.
+        self.kill_at_once: set[int] = set()
 
     def python(self, code: str, *args: str, wait_for_line: str | None = "ready",
                **popen: Any) -> subprocess.Popen:
@@ -207,8 +211,9 @@ class Spawner:
     def reap_all(self) -> None:
         groups = [proc.pid for proc in self.started if _own_group(proc)]
         for proc in reversed(self.started):
-            reap(proc)
+            reap(proc, term=proc.pid not in self.kill_at_once)
         self.started.clear()
+        self.kill_at_once.clear()
         # Waiting for a group's leader does not wait for the rest of the
         # group: its members die, and come to us (the subreaper) as zombies,
         # a moment later. reaper-doctor's pytest plugin caught the RD302

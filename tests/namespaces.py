@@ -61,6 +61,7 @@ def start_namespace(spawner: Spawner, *command: str, **popen: Any) -> tuple[subp
     proc = subprocess.Popen(unshare_argv(*command), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, start_new_session=True, **popen)
     spawner.started.append(proc)
+    spawner.kill_at_once.add(proc.pid)   # the init ignores SIGTERM (no handler)
     init = wait_until(lambda: live_children(proc.pid), what=f"unshare {proc.pid} to fork")[0]
     return proc, init
 

@@ -104,6 +104,7 @@ def test_census_json_is_as_documented(spawner):
     namespace = _can_unshare_pid()
     if namespace:
         holder = spawner.python(NAMESPACE_INIT)
+        spawner.kill_at_once.add(holder.pid)   # its init ignores SIGTERM
         wait_until(lambda: any(zombie_children(c) for c in children_states(holder.pid)),
                    what="a zombie under the namespace's PID 1")
     code, doc = run_json("scan", "--grace", "0.3")
