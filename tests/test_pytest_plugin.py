@@ -105,6 +105,9 @@ def inner_env(**extra: str) -> dict[str, str]:
 @pytest.fixture
 def run(pytester, monkeypatch):
     """Run pytest in a subprocess in pytester's directory, plugin loaded."""
+    # The inner pytest gets the environment inner_env() describes: setting
+    # its keys alone would leave an outer PYTEST_ADDOPTS in force.
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
     for key, value in inner_env().items():
         monkeypatch.setenv(key, value)
 
