@@ -449,6 +449,30 @@ def test_each_xdist_worker_checks_its_own_tests(run, pytester):
     assert "leaked 2 descriptors" in out and "leaked 4 descriptors" not in out
 
 
+def test_xdist_workers_session_end_lines_reach_the_controller(run, pytester):
+    """Each worker kills what its tests left running at its session end; the
+    controller prints those lines in its one summary."""
+    pytest.importorskip("xdist")
+    pytester.makepyfile(**{f"test_{n}": """
+        import atexit, subprocess, sys
+
+        def test_child():
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            atexit.register(lambda: (child.kill(), child.wait()))
+
+        def test_clean():
+            pass
+    """ for n in ("one", "two")})
+    result = run("-p", "xdist", "-n", "2", "--reaper-doctor", "--reaper-doctor-grace=0")
+    result.assert_outcomes(passed=4, errors=2)
+    out = result.stdout.str()
+    assert out.count("reaper-doctor: 4 tests checked, 2 leaked") == 1
+    result.stdout.fnmatch_lines_random([
+        "  [[]gw?[]] at session end, killed pid * (python*), left by test_one.py::test_child",
+        "  [[]gw?[]] at session end, killed pid * (python*), left by test_two.py::test_child",
+        "  leaked: test_one.py::test_child", "  leaked: test_two.py::test_child"])
+
+
 # ----------------------------------------------------------------------------
 # The light readers, in this process
 
@@ -546,6 +570,32 @@ def test_a_test_that_fills_the_table_is_the_report_and_the_next_test_passes(run,
     assert "ERROR at teardown of test_next_one" not in out
     assert "KeyError" not in out and "Traceback" not in out
     result.stdout.fnmatch_lines(["*reaper-doctor: 2 tests checked, 1 leaked*"])
+
+
+def test_a_descriptor_swapped_at_the_same_count_is_still_seen(run, pytester):
+    """The fast path compares counts; a test that closes a descriptor it did
+    not open and opens another keeps the count, and is still reported (the
+    descriptors made during the test are looked at one by one)."""
+    source = """\
+        import os
+        SPARE = [os.open(os.devnull, os.O_RDONLY)]
+        KEPT = []
+
+        def test_swap():
+            os.close(SPARE.pop())
+            KEPT.append(open(__file__))
+
+        def test_after():
+            pass
+    """
+    pytester.makepyfile(test_swap=source)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_swap*",
+                                 "*test_swap.py::test_swap leaked 1 descriptor*",
+                                 "*fd * file *test_swap.py*",
+                                 f"*made at test_swap.py:{line_of(source, 'KEPT.append')} "
+                                 "in test_swap*"])
 
 
 def test_a_child_that_exits_during_a_later_test_is_blamed_once(run, pytester):

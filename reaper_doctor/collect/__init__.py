@@ -12,6 +12,7 @@ the sample.
   proc        the door: /proc's root, whole-file reads, parallel small reads
   tasks       the process table, a target's tree, children, new PIDs
   process     one process: stat, command line, SIGCHLD, limits
+  own         this process, cheaply: descriptor count and keys, any child?
   fds         descriptors: classified, counted, described; a server's listeners
   sockets     socket tables (sock_diag, /proc/<pid>/net/*)
   cgroups     pids cgroups

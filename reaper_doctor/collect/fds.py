@@ -18,6 +18,7 @@ from ..model import FdCounts, FdDetail, FdTable, SocketFd
 from ..model.scenario import Listener
 from ..parse import procfs
 from . import proc
+from .own import OwnFdCount, fd_link, own_fd_keys  # noqa: F401  (re-exported)
 from .proc import ProcessGone, check_gone, map_io, read_text
 from .process import new_context
 from .sockets import listen_backlogs, netns_key, read_socket_table_ahead, socket_table
@@ -234,73 +235,6 @@ def fd_count(pid: int) -> int | None:
     except OSError:
         return None
     return size or None
-
-
-class OwnFdCount:
-    """This process's descriptor count, over and over: fstat() of
-    /proc/self/fd held open costs a tenth of a stat() by path (no path
-    walk), and needs no new descriptor when the table is full. Holds one
-    descriptor (close-on-exec) until close()."""
-
-    def __init__(self) -> None:
-        self.fd: int | None = None
-        try:
-            fd = os.open(f"{proc.ROOT}/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return
-        if os.fstat(fd).st_size:
-            self.fd = fd
-        else:
-            os.close(fd)   # the kernel does not tell (before Linux 6.2)
-
-    def __call__(self) -> int | None:
-        if self.fd is None:
-            return None
-        try:
-            return os.fstat(self.fd).st_size
-        except OSError:
-            return None
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def own_fd_keys(count: int | None = None) -> dict[int, tuple[int, int]]:
-    """{fd: (st_dev, st_ino)} of this process's descriptors: one listdir and
-    one fstat per fd (a quarter of a readlink's cost). With the table full,
-    listdir has no descriptor to work with (EMFILE): the numbers are then
-    probed with fstat up to the soft limit, stopping after `count` found."""
-    import errno
-    import resource
-
-    try:
-        numbers: Iterable[int] = [int(n) for n in os.listdir(f"{proc.ROOT}/self/fd")]
-    except OSError as e:
-        if e.errno not in (errno.EMFILE, errno.ENFILE):
-            raise
-        numbers = range(min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 1 << 20))
-    keys: dict[int, tuple[int, int]] = {}
-    fstat = os.fstat
-    for fd in numbers:
-        try:
-            st = fstat(fd)
-        except OSError:
-            continue  # the listdir's own descriptor, or closed since
-        keys[fd] = (st.st_dev, st.st_ino)
-        if count is not None and len(keys) >= count and isinstance(numbers, range):
-            break
-    return keys
-
-
-def fd_link(pid: int, fd: int) -> str | None:
-    """The link text of one descriptor (needs no descriptor of our own);
-    None if it is closed."""
-    try:
-        return os.readlink(f"{proc.ROOT}/{pid}/fd/{fd}")
-    except OSError:
-        return None
 
 
 def describe_fds(pid: int, fds: Iterable[int]) -> list[FdDetail]:

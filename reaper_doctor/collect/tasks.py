@@ -14,6 +14,7 @@ from typing import (
 from ..model.process import TaskBrief
 from ..parse import containers, procfs
 from . import proc
+from .own import has_children  # noqa: F401  (re-exported)
 from .proc import (
     ProcessGone,
     check_gone,
@@ -295,22 +296,6 @@ def _tree_from_table(target: int) -> ProcessTree:
         elif pid == target:
             raise ProcessGone(target)
     return ProcessTree(order=order, stats=stats, table=table, statuses={})
-
-
-_WALL = 0x40000000  # __WALL (linux/wait.h): clone children too
-
-
-def has_children() -> bool:
-    """Whether this process has any child, live or zombie, in one syscall:
-    waitid(P_ALL, WNOHANG | WNOWAIT) fails with ECHILD only when there is
-    none, and WNOWAIT reaps nothing."""
-    try:
-        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT | _WALL)
-    except ChildProcessError:
-        return False
-    except OSError:
-        return True  # cannot tell (EINVAL on an odd kernel): assume some, look
-    return True
 
 
 def last_pid() -> int | None:

@@ -236,7 +236,7 @@ class Recorder:
             frames.append((frame.f_code, frame.f_lasti))
             frame = frame.f_back
         self.seq += 1
-        event = Event(kind, self.seq, self.test, tuple(frames), **fields)
+        event = Event(kind, self.seq, self.test or _current_test(), tuple(frames), **fields)
         self.events.append(event)
         if kind in SPAWNS:
             self.spawns.append(event)
@@ -285,6 +285,12 @@ class Recorder:
 
 
 _RECORDER: Recorder | None = None
+
+
+def _current_test() -> str:
+    """The test running, as pytest says in PYTEST_CURRENT_TEST ("<node id>
+    (setup)"): for the first test, whose node id the recorder is not told."""
+    return os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
 
 
 def _named(wrapper: Callable[..., Any], name: str, original: Callable[..., Any]

@@ -27,25 +27,11 @@ from typing import Any
 
 from ..collect.tasks import read_stat, session_members, stat_lines
 from ..model.process import Teardown
+from .subreaper import PR_SET_CHILD_SUBREAPER, become_subreaper  # noqa: F401  (re-exported)
 
-PR_SET_CHILD_SUBREAPER = 36
 TERM_TIMEOUT_S = 3.0          # stop -> SIGKILL
 REAP_TIMEOUT_S = 5.0          # orphans reparented to us, or to a slow PID 1 if prctl failed
 MIN_FD_LIMIT = 16             # the interpreter itself needs a handful to start
-
-
-def become_subreaper() -> bool:
-    """Make this process a child subreaper (prctl PR_SET_CHILD_SUBREAPER):
-    orphans of our descendants are re-parented to us, not to PID 1 (which on
-    some machines reaps only every second or two), so we can reap them.
-    False where prctl is not available."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def _kill(pid: int, sig: int, *, group: bool = False) -> None:
