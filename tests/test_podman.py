@@ -211,3 +211,4 @@ def test_census_rows_of_a_container_carry_its_labels(image, containers) -> None:
     assert close_wait == {str(p) for p in holders}, exposition
     unlabelled = [s for s in samples if {k: s.labels.get(k) for k in labels} != labels]
     assert not unlabelled, unlabelled
+
