@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from typing import Callable
 
 import pytest
@@ -308,6 +309,34 @@ def test_rd202_children_keep_the_listener(spawner):
     assert "close the listening socket in the child" in rd202["message"]
     assert "RD201" not in codes_of(doc)
     assert code == 0  # info only
+
+
+def test_no_rd202_for_a_child_born_between_the_samples(spawner):
+    """A fork server's child holds the listener from fork() until it closes
+    it; on a starved CPU the second sample may catch that moment. A child
+    the first sample did not see has not held it for the window."""
+    from reaper_doctor.commands.scan import scan
+
+    proc, port = start_server(spawner, PER_CONNECTION_SERVER, "inherit")
+    held: list[socket.socket] = []
+
+    def connect_then_sleep(seconds: float) -> None:
+        if not held:   # after the first sample: a child that keeps the listener
+            held.extend(_hold_connections(port, 2))
+            wait_until(lambda: len(_children(proc.pid)) == 2, what="2 live children")
+        time.sleep(seconds)
+
+    try:
+        report = scan([proc.pid], grace_s=0.3, sleep=connect_then_sleep)
+        (target,) = report.targets
+        assert len(target.snapshot.children_of(proc.pid)) == 2  # seen by the second sample
+        assert "RD202" not in {f.code for f in target.findings}, target.findings
+        # The same children seen twice are a finding.
+        later = scan([proc.pid], grace_s=0.3)
+        assert "RD202" in {f.code for f in later.targets[0].findings}
+    finally:
+        for s in held:
+            s.close()
 
 
 @pytest.mark.parametrize("server,args", [(PER_CONNECTION_SERVER, ("fixed",)),

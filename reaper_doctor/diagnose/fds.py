@@ -144,6 +144,10 @@ def inherited_listener_findings(earlier: Snapshot, later: Snapshot) -> Iterable[
     """RD202: live per-connection children hold their parent's listening
     socket (the same inode) and never accept on it.
 
+    Persistence as for zombies: only a child that held the listener in both
+    samples counts. A fork server's child holds it from fork() until it
+    closes it, which on a starved CPU can be when the sample looks.
+
     Not for pre-fork pools, whose workers accept on the listener by design.
     A pool is pre-fork when any child holding the listener has no accepted
     connection of its own (an idle worker) in either sample, or holds other
@@ -154,8 +158,8 @@ def inherited_listener_findings(earlier: Snapshot, later: Snapshot) -> Iterable[
         for listener in parent_fds.listeners:
             port = listener.local[1]
             holders = [c for c in later.children_of(ppid)
-                       if not c.is_zombie and c.pid in later.fds
-                       and any(s.inode == listener.inode for s in later.fds[c.pid].listeners)]
+                       if not c.is_zombie and _holds(later, c, listener.inode)
+                       and _holds(earlier, c, listener.inode)]
             if not holders:
                 continue
             if _looks_pre_fork(holders, listener.inode, port, earlier, later):
@@ -170,22 +174,21 @@ def inherited_listener_findings(earlier: Snapshot, later: Snapshot) -> Iterable[
                 pids=pids[:MAX_EVIDENCE_PIDS])
 
 
+def _holds(snap: Snapshot, child: ProcessInfo, inode: int) -> bool:
+    """Whether `child` (the same process) held listener `inode` in `snap`."""
+    info, fds = snap.processes.get(child.pid), snap.fds.get(child.pid)
+    return (info is not None and info.identity == child.identity and fds is not None
+            and any(s.inode == inode for s in fds.listeners))
+
+
 def _looks_pre_fork(holders: list[ProcessInfo], inode: int, port: int,
                     earlier: Snapshot, later: Snapshot) -> bool:
+    """`holders` held listener `inode` in both samples."""
     for child in holders:
         now = {s.inode for s in _accepted(later.fds[child.pid], {port})}
-        if not now:
-            return True  # idle worker: it waits in accept()
-        was_info = earlier.processes.get(child.pid)
-        was_fds = earlier.fds.get(child.pid)
-        if (earlier is later or was_info is None or was_info.identity != child.identity
-                or was_fds is None):
-            continue
-        if not any(s.inode == inode for s in was_fds.listeners):
-            continue
-        before = {s.inode for s in _accepted(was_fds, {port})}
-        if not before or (now - before):
-            return True  # idle before, or a connection it accepted since
+        before = {s.inode for s in _accepted(earlier.fds[child.pid], {port})}
+        if not now or not before or (now - before):
+            return True  # an idle worker waits in accept(), or it accepted since
     return False
 
 
