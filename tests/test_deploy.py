@@ -62,6 +62,44 @@ def test_daemonset_and_unit_ask_for_the_same_two_capabilities():
     assert "--listen 127.0.0.1:9563" in unit
 
 
+KUBECTL = shutil.which("kubectl")
+
+
+def _podman_flags(pod_spec: dict) -> list[str]:
+    """What podman needs to run a container as this pod spec runs its first
+    (the settings that decide what the exporter can see)."""
+    container = pod_spec["containers"][0]
+    security = container["securityContext"]
+    caps = security["capabilities"]
+    flags = ["--pid=host"] if pod_spec.get("hostPID") else []
+    flags += [f"--cap-drop={','.join(c.lower() for c in caps['drop'])}",
+              f"--cap-add={','.join(caps['add'])}"]
+    return flags
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+def test_daemonset_parses_and_its_pod_runs_as_the_podman_test_runs_it():
+    """kubectl reads the manifests offline (no cluster: `--local`); the pod
+    spec asks for the settings tests/test_deploy_podman.py gives a real
+    container."""
+    from test_deploy_podman import DAEMONSET
+
+    result = subprocess.run(
+        [KUBECTL, "label", "--local", "-f", str(DEPLOY / "kubernetes" / "daemonset.yaml"),
+         "checked=yes", "--dry-run=client", "-o", "json"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    docs = [json.loads(part) for part in result.stdout.replace("}\n{", "}\0{").split("\0")]
+    assert [d["kind"] for d in docs] == ["Namespace", "DaemonSet"]
+    pod = docs[1]["spec"]["template"]["spec"]
+    security = pod["containers"][0]["securityContext"]
+    assert pod["hostPID"] is True and "hostNetwork" not in pod
+    assert security["runAsUser"] == 0 and security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False and security["privileged"] is False
+    assert pod["containers"][0]["args"][0] == "exporter"
+    assert _podman_flags(pod) == DAEMONSET
+
+
 SETPRIV = shutil.which("setpriv")
 NOBODY = 65534
 

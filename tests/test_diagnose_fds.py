@@ -20,6 +20,7 @@ from reaper_doctor.diagnose.watch import (
 from reaper_doctor.model import (
     FdCounts,
     FdTable,
+    HolderLook,
     LimitUsage,
     ProcessInfo,
     Snapshot,
@@ -121,6 +122,34 @@ def test_rd401_queue_must_stay_non_empty_in_every_sample():
     assert list(accept_backlog_findings(s0, stuck, between=[{100: 2}, {100: 0}])) == []
     emptied = snap(1, {10: table(listener(queue=0))}, parent)
     assert list(accept_backlog_findings(s0, emptied)) == []
+
+
+def test_rd401_wants_holders_stuck_where_it_looked_at_them():
+    parent = [proc(10, 1)]
+    tables = {10: table(listener(queue=2, backlog=5))}
+
+    def judge(asleep: list[bool], cpu_s: list[float]) -> list:
+        looks = [{100: HolderLook(a, {10: c})} for a, c in zip(asleep, cpu_s)]
+        s0 = dataclasses.replace(snap(0, tables, parent), queue_holders=looks[0])
+        s1 = dataclasses.replace(snap(1, tables, parent), queue_holders=looks[-1])
+        return list(accept_backlog_findings(s0, s1, between=[{100: 2}, {100: 2}],
+                                            looks=looks[1:-1]))
+
+    # Running or waiting for a CPU whenever the queue was read, and on one
+    # 5 % of the time: a starved server that accepts when it runs.
+    assert judge([False] * 4, [1.0, 1.02, 1.04, 1.05]) == []
+    assert judge([True, False, False, False], [1.0, 1.0, 1.0, 1.0]) == []
+    # Asleep elsewhere in half the samples: a blocking handler.
+    (f,) = judge([True, False, True, False], [1.0, 1.0, 1.0, 1.01])
+    assert f.evidence["holders_asleep"] == 2 and f.evidence["holders_cpu_share"] == 0.01
+    assert "not accepting (a blocking handler" in f.message
+    # Never asleep, but on a CPU most of the window: work in the accept loop.
+    (f,) = judge([False] * 4, [1.0, 1.3, 1.6, 1.9])
+    assert f.evidence["holders_asleep"] == 0 and f.evidence["holders_cpu_share"] == 0.9
+    assert "ran on a CPU 90% of the time" in f.message
+    # Holders never looked at (the census): the queue alone decides.
+    (f,) = accept_backlog_findings(snap(0, tables, parent), snap(1, tables, parent))
+    assert f.evidence["holders_asleep"] is None
 
 
 def test_rd203_scan_needs_a_rise_in_every_interval():

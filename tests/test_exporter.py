@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import cli_argv, one_error_line, run_cli, wait_until
+from helpers import CLOSE_WAIT_HOLDER, cli_argv, one_error_line, run_cli, wait_until
 from reaper_doctor.commands.exporter import SharedResult, parse_listen
 
 
@@ -292,6 +292,27 @@ def test_cached_zombies_follow_their_new_parent(spawner):
     parent.wait()
     report, state = census_after(state, grace_s=0, cache=cache, sockets=False)
     assert parent.pid not in [zp.pid for zp in report.machine.zombie_parents]
+
+
+def test_every_scrape_carries_a_lasting_leak(exporter, spawner):
+    """Scrape after scrape, each a fresh census judged against the earlier
+    ones, a CLOSE_WAIT leak and a zombie leak that last keep their series:
+    one scrape without them would make Prometheus mark them stale."""
+    sockets = spawner.python(CLOSE_WAIT_HOLDER, "3")
+    zombies = spawner.zombie_parent("0", "0", "0")
+    ex = exporter("--min-interval", "0", "--grace", "1")
+
+    def values() -> tuple[list[float], list[float]]:
+        fams = ex.metrics()
+        return tuple(  # type: ignore[return-value]
+            [s.value for s in fams[name].samples if s.labels["pid"] == str(proc.pid)]
+            for name, proc in (("reaper_doctor_close_wait_sockets", sockets),
+                               ("reaper_doctor_zombie_children", zombies)))
+
+    wait_until(lambda: values() == ([3.0], [3.0]), timeout_s=60, interval_s=0.2,
+               what="both series")
+    seen = [values() for _ in range(10)]
+    assert all(v == ([3.0], [3.0]) for v in seen), seen
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing another process's real UID needs root")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from typing import Callable
 
 import pytest
@@ -310,6 +311,34 @@ def test_rd202_children_keep_the_listener(spawner):
     assert code == 0  # info only
 
 
+def test_no_rd202_for_a_child_born_between_the_samples(spawner):
+    """A fork server's child holds the listener from fork() until it closes
+    it; on a starved CPU the second sample may catch that moment. A child
+    the first sample did not see has not held it for the window."""
+    from reaper_doctor.commands.scan import scan
+
+    proc, port = start_server(spawner, PER_CONNECTION_SERVER, "inherit")
+    held: list[socket.socket] = []
+
+    def connect_then_sleep(seconds: float) -> None:
+        if not held:   # after the first sample: a child that keeps the listener
+            held.extend(_hold_connections(port, 2))
+            wait_until(lambda: len(_children(proc.pid)) == 2, what="2 live children")
+        time.sleep(seconds)
+
+    try:
+        report = scan([proc.pid], grace_s=0.3, sleep=connect_then_sleep)
+        (target,) = report.targets
+        assert len(target.snapshot.children_of(proc.pid)) == 2  # seen by the second sample
+        assert "RD202" not in {f.code for f in target.findings}, target.findings
+        # The same children seen twice are a finding.
+        later = scan([proc.pid], grace_s=0.3)
+        assert "RD202" in {f.code for f in later.targets[0].findings}
+    finally:
+        for s in held:
+            s.close()
+
+
 @pytest.mark.parametrize("server,args", [(PER_CONNECTION_SERVER, ("fixed",)),
                                          (PRE_FORK_POOL, ())], ids=["fixed-fork", "pre-fork"])
 def test_no_rd20x_on_correct_and_pre_fork_servers(spawner, server, args):
@@ -364,36 +393,95 @@ def test_rd401_iterative_server_with_a_sleeping_handler(spawner):
     assert listening["accept_queue"] == 3
 
 
-def test_rd401_when_the_queue_turns_over_but_never_empties(spawner):
-    # A connection every 50 ms: the queue turns over in about 0.3 s, while
-    # clients keep arriving faster than that.
-    proc, port = start_server(spawner, ITERATIVE_SERVER, "0.05")
+def _scan_while_fed(pid: int, port: int, every_s: float, most: int,
+                    ready: Callable[[list[socket.socket]], object]) -> tuple[int, dict]:
+    """`scan --json --grace 1.0` of `pid` while a thread opens a connection
+    to `port` every `every_s` (at most `most`, never sending), once
+    `ready(clients so far)` holds."""
     stop = threading.Event()
     clients: list[socket.socket] = []
 
-    def feed() -> None:           # 50 connections a second, at most 300
-        while not stop.is_set() and len(clients) < 300:
+    def feed() -> None:
+        while not stop.is_set() and len(clients) < most:
             c = socket.socket()
             clients.append(c)
             c.setblocking(False)
             c.connect_ex(("127.0.0.1", port))
-            stop.wait(0.02)
+            stop.wait(every_s)
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     try:
-        wait_until(lambda: len(clients) >= 20, what="20 clients")
-        code, doc = run_json("scan", str(proc.pid), "--grace", "1.0")
+        wait_until(lambda: ready(clients), what="the clients to queue")
+        return run_json("scan", str(pid), "--grace", "1.0")
     finally:
         stop.set()
         feeder.join()
         for c in clients:
             c.close()
+
+
+def test_rd401_when_the_queue_turns_over_but_never_empties(spawner):
+    # A connection every 50 ms: the queue turns over in about 0.3 s, while
+    # clients keep arriving faster than that.
+    proc, port = start_server(spawner, ITERATIVE_SERVER, "0.05")
+    code, doc = _scan_while_fed(proc.pid, port, 0.02, 300, lambda clients: len(clients) >= 20)
     rd401 = only(findings_of(doc), "RD401")
     ev = rd401["evidence"]
     assert len(ev["queue_samples"]) == 4 and min(ev["queue_samples"]) >= 1, ev
     assert "non-empty in all 4 samples" in rd401["message"]
     assert code == 1
+
+
+# A healthy fork server (the child closes its connection by exiting, the
+# kernel reaps it) at nice 19 on one CPU, beside two children of its own
+# that spin at nice 0 on the same CPU (in its session: with autogroup, nice
+# weighs only within a session). It gets about 1 % of the CPU, accepts
+# whenever it runs, and is behind.
+STARVED_FORK_SERVER = r"""
+import os, signal, socket, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+for _ in range(2):
+    if os.fork() == 0:
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            pass
+        os._exit(0)
+os.nice(19)
+ls = socket.create_server(("127.0.0.1", 0), backlog=128)
+print("ready", flush=True)
+print(ls.getsockname()[1], flush=True)
+while True:
+    conn, _ = ls.accept()
+    if os.fork() == 0:
+        os._exit(0)
+    conn.close()
+"""
+
+
+def accept_queue(port: int) -> int | None:
+    """rx_queue of the LISTEN row of 127.0.0.1:`port` in /proc/net/tcp."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+                return int(fields[4].split(":")[1], 16)
+    return None
+
+
+def test_no_rd401_for_a_fork_server_starved_of_cpu(spawner):
+    """Its queue never empties, yet it accepts whenever it gets the CPU:
+    running or waiting for a CPU whenever the queue is read, it is behind,
+    not stuck in a handler."""
+    cpu = min(os.sched_getaffinity(0))
+    proc, port = start_server(spawner, STARVED_FORK_SERVER, str(cpu))
+    # 100 connections a second: it accepts a few.
+    code, doc = _scan_while_fed(proc.pid, port, 0.01, 400,
+                                lambda _: (accept_queue(port) or 0) >= 20)
+    (listening,) = doc["targets"][0]["fds"]["listening"]
+    assert listening["accept_queue"] > 0          # the queue alone would say RD401
+    assert "RD401" not in codes_of(doc), findings_of(doc)
 
 
 MANY_FDS = r"""

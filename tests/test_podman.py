@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from docs_reference import assert_documented
 from helpers import reap_adopted, run_cli, run_json, wait_until, zombie_children
+from prometheus_client.parser import text_string_to_metric_families
 
 # One tag per test process: suites running side by side each remove their own.
 IMAGE = f"localhost/reaper-doctor-test:busybox-{os.getpid()}"
@@ -57,7 +59,7 @@ def image(tmp_path_factory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("rootfs")
     (root / "bin").mkdir()
     shutil.copy2(busybox, root / "bin" / "busybox")
-    for applet in ("sh", "sleep"):
+    for applet in ("sh", "sleep", "nc", "timeout"):
         (root / "bin" / applet).symlink_to("busybox")
     archive = root.parent / "rootfs.tar"
     with tarfile.open(archive, "w") as tar:
@@ -159,3 +161,54 @@ def test_a_container_with_an_init_gets_no_finding(image, containers) -> None:
 def _children(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return [int(x) for x in f.read().split()]
+
+
+# Inside the container (its own network namespace, loopback only): a
+# busybox server that forks per connection and runs `sleep` on each
+# accepted socket, which never closes it; three clients connect and go, so
+# each `sleep` holds one CLOSE_WAIT socket on the listening port. A client
+# refused (the server not listening yet) exits 1 and tries again.
+CLOSE_WAIT_IN_CONTAINER = (
+    "nc -ll -p 8080 -e sleep 600 & i=0; while [ $i -lt 3 ]; do "
+    "timeout 1 nc 127.0.0.1 8080 </dev/null; "
+    "if [ $? = 1 ]; then sleep 0.1; else i=$((i+1)); fi; done; exec sleep 600")
+
+
+def test_census_rows_of_a_container_carry_its_labels(image, containers) -> None:
+    """Processes the census lists without a finding (a CLOSE_WAIT socket
+    each, below RD201's bar) are named with their container in the text,
+    the JSON and every per-process Prometheus series."""
+    cid, pid1 = containers.run(image, "sh", "-c", CLOSE_WAIT_IN_CONTAINER)
+    server = wait_until(lambda: _children(pid1), what="the container's server")[0]
+    holders = set(wait_until(lambda: len(_children(server)) == 3 and _children(server),
+                             timeout_s=30, what="three connections to the server"))
+    members = {pid1, server, *holders}
+    labels = {"container_id": cid[:12], "runtime": "podman"}
+
+    def leak_rows() -> list[dict]:
+        _code, doc = run_json("scan", "--grace", "0", timeout_s=120)
+        rows = [r for r in doc["machine"]["descriptor_leaks"] if r["pid"] in holders]
+        if len(rows) == 3 and all(r["close_wait"] == 1 for r in rows):
+            assert_documented(doc)
+            return rows
+        return []
+
+    rows = wait_until(leak_rows, timeout_s=60, interval_s=0.5,
+                      what="the census to see the three CLOSE_WAIT holders")
+    container = {"runtime": "podman", "id": cid, "short_id": cid[:12], "pod": None}
+    assert all(r["container"] == container and r["verdicts"] == [] for r in rows), rows
+
+    text = run_cli("scan", "--grace", "0", env={**os.environ, "COLUMNS": "100"}).stdout
+    leaks = text.split("Descriptor leaks")[1].split("\n\n")[0]
+    for pid in holders:
+        assert f"{pid} sleep · podman {cid[:12]}" in leaks, text
+
+    exposition = run_cli("scan", "--grace", "0", "--format", "prometheus").stdout
+    samples = [s for f in text_string_to_metric_families(exposition) for s in f.samples
+               if s.labels.get("pid") in {str(p) for p in members}]
+    close_wait = {s.labels["pid"] for s in samples
+                  if s.name == "reaper_doctor_close_wait_sockets" and s.value == 1}
+    assert close_wait == {str(p) for p in holders}, exposition
+    unlabelled = [s for s in samples if {k: s.labels.get(k) for k in labels} != labels]
+    assert not unlabelled, unlabelled
+

@@ -1,5 +1,5 @@
 """The exporter under a real Prometheus (Debian `prometheus`, 2.42): it
-scrapes every second, evaluates a copy of deploy/'s rules with short
+scrapes every few seconds, evaluates a copy of deploy/'s rules with short
 `for:`, and the zombie-leak and CLOSE_WAIT-leak alerts fire for processes
 this test starts; once they are stopped, their series go."""
 
@@ -25,6 +25,10 @@ RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "reap
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None or shutil.which("promtool") is None,
     reason="prometheus and promtool are not installed (Debian: apt-get install prometheus)")
+
+# Prometheus' scrape interval and timeout.
+SCRAPE_S = 5
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -73,8 +77,14 @@ def prometheus_with_exporter(tmp_path):
         rules.write_text(RULES.read_text().replace("for: 5m", "for: 2s").replace(
             "for: 10m", "for: 2s"))
         config = tmp_path / "prometheus.yml"
+        # Each scrape waits for a fresh census (--min-interval 0.5), which
+        # takes over a second on a loaded machine of thousands of processes
+        # (1.5 s median, 3.4 s at worst, measured here with 8,000): a 1 s
+        # scrape_timeout then failed about 4 scrapes in 10, and each failed
+        # scrape marks every series of the target stale until the next one.
         config.write_text(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+            f"global:\n  scrape_interval: {SCRAPE_S}s\n  scrape_timeout: {SCRAPE_S}s\n"
+            "  evaluation_interval: 1s\n"
             f"rule_files:\n  - {rules}\n"
             "scrape_configs:\n  - job_name: reaper-doctor\n"
             f"    static_configs:\n      - targets: ['{target}']\n")
@@ -114,8 +124,8 @@ def test_alerts_fire_for_real_leaks_and_the_series_go_with_them(prometheus_with_
                    what=f"alerts {sorted(want)} to fire")
     except AssertionError as e:
         raise AssertionError(f"{e}; firing: {sorted(_firing(port))}") from None
-    # The newest sample of each series: a scrape that outran its 1 s timeout on
-    # a busy machine leaves a gap (the series is stale until the next one).
+    # The newest sample of each series (a scrape that outran its timeout
+    # would leave the series stale until the next one).
     for query in (f'reaper_doctor_close_wait_sockets{{pid="{sockets.pid}"}}',
                   f'reaper_doctor_zombie_children{{pid="{zombies.pid}"}}'):
         wait_until(lambda q=query: [r["value"][1] for r in _series(port, q)] == ["3"],

@@ -67,7 +67,8 @@ def scenario_run(name: str, requests: int | None, concurrency: int, timeout_s: f
         die(str(e))
 
     def failed(e: ServerStartError) -> NoReturn:
-        die(str(e), 1)   # a built-in script that does not start: our failure, not the input
+        # A built-in script that does not start: our failure, not the input.
+        _start_failed(e, 1)
 
     return _run_and_report(f"{name}: requests", settings, as_json, no_color, failed,
                            lambda progress: runner.run_scenario(name, settings,
@@ -193,13 +194,7 @@ def run_command(command: tuple[str, ...], requests: int | None, concurrency: int
                       startup_timeout_s=startup_timeout_s)
 
     def failed(e: ServerStartError) -> NoReturn:
-        # One line; when the server printed something, its last line ends
-        # it and the lines before that follow, indented.
-        click.echo(error_line(str(e) + (f"; its output ends: {e.tail[-1]}" if e.tail else "")),
-                   err=True)
-        for line in e.tail[-10:-1]:
-            click.echo(f"  {line}", err=True)
-        sys.exit(2)
+        _start_failed(e, 2)
 
     return _run_and_report("requests", settings, as_json, no_color, failed,
                            lambda progress: run_server(spec, settings, on_result=progress))
@@ -284,3 +279,13 @@ def exporter(listen: str, min_interval_s: float, grace_s: float) -> None:
         die(f"cannot listen on {listen}: {e.strerror or e}")
     click.echo(f"{PROG}: exporter stopped", err=True)
 
+
+def _start_failed(e: Any, code: int) -> NoReturn:
+    """A server that did not start (a ServerStartError): one line; when the
+    server printed something, its last line ends it and the lines before
+    that follow, indented."""
+    click.echo(error_line(str(e) + (f"; its output ends: {e.tail[-1]}" if e.tail else "")),
+               err=True)
+    for line in e.tail[-10:-1]:
+        click.echo(f"  {line}", err=True)
+    sys.exit(code)

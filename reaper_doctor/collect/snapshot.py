@@ -6,6 +6,7 @@ import gc
 import time
 from typing import (
     TYPE_CHECKING,
+    Mapping,
 )
 
 from ..model import FdTable, LimitUsage, ProcessInfo, Snapshot, Unreadable
@@ -14,7 +15,7 @@ from .cgroups import pids_cgroup
 from .fds import read_fds
 from .proc import ProcessGone, has_procfs, read_int
 from .process import new_context, nproc_usage, read_limits, read_process
-from .sockets import close_wait_where_uid_listens
+from .sockets import close_wait_where_uid_listens, look_at_queued
 from .tasks import add_machine, read_tree
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def _collect_snapshot(target: int, ctx: SampleContext, *, with_fds: bool) -> Sna
                 raise
             continue
         processes[pid] = info
+    queue_holders = look_at_queued(holders_of_queued(fds)) if fds else {}
     add_machine(tree)
     target_info = processes[target]
     target_parent = None
@@ -101,8 +103,19 @@ def _collect_snapshot(target: int, ctx: SampleContext, *, with_fds: bool) -> Sna
         pid_max=read_int(f"{proc.ROOT}/sys/kernel/pid_max"),
         pids_in_use=sum(b.threads for b in table.values()),
         unreadable=tuple(dedupe(ctx.unreadable)), target_parent=target_parent,
-        accept_queue_peers=dict(ctx.queue_peers), reader_uid=ctx.my_uid,
+        accept_queue_peers=dict(ctx.queue_peers), queue_holders=queue_holders,
+        reader_uid=ctx.my_uid,
         close_wait_of_uid=close_wait_of_uid)
+
+
+def holders_of_queued(fds: Mapping[int, FdTable]) -> dict[int, list[int]]:
+    """{inode: PIDs holding it} of the listening sockets with a queue."""
+    holders: dict[int, list[int]] = {}
+    for pid, table in fds.items():
+        for s in table.listeners:
+            if s.rx_queue:
+                holders.setdefault(s.inode, []).append(pid)
+    return holders
 
 
 def dedupe(items: list[Unreadable]) -> list[Unreadable]:

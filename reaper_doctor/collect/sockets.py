@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..parse import netlink, procfs
 from . import proc
 from .proc import cpu_count, read_text
+from .tasks import look_at_holders
 
 if TYPE_CHECKING:
+    from ..model.snapshot import HolderLook
     from .process import SampleContext
 
 def netns_key(pid: int) -> str:
@@ -265,6 +267,25 @@ def listen_queues(pid: int, inodes: Iterable[int]) -> dict[int, int]:
             if row.inode in wanted and row.state == "LISTEN":
                 found[row.inode] = row.rx_queue
     return found
+
+
+def look_at_queued(holders: Mapping[int, Sequence[int]]) -> dict[int, HolderLook]:
+    """Look at the holders (PIDs) of each listening socket (by inode) just
+    found with a non-empty queue. A holder asleep counts only if the queue
+    is still non-empty after the look: asleep in accept() before a new
+    connection came is a server waiting for work."""
+    looks = {}
+    for inode, pids in holders.items():
+        look = look_at_holders(pids)
+        if look is not None:
+            looks[inode] = (pids[0], look)
+    by_pid: dict[int, list[int]] = {}
+    for inode, (pid, look) in looks.items():
+        if look.asleep:
+            by_pid.setdefault(pid, []).append(inode)
+    still = {i: n for pid, inodes in by_pid.items() for i, n in listen_queues(pid, inodes).items()}
+    return {inode: look if not look.asleep or still.get(inode) else look._replace(asleep=False)
+            for inode, (_, look) in looks.items()}
 
 
 def close_wait_on_ports(pid: int, ports: frozenset[int], same_netns: bool,

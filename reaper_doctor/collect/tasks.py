@@ -12,6 +12,7 @@ from typing import (
 )
 
 from ..model.process import TaskBrief
+from ..model.snapshot import HolderLook
 from ..parse import containers, procfs
 from . import proc
 from .cache import ProcessCache
@@ -32,6 +33,46 @@ def read_stat(pid: int) -> procfs.StatLine | None:
         return procfs.parse_stat(read_bytes(f"{proc.ROOT}/{pid}/stat"))
     except OSError:
         return None
+
+
+# Task states of a thread that neither runs nor is about to: it sleeps
+# interruptibly (waits for an event, a timer, a lock) or is stopped.
+ASLEEP_STATES = frozenset("STt")
+
+
+def look_at_holders(pids: Iterable[int]) -> HolderLook | None:
+    """Whether every task of the live processes `pids` is asleep, and the
+    CPU time of each; None when none of them is left to read. One stat
+    read per process, one per thread when it has several."""
+    asleep, cpu_s = True, {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        st = read_stat(pid)
+        if st is None or st.state == "Z":
+            continue
+        cpu_s[pid] = st.cpu_ticks / ticks
+        if asleep and st.threads > 1:
+            asleep = all(state in ASLEEP_STATES for state in _thread_states(pid))
+        elif asleep:
+            asleep = st.state in ASLEEP_STATES
+    return HolderLook(asleep=asleep, cpu_s=cpu_s) if cpu_s else None
+
+
+def _thread_states(pid: int) -> list[str]:
+    """The state letter of each live thread of `pid` (exiting ones left out)."""
+    try:
+        tids = os.listdir(f"{proc.ROOT}/{pid}/task")
+    except OSError:
+        return []
+    states = []
+    for tid in tids:
+        try:
+            st = procfs.parse_stat(read_bytes(f"{proc.ROOT}/{pid}/task/{tid}/stat"))
+        except OSError:
+            continue
+        if st.state not in "ZX":
+            states.append(st.state)
+    return states
 
 
 def stat_lines() -> Iterator[procfs.StatLine]:

@@ -142,6 +142,7 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
                                     now.table)
     later_by_parent = _by_parent(later_zombies)
     first = now   # the machine-wide figures below are this census's
+    container_of = first.namespaces.containers.get if first.namespaces else _no_container
 
     findings: list[Finding] = []
     zombie_parents = []
@@ -159,7 +160,8 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
             uid=parent.uid if parent else None, sigchld=parent.sigchld if parent else None,
             zombies=len(zombies),
             persistent=len(persistent_zombies(before, later, grace_s, slow)),
-            is_reaper=ppid in slow, verdict=found[0].code if found else None))
+            is_reaper=ppid in slow, verdict=found[0].code if found else None,
+            container=container_of(ppid)))
     zombie_parents.sort(key=lambda p: (-p.zombies, p.pid))
 
     ranked = []   # (-ratio, -used, pid) of each process counted: rows for the top only
@@ -175,7 +177,7 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
         soft, hard = first.limits[pid]["Max open files"]
         nofile_rows.append(NofileUsage(pid=pid, name=_name(first, pid),
                                        uid=first.table[pid].uid, used=used, soft=soft or 0,
-                                       hard=hard))
+                                       hard=hard, container=container_of(pid)))
 
     uids = uid_tasks(first.table, first.limits)
     for row in uids:
@@ -320,7 +322,8 @@ def _descriptor_leaks(then: SocketCensus | None, later: SocketCensus,
                 rows.append(SocketHolder(
                     pid=pid, name=infos[pid].name, uid=infos[pid].uid, close_wait=cw,
                     listeners=queues,
-                    verdicts=tuple(sorted({f.code for f in found if f.pid == pid}))))
+                    verdicts=tuple(sorted({f.code for f in found if f.pid == pid})),
+                    container=infos[pid].container))
     rows.sort(key=lambda h: (not h.verdicts, -h.close_wait,
                              -sum(q.queue for q in h.listeners), h.pid))
     return findings, rows, frozenset(all_held)
@@ -366,6 +369,10 @@ def _row(container: Container | None, inode: int | None, init_pid: int | None,
         init_cmdline=info.cmdline if info else None, init_is_known=is_known_init(name),
         init_sigterm=info.sigterm if info else None,
         processes=len(members) - zombies, zombies=zombies, verdict=verdict)
+
+
+def _no_container(pid: int) -> Container | None:
+    return None
 
 
 def _by_parent(zombies: dict[int, ProcessInfo]) -> dict[int, dict[int, ProcessInfo]]:

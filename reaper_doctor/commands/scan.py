@@ -10,9 +10,9 @@ import time
 from typing import Callable, Mapping, Protocol, Sequence
 
 from ..collect.fds import fd_counts
-from ..collect.sockets import listen_queues
+from ..collect.sockets import listen_queues, look_at_queued
 from ..collect.proc import ProcessGone
-from ..collect.snapshot import collect_snapshot
+from ..collect.snapshot import collect_snapshot, holders_of_queued
 from ..diagnose import diagnose
 from ..diagnose.containers import namespace_inits
 from ..diagnose.trace import with_measured_sigchld
@@ -63,15 +63,16 @@ def scan(pids: Sequence[int], *, grace_s: float = 1.0, with_fd_list: bool = Fals
         live = {pid: [p.pid for p in snap.processes.values() if not p.is_zombie]
                 for pid, snap in first.items()}
         # RD401 needs the accept queue non-empty in every sample: follow
-        # the listeners that have a queue now.
-        queued = {pid: {s.inode for fds in snap.fds.values() for s in fds.listeners
-                        if s.rx_queue} for pid, snap in first.items()}
+        # the listeners that have a queue now, and look at their holders.
+        queued = {pid: holders_of_queued(snap.fds) for pid, snap in first.items()}
         for k in range(1, LIGHT_SAMPLES + 1):
             _sleep_until(first, wait_s * k / (LIGHT_SAMPLES + 1), sleep)
             for pid in pids:
                 counts = fd_counts(live[pid])
                 if queued[pid]:
-                    counts = counts._replace(queues=listen_queues(pid, queued[pid]))
+                    queues = listen_queues(pid, queued[pid])
+                    counts = counts._replace(queues=queues, holders=look_at_queued(
+                        {i: h for i, h in queued[pid].items() if queues.get(i)}))
                 light[pid].append(counts)
         _sleep_until(first, wait_s, sleep)
         if tracer is not None:

@@ -36,6 +36,7 @@ def diagnose(samples: Sequence[Snapshot], *, grace_s: float,
     found = [*zombie_findings(earlier, later, grace_s), *leaks,
              *inherited_listener_findings(earlier, later),
              *accept_backlog_findings(earlier, later, leaks=leaks,
-                                      between=[s.queues for s in fd_series]),
+                                      between=[s.queues for s in fd_series],
+                                      looks=[s.holders for s in fd_series]),
              *limit_findings(later), *pid1_findings(later)]
     return sorted(found, key=lambda f: (f.pid, f.code))

@@ -10,6 +10,7 @@ from ..model import (
     FdCounts,
     FdTable,
     Finding,
+    HolderLook,
     LimitUsage,
     ProcessInfo,
     Snapshot,
@@ -26,6 +27,10 @@ CLOSE_WAIT_MIN = 2
 # listening process may briefly hold a few closed sockets (an outgoing
 # connection reset by its peer, a pool); ten that persist is a leak.
 CLOSED_TCP_MIN = 10
+# RD401, where the samples looked at the listener's holders: one of them on
+# a CPU for this share of the window is busy in its accept loop. A fork
+# server starved of CPU, accepting as fast as it is let, uses a few percent.
+BUSY_CPU_SHARE = 0.25
 # RD203 from scan: the count rises in every interval by at least this much,
 # and by at least FD_GROWTH_TOTAL over the window (connections come and go).
 FD_GROWTH_STEP = 3
@@ -144,6 +149,10 @@ def inherited_listener_findings(earlier: Snapshot, later: Snapshot) -> Iterable[
     """RD202: live per-connection children hold their parent's listening
     socket (the same inode) and never accept on it.
 
+    Persistence as for zombies: only a child that held the listener in both
+    samples counts. A fork server's child holds it from fork() until it
+    closes it, which on a starved CPU can be when the sample looks.
+
     Not for pre-fork pools, whose workers accept on the listener by design.
     A pool is pre-fork when any child holding the listener has no accepted
     connection of its own (an idle worker) in either sample, or holds other
@@ -154,8 +163,8 @@ def inherited_listener_findings(earlier: Snapshot, later: Snapshot) -> Iterable[
         for listener in parent_fds.listeners:
             port = listener.local[1]
             holders = [c for c in later.children_of(ppid)
-                       if not c.is_zombie and c.pid in later.fds
-                       and any(s.inode == listener.inode for s in later.fds[c.pid].listeners)]
+                       if not c.is_zombie and _holds(later, c, listener.inode)
+                       and _holds(earlier, c, listener.inode)]
             if not holders:
                 continue
             if _looks_pre_fork(holders, listener.inode, port, earlier, later):
@@ -170,36 +179,45 @@ def inherited_listener_findings(earlier: Snapshot, later: Snapshot) -> Iterable[
                 pids=pids[:MAX_EVIDENCE_PIDS])
 
 
+def _holds(snap: Snapshot, child: ProcessInfo, inode: int) -> bool:
+    """Whether `child` (the same process) held listener `inode` in `snap`."""
+    info, fds = snap.processes.get(child.pid), snap.fds.get(child.pid)
+    return (info is not None and info.identity == child.identity and fds is not None
+            and any(s.inode == inode for s in fds.listeners))
+
+
 def _looks_pre_fork(holders: list[ProcessInfo], inode: int, port: int,
                     earlier: Snapshot, later: Snapshot) -> bool:
+    """`holders` held listener `inode` in both samples."""
     for child in holders:
         now = {s.inode for s in _accepted(later.fds[child.pid], {port})}
-        if not now:
-            return True  # idle worker: it waits in accept()
-        was_info = earlier.processes.get(child.pid)
-        was_fds = earlier.fds.get(child.pid)
-        if (earlier is later or was_info is None or was_info.identity != child.identity
-                or was_fds is None):
-            continue
-        if not any(s.inode == inode for s in was_fds.listeners):
-            continue
-        before = {s.inode for s in _accepted(was_fds, {port})}
-        if not before or (now - before):
-            return True  # idle before, or a connection it accepted since
+        before = {s.inode for s in _accepted(earlier.fds[child.pid], {port})}
+        if not now or not before or (now - before):
+            return True  # an idle worker waits in accept(), or it accepted since
     return False
 
 
 def accept_backlog_findings(earlier: Snapshot, later: Snapshot,
                             leaks: Iterable[Finding] = (),
-                            between: Sequence[Mapping[int, int]] = ()) -> Iterable[Finding]:
+                            between: Sequence[Mapping[int, int]] = (),
+                            looks: Sequence[Mapping[int, HolderLook]] = ()) -> Iterable[Finding]:
     """RD401: a listening socket whose accept queue stays non-empty: in the
     first and the last sample, and in each light sample between them that
-    read it (`between`: {listener inode: queue length} per light sample).
+    read it (`between`: {listener inode: queue length} per light sample;
+    `looks`: {listener inode: its holders} per light sample).
 
     The rule rests on the queue's length, not on which connections wait:
     a server that takes one connection at a time turns its queue over and
     still leaves it full (on a busy CPU, no single connection need wait
     the whole window). How many did wait it is evidence, when visible.
+
+    A queue that never empties may also belong to a server that accepts
+    but is starved of CPU. Where the samples looked at the holders, the
+    rule wants them stuck elsewhere: asleep with the queue non-empty in at
+    least half the samples (a queued connection wakes a task waiting in
+    accept()), or on a CPU for BUSY_CPU_SHARE of the window (work in the
+    accept loop). A holder running or waiting for a CPU in the other
+    samples, and barely using one, is behind, not stuck.
 
     A process at its descriptor limit cannot accept (EMFILE): its queue is
     a symptom of what fills the table, so the finding says so and names
@@ -229,6 +247,14 @@ def accept_backlog_findings(earlier: Snapshot, later: Snapshot,
                 lengths.append(s.rx_queue)
             if min(lengths) == 0:
                 continue  # it emptied in between: the server accepts
+            held = [earlier.queue_holders.get(s.inode),
+                    *(h.get(s.inode) for q, h in zip(between, looks) if s.inode in q)]
+            if earlier is not later:
+                held.append(later.queue_holders.get(s.inode))
+            asleep, cpu_share = _holders_stuck(held, later.taken_at - earlier.taken_at)
+            if asleep is not None and asleep * 2 < len(lengths) \
+                    and (cpu_share is None or cpu_share < BUSY_CPU_SHARE):
+                continue  # running or waiting for a CPU, and barely on one: behind
             peers_then = earlier.accept_queue_peers.get(s.inode)
             peers_now = later.accept_queue_peers.get(s.inode)
             waited = None
@@ -236,13 +262,29 @@ def accept_backlog_findings(earlier: Snapshot, later: Snapshot,
                 waited = len(peers_then & peers_now)
             yield _backlog_finding(pid, s, before, waited, later.taken_at - earlier.taken_at,
                                    later.nofile.get(pid), sorted(leak_codes.get(pid, ())),
-                                   lengths)
+                                   lengths, asleep, cpu_share)
+
+
+def _holders_stuck(held: Sequence[HolderLook | None],
+                   elapsed_s: float) -> tuple[int | None, float | None]:
+    """From the looks at a listener's holders, first sample to last: in how
+    many samples every holder slept (None: never looked), and the largest
+    share of the window one holder spent on a CPU (None: not measured)."""
+    seen = [h for h in held if h is not None]
+    if not seen:
+        return None, None
+    first, last = held[0], held[-1]
+    share = None
+    if first is not None and last is not None and len(held) > 1 and elapsed_s > 0:
+        share = max(((last.cpu_s[p] - first.cpu_s[p]) / elapsed_s
+                     for p in first.cpu_s if p in last.cpu_s), default=None)
+    return sum(h.asleep for h in seen), None if share is None else round(share, 3)
 
 
 def _backlog_finding(pid: int, now: SocketFd, then: SocketFd, waited: int | None,
                      elapsed_s: float, nofile: LimitUsage | None = None,
-                     leak_codes: Sequence[str] = (),
-                     lengths: Sequence[int] = ()) -> Finding:
+                     leak_codes: Sequence[str] = (), lengths: Sequence[int] = (),
+                     asleep: int | None = None, cpu_share: float | None = None) -> Finding:
     port = now.local[1]
     backlog = now.backlog if now.backlog is not None else then.backlog
     full = backlog is not None and now.rx_queue > backlog
@@ -263,6 +305,10 @@ def _backlog_finding(pid: int, now: SocketFd, then: SocketFd, waited: int | None
         advice = (f"PID {pid} is at its descriptor limit ({nofile.used} of {nofile.soft}, "
                   "ulimit -n), so accept() fails with EMFILE and connections stay queued; "
                   f"the queue is a symptom: fix what fills the descriptor table (see {see})")
+    elif asleep == 0 and cpu_share is not None:
+        advice = (f"PID {pid} ran on a CPU {cpu_share:.0%} of the time and never emptied it "
+                  "(CPU-bound work in the accept loop); handle each connection concurrently "
+                  "(fork, thread, selectors) and return to accept()")
     else:
         advice = (f"PID {pid} is not accepting (a blocking handler in the accept loop); "
                   "handle each connection concurrently (fork, thread, selectors) and "
@@ -271,7 +317,7 @@ def _backlog_finding(pid: int, now: SocketFd, then: SocketFd, waited: int | None
         "RD401", pid, f"{text}: {advice}",
         port=port, inode=now.inode, queue=now.rx_queue, queue_first=then.rx_queue,
         backlog=backlog, full=full, waited_whole_window=waited,
-        queue_samples=list(lengths),
+        queue_samples=list(lengths), holders_asleep=asleep, holders_cpu_share=cpu_share,
         persisted_s=round(elapsed_s, 3), at_fd_limit=at_limit, leaks=list(leak_codes))
 
 

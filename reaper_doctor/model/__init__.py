@@ -24,12 +24,12 @@ from .report import (
     UidTasks,
     ZombieParent,
 )
-from .snapshot import FdCounts, Snapshot
+from .snapshot import FdCounts, HolderLook, Snapshot
 from .watch import WATCH_SERIES, WatchLimits, WatchReport, WatchSample
 
 __all__ = [
     "Container", "ContainerRow", "Coverage", "describe_place", "FdCounts", "FdDetail", "FdTable",
-    "Finding", "LimitUsage", "ListenerQueue", "MachineCensus",
+    "Finding", "HolderLook", "LimitUsage", "ListenerQueue", "MachineCensus",
     "NofileUsage", "NprocUsage", "PidsCgroup", "ProcessInfo", "Report", "Severity", "Snapshot",
     "SocketFd", "SocketHolder", "TargetReport", "UidTasks", "Unreadable", "WATCH_SERIES",
     "WatchLimits", "WatchReport", "WatchSample", "ZombieParent",

@@ -66,6 +66,7 @@ class ZombieParent(NamedTuple):
     persistent: int              # of those, how many persisted (all of them with one sample)
     is_reaper: bool              # PID 1 or a (presumed) subreaper: orphans wait on it
     verdict: str | None          # "RD101" | "RD102" | "RD103" | None (nothing persisted)
+    container: Container | None = None   # where it runs, when known
 
 
 class NofileUsage(NamedTuple):
@@ -77,6 +78,7 @@ class NofileUsage(NamedTuple):
     used: int
     soft: int
     hard: int | None
+    container: Container | None = None   # where it runs, when known
 
     @property
     def ratio(self) -> float:
@@ -123,6 +125,7 @@ class SocketHolder(NamedTuple):
     close_wait: int                         # accepted sockets in CLOSE_WAIT
     listeners: tuple[ListenerQueue, ...]    # its listeners with a non-empty queue
     verdicts: tuple[str, ...] = ()          # "RD201", "RD401" when they persisted
+    container: Container | None = None      # where it runs, when known
 
 
 class ContainerRow(NamedTuple):

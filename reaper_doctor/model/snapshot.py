@@ -12,6 +12,17 @@ if TYPE_CHECKING:
     from .limits import LimitUsage, NprocUsage, PidsCgroup
     from .process import ProcessInfo, Unreadable
 
+class HolderLook(NamedTuple):
+    """The processes holding a listening socket, read just after its accept
+    queue was found non-empty. A queued connection wakes every task that
+    waits in accept() or poll() on the socket: a holder asleep then waits
+    for something else."""
+
+    asleep: bool                       # no task of any holder running or runnable
+                                       # (R) or in the kernel's hands (D)
+    cpu_s: Mapping[int, float]         # holder PID -> its CPU time so far (utime + stime)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One sample of a target and its descendants."""
@@ -31,6 +42,9 @@ class Snapshot:
     # LISTEN socket (by inode) of the tree that had a non-empty queue:
     # established but not yet accept()ed, so inode 0 in /proc/net/tcp.
     accept_queue_peers: Mapping[int, frozenset[tuple[str, int]]] = field(default_factory=dict)
+    # The holders of each LISTEN socket (by inode) of the tree that had a
+    # non-empty queue, looked at after the queue was read.
+    queue_holders: Mapping[int, HolderLook] = field(default_factory=dict)
     reader_uid: int | None = None         # effective UID of the reader; None: not recorded
     # Read only when the target's descriptors could not be: {port: sockets}
     # in CLOSE_WAIT owned by the target's UID, on ports where that UID
@@ -58,3 +72,4 @@ class FdCounts(NamedTuple):
     # Accept-queue length of the listening sockets (by inode) that had a
     # queue at the first sample; a listener it could not read is absent.
     queues: Mapping[int, int] = MappingProxyType({})
+    holders: Mapping[int, HolderLook] = MappingProxyType({})  # of those non-empty

@@ -45,6 +45,7 @@ class StatLine(NamedTuple):
     # child faults (copy-on-write after fork, or exec), so > 0 means it has
     # forked and reaped at least one child. Shown to every reader.
     child_faults: int = 0
+    cpu_ticks: int = 0    # fields 14 + 15, utime + stime: CPU time of all its threads
 
 
 def parse_stat(raw: bytes) -> StatLine:
@@ -68,6 +69,7 @@ def parse_stat(raw: bytes) -> StatLine:
         int(rest[49]) if len(rest) >= 50 else None,              # exit_code (field 52)
         int(rest[6]),                                            # flags (field 9)
         int(rest[8]),                                            # cminflt (field 11)
+        int(rest[11]) + int(rest[12]),                           # utime + stime
     )
 
 

@@ -78,14 +78,16 @@ def machine_document(m: MachineCensus) -> dict[str, Any]:
         "zombie_parents": [
             {"pid": p.pid, "name": p.name, "uid": p.uid, "sigchld": p.sigchld,
              "zombies": p.zombies, "persistent": p.persistent, "is_reaper": p.is_reaper,
-             "verdict": p.verdict}
+             "verdict": p.verdict, "container": _container(p.container)}
             for p in m.zombie_parents if not p.is_reaper],
         "orphaned_zombies": [
             {"reaper_pid": p.pid, "name": p.name, "zombies": p.zombies,
-             "persistent": p.persistent, "verdict": p.verdict}
+             "persistent": p.persistent, "verdict": p.verdict,
+             "container": _container(p.container)}
             for p in m.zombie_parents if p.is_reaper],
         "nofile_top": [{"pid": r.pid, "name": r.name, "uid": r.uid, "used": r.used,
-                        "soft": r.soft, "hard": r.hard, "ratio": round(r.ratio, 4)}
+                        "soft": r.soft, "hard": r.hard, "ratio": round(r.ratio, 4),
+                        "container": _container(r.container)}
                        for r in m.nofile_top],
         "nofile_counted": m.nofile_counted, "nofile_unreadable": m.nofile_unreadable,
         "nproc_by_uid": [
@@ -100,14 +102,14 @@ def machine_document(m: MachineCensus) -> dict[str, Any]:
             {"pid": h.pid, "name": h.name, "uid": h.uid, "close_wait": h.close_wait,
              "listeners": [{"port": q.port, "queue": q.queue, "backlog": q.backlog}
                            for q in h.listeners],
-             "verdicts": list(h.verdicts)}
+             "verdicts": list(h.verdicts), "container": _container(h.container)}
             for h in m.socket_holders],
         "netns_read": m.netns_read,
         "samples": m.samples, "grace_s": m.grace_s, "elapsed_s": m.elapsed_s,
         "pid_namespace": {"is_host": m.pid_namespace_is_host,
                           "note": None if m.pid_namespace_is_host else OWN_NAMESPACE_NOTE},
         "containers": [
-            {"container": container_document(r.container) if r.container else None,
+            {"container": _container(r.container),
              "pid_ns": r.pid_ns,
              "init": None if r.init_pid is None else {
                  "pid": r.init_pid, "name": r.init_name,
@@ -239,7 +241,7 @@ def namespace_document(info: ProcessInfo) -> dict[str, Any]:
     c = info.container
     doc: dict[str, Any] = {
         "pid_ns": info.pid_ns, "ns_pid": info.ns_pid, "is_ns_init": info.is_ns_init,
-        "container": container_document(c) if c else None}
+        "container": _container(c)}
     if info.is_ns_init:
         doc["sigterm"] = info.sigterm
     return doc
@@ -247,6 +249,10 @@ def namespace_document(info: ProcessInfo) -> dict[str, Any]:
 
 def container_document(c: Container) -> dict[str, Any]:
     return {"runtime": c.runtime, "id": c.id, "short_id": c.short_id, "pod": c.pod}
+
+
+def _container(c: Container | None) -> dict[str, Any] | None:
+    return container_document(c) if c is not None else None
 
 
 def _usage(usage: Any) -> dict[str, Any] | None:

@@ -176,15 +176,15 @@ def _process_labels(report: Report) -> dict[int, dict[str, str]]:
     for t in report.targets:
         for pid, info in t.snapshot.processes.items():
             infos.setdefault(pid, info)
-    names: dict[int, str] = {pid: info.name for pid, info in infos.items()}
+    labels = {pid: {"pid": str(pid), "comm": info.name, **container_labels(info)}
+              for pid, info in infos.items()}
     machine = report.machine
     if machine:
         for rows in (machine.nofile_top, machine.zombie_parents, machine.socket_holders):
             for row in rows:
-                names.setdefault(row.pid, row.name or "")
-    labels = {}
-    for pid, name in names.items():
-        labels[pid] = {"pid": str(pid), "comm": name, **container_labels(infos.get(pid))}
+                if row.pid not in labels:
+                    labels[row.pid] = {"pid": str(row.pid), "comm": row.name or "",
+                                       **container_labels(row)}
     return labels
 
 

@@ -19,11 +19,14 @@ from ..model import (
     Finding,
     LimitUsage,
     MachineCensus,
+    NofileUsage,
     ProcessInfo,
     Report,
     Severity,
     Snapshot,
+    SocketHolder,
     TargetReport,
+    ZombieParent,
     describe_place,
 )
 from ..model.kernel import ExitStatus
@@ -74,7 +77,7 @@ def render_census(report: Report, style: Callable[..., str], width: int = DEFAUL
         # How many were zombies at both samples: a column only where it
         # tells something the zombie count does not.
         persisted = m.samples > 1 and any(p.persistent != p.zombies for p in leaking)
-        rows = [[f"{p.pid} {safe(p.name or '?')}", p.zombies,
+        rows = [[_who(p), p.zombies,
                  *([p.persistent] if persisted else []), p.sigchld or "unknown",
                  p.verdict or "-"] for p in leaking[:MAX_CENSUS_ROWS]]
         more = _more(len(leaking), "parents")
@@ -95,14 +98,14 @@ def render_census(report: Report, style: Callable[..., str], width: int = DEFAUL
     title = "Orphaned zombies (waiting on PID 1 or a subreaper):"
     if orphans:
         parts.append(join_fitted(
-            [f"{p.zombies} on {p.pid} {safe(p.name or '?')}"
+            [f"{p.zombies} on {_who(p)}"
              + (f" ({p.verdict})" if p.verdict else "") for p in orphans[:MAX_CENSUS_ROWS]],
             width, sep=", ", indent=title + " ", hang="  "))
     else:
         parts.append(fill(f"{title} none", width, hang="  "))
 
     if m.socket_holders:
-        rows = [[f"{h.pid} {safe(h.name or '?')}", h.close_wait or "-",
+        rows = [[_who(h), h.close_wait or "-",
                  ", ".join(f"{q.port}: {q.queue}" + (f" of {q.backlog}" if q.backlog else "")
                            for q in h.listeners) or "-",
                  " ".join(h.verdicts) or "-"] for h in m.socket_holders[:MAX_CENSUS_ROWS]]
@@ -117,7 +120,7 @@ def render_census(report: Report, style: Callable[..., str], width: int = DEFAUL
                           f"{'s' if m.netns_read != 1 else ''} read)", width, hang="  "))
 
     if m.nofile_top:
-        rows = [[f"{r.pid} {safe(r.name or '?')}", r.used, r.soft, f"{r.ratio:.0%}"]
+        rows = [[_who(r), r.used, r.soft, f"{r.ratio:.0%}"]
                 for r in m.nofile_top]
         note = f" ({m.nofile_unreadable} not readable)" if m.nofile_unreadable else ""
         parts.append(f"Nearest ulimit -n (top {len(m.nofile_top)}){note}\n" + fit_table(
@@ -182,6 +185,13 @@ def _containers(m: MachineCensus, width: int) -> str:
     return title + "\n" + fit_table(
         rows, ["container", "runtime", "PID 1 (host PID, command)", "processes", "zombies",
                "verdict"], width, disable_numparse=True) + _more(len(m.containers), "namespaces")
+
+
+def _who(row: ZombieParent | NofileUsage | SocketHolder) -> str:
+    """"1234 python3", and where it runs when that is a known container:
+    "15241 sleep · podman 6de0bef0c70b"."""
+    where = f" · {row.container.runtime} {row.container.short_id}" if row.container else ""
+    return f"{row.pid} {safe(row.name or '?')}{where}"
 
 
 def _more(total: int, what: str) -> str:
