@@ -195,21 +195,20 @@ def find_holders(ns: NetnsSockets, wanted: frozenset[int], table: Mapping[int, T
     are part of its picture). Read in order of likelihood until every
     wanted socket has a holder and every port of theirs a listener: the
     processes of `hint` (last time's holders), then those of the owner
-    UIDs, then the others; within each, the most descriptors first (from
-    `counts`, else the table's size, FDSize: a leak grows both). Copies of a socket in
-    processes read after that are not looked for."""
+    UIDs, then the others; within each, the biggest descriptor tables
+    first (FDSize, else the count in `counts`: a leak grows both). Copies
+    of a socket in processes read after that are not looked for."""
     interesting = wanted | frozenset(ns.listeners)
     ports = {s.local[1] for i in wanted for s in (ns.close_wait.get(i), ns.listeners.get(i))
              if s is not None}
     uids = set(owner_uids)
     hinted = set(hint)
-
     sizes = counts or {}
 
     def order(pid: int) -> tuple[int, int, int]:
         brief = table[pid]
         return (0 if pid in hinted else 1 if brief.uid in uids else 2,
-                -(sizes.get(pid) or brief.fd_size or 0), pid)
+                -(brief.fd_size if brief.fd_size is not None else sizes.get(pid, 0)), pid)
 
     todo = sorted(ns.pids, key=order)
     # Last time's holders on their own first: most often they are all there is.

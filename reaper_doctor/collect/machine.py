@@ -48,7 +48,8 @@ def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8,
     descriptor table's size) bounds the open count from above, so once
     `fd_top` processes are counted and no uncounted one could reach the
     `fd_top`-th ratio or `fd_floor` (the warning threshold), the rest are
-    left out.
+    left out. A process read without its FDSize (a warm read of `cache`)
+    is always counted.
     """
     ctx = new_context()
     taken_at = time.monotonic()
