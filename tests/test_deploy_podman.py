@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import reap_adopted, wait_until, zombie_children
+from helpers import OTHER_USERS_LEAKS, reap_adopted, wait_until, zombie_children
 from test_podman import RUN, _conmon_children, podman, pytestmark  # noqa: F401 - pytestmark applies
 
 import reaper_doctor
@@ -30,21 +30,6 @@ NOBODY = 65534
 # every capability dropped but two; also a read-only root file system and a
 # network namespace of its own.
 DAEMONSET = ["--pid=host", "--cap-drop=all", "--cap-add=DAC_READ_SEARCH,SYS_PTRACE"]
-# Another user's leaks: a zombie that exited 3, and three accepted sockets
-# left in CLOSE_WAIT on its listening port.
-OTHER_USERS_LEAKS = """
-import os, socket, sys, time
-if os.fork() == 0:
-    os._exit(3)
-srv = socket.create_server(("127.0.0.1", 0))
-held = []
-for _ in range(3):
-    c = socket.create_connection(srv.getsockname())
-    held.append(srv.accept()[0])
-    c.close()
-print("ready", flush=True)
-time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 120)
-"""
 DEBIAN_PYTHON = "/usr/bin/python3"
 
 
@@ -129,10 +114,13 @@ def test_what_the_daemonset_settings_see_of_another_users_leaks(settings, spawne
         assert scanned["fds"]["close_wait"] == 3 and statuses == ["exit 3"]
     else:
         # Zombies and limits only: another user's descriptors cannot be
-        # listed, so the CLOSE_WAIT sockets have no holder, and a zombie's
-        # exit status reads as 0.
+        # listed, so the CLOSE_WAIT sockets have no known holder, and a
+        # zombie's exit status is hidden.
         assert close_wait == [] and codes == ["RD101"], (close_wait, codes)
-        assert scanned["fds"] is None and statuses == ["exit 0"]
+        # Nor can it read which network namespace the host's processes are
+        # in (CAP_SYS_PTRACE): the host's sockets go unread, and it says so.
+        assert machine["netns_unreadable"] > 0
+        assert scanned["fds"] is None and statuses == ["hidden"]
 
 
 SYSTEMD = "/lib/systemd/systemd"

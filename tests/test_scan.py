@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -13,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import (
     as_nobody,
+    cli_argv,
     live_children,
     one_error_line,
     run_cli,
@@ -350,6 +352,43 @@ def test_unprivileged_scan_of_a_root_process_is_partial_not_an_error(spawner):
     assert (parent.pid, "fds") in unreadable
     assert target["zombies"]["by_parent"][0]["exit_statuses"] == {"hidden": 1}
     assert target["sigchld"] == "default"   # status masks are readable by anyone
+
+
+# Drops to nobody, then leaves two zombies: exit 3 and exit 0.
+NOBODY_ZOMBIE_PARENT = r"""
+import os, time
+os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+for code in (3, 0):
+    if os.fork() == 0:
+        os._exit(code)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv (util-linux) to drop CAP_SYS_PTRACE")
+def test_exit_status_of_another_users_zombie_is_hidden_without_cap_sys_ptrace(spawner):
+    """/proc/PID/stat shows 0 as the exit status to a reader that may not
+    ptrace-read the zombie, root included when it lacks CAP_SYS_PTRACE:
+    that 0 is unknown, not "exit 0"."""
+    parent = spawner.python(NOBODY_ZOMBIE_PARENT)
+    wait_until(lambda: len(zombie_children(parent.pid)) == 2, what="2 zombies")
+    no_ptrace = ["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"]
+    scan = [*cli_argv(), "scan", str(parent.pid), "--grace", "0"]
+
+    def statuses(argv: list[str]) -> tuple[dict, list, str]:
+        doc = json.loads(subprocess.run([*argv, "--json"], capture_output=True, text=True,
+                                        timeout=60).stdout)["targets"][0]
+        text = subprocess.run([*argv, "--no-color"], capture_output=True, text=True,
+                              timeout=60).stdout
+        return (doc["zombies"]["by_parent"][0]["exit_statuses"],
+                sorted(c["exit_status"] for c in doc["tree"]["children"]), text)
+
+    assert statuses(scan)[:2] == ({"exit 3": 1, "exit 0": 1}, ["exit 0", "exit 3"])
+    by_parent, nodes, text = statuses([*no_ptrace, *scan])
+    assert (by_parent, nodes) == ({"hidden": 2}, ["hidden", "hidden"])
+    assert "exit 0" not in text and "hidden" in text, text
 
 
 def test_portable_fallback_through_psutil_sees_the_tree_and_zombies(spawner):

@@ -20,7 +20,7 @@ from ..model import Container, NprocUsage, ProcessInfo, Unreadable
 from . import proc
 from .namespaces import NamespaceView, namespace_fields, zombie_namespace_fields
 from .proc import ProcessGone, check_gone, read_bytes, read_small, read_text
-from .tasks import read_stat
+from .tasks import exit_status_hidden, read_stat
 
 if TYPE_CHECKING:
     from .sockets import _SocketRows
@@ -40,7 +40,6 @@ class SampleContext:
 
     uptime_s: float
     clock_ticks: int
-    is_root: bool
     my_uid: int
     with_fd_list: bool = False
     unreadable: list[Unreadable] = field(default_factory=list)
@@ -76,7 +75,7 @@ def new_context(with_fd_list: bool = False) -> SampleContext:
     except OSError:
         uptime_s = 0.0
     return SampleContext(uptime_s=uptime_s, clock_ticks=os.sysconf("SC_CLK_TCK"),
-                    is_root=os.geteuid() == 0, my_uid=os.geteuid(),
+                    my_uid=os.geteuid(),
                     with_fd_list=with_fd_list)
 
 
@@ -98,9 +97,7 @@ def read_process(pid: int, ctx: SampleContext, brief: TaskBrief | None,
     is_zombie = st.state == "Z"
     exit_status = None
     if is_zombie:
-        # The kernel shows 0 to a reader that may not ptrace-read the zombie:
-        # only root or the same UID can trust a 0.
-        hidden = not ctx.is_root and uid is not None and uid != ctx.my_uid
+        hidden = st.exit_code == 0 and exit_status_hidden(pid)
         exit_status = procfs.decode_wait_status(st.exit_code, hidden)  # lru_cache: positional keys are cheaper
     cmdline: tuple[str, ...] | None = None
     num_fds: int | None = None

@@ -13,13 +13,12 @@ Each change of target comes with a note for the user, one line.
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Sequence
 
 from ..parse import procfs
 from . import proc
 from .proc import read_bytes
-from .tasks import read_stat
+from .tasks import exit_status_hidden, read_stat
 
 
 class Resolved(NamedTuple):
@@ -102,10 +101,7 @@ def live_target(pid: int, verb: str) -> tuple[int, list[str]]:
     st = read_stat(process)
     if st is None or st.state != "Z" or st.ppid <= 0:
         return process, notes
-    # The kernel shows 0 for the exit status of another user's zombie to
-    # a reader without ptrace rights (proc(5), /proc/pid/stat field 52).
-    owner = _status_fields(process).get("Uid", "").split()
-    hidden = os.geteuid() != 0 and owner[:1] != [str(os.geteuid())]
+    hidden = st.exit_code == 0 and exit_status_hidden(process)
     status = procfs.decode_wait_status(st.exit_code, hidden).describe()
     notes.append(f"PID {process} is a zombie ({status}) of PID {st.ppid} "
                  f"({_name(st.ppid)}): it has exited, and only its parent can reap it; "

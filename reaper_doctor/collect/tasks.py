@@ -35,6 +35,24 @@ def read_stat(pid: int) -> procfs.StatLine | None:
         return None
 
 
+def exit_status_hidden(pid: int) -> bool:
+    """Whether the kernel hides the exit status of zombie `pid` from us.
+
+    /proc/PID/stat shows the status only to a reader that may ptrace-read
+    the process (PTRACE_MODE_READ_FSCREDS), and 0 to anyone else: another
+    user without CAP_SYS_PTRACE, root without it (`capsh
+    --drop=cap_sys_ptrace`), a setuid program's zombie. The links in
+    /proc/PID/ns pass the same check first and refuse with EACCES, so one
+    readlink asks the kernel itself instead of guessing from UIDs."""
+    try:
+        os.readlink(f"{proc.ROOT}/{pid}/ns/pid")
+    except PermissionError:
+        return True
+    except OSError:
+        pass   # allowed, and the link is gone (or no namespaces here)
+    return False
+
+
 # Task states of a thread that neither runs nor is about to: it sleeps
 # interruptibly (waits for an event, a timer, a lock) or is stopped.
 ASLEEP_STATES = frozenset("STt")

@@ -213,8 +213,9 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
 
     holders: list[SocketHolder] = []
     held_by: frozenset[int] = frozenset()
+    unattributed = 0
     if later_sockets is not None:
-        found, holders, held_by = _descriptor_leaks(
+        found, holders, held_by, unattributed = _descriptor_leaks(
             then_sockets if samples == 2 else None, later_sockets, now, then_at, later_at,
             recent[-1].holders if recent else frozenset())
         findings += found
@@ -230,8 +231,9 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
         zombie_parents=tuple(zombie_parents), nofile_top=tuple(nofile_rows[:TOP_NOFILE]),
         nofile_counted=len(first.fd_counts), nofile_unreadable=first.fds_unreadable,
         uids=tuple(uids), pids_cgroups=tuple(cgroups), samples=samples, grace_s=grace_s,
-        elapsed_s=elapsed_s, socket_holders=tuple(holders),
+        elapsed_s=elapsed_s, socket_holders=tuple(holders), close_wait_unattributed=unattributed,
         netns_read=len(later_sockets.netns) if later_sockets else 0,
+        netns_unreadable=later_sockets.unplaced if later_sockets else 0,
         containers=tuple(containers),
         pid_namespace_is_host=ns.view.proc_is_host if ns is not None else True)
     # Keep the newest sample old enough for the longest wait, and every newer one.
@@ -281,17 +283,20 @@ class _NofileOf(Mapping[int, LimitUsage]):
 def _descriptor_leaks(then: SocketCensus | None, later: SocketCensus,
                       sample: MachineSample, then_at: float, later_at: float,
                       hint: frozenset[int]) -> tuple[list[Finding], list[SocketHolder],
-                                                     frozenset[int]]:
+                                                     frozenset[int], int]:
     """RD201 and RD401 by the rules of `scan PID`, for the processes that
     hold what a network namespace has to explain. With `then` (two
     samples) only what was there in both counts: the same CLOSE_WAIT
     socket, a listener whose queue was never empty. `hint`: the processes
     that held such sockets last time, searched first. Also returns the
-    processes found holding them."""
+    processes found holding them, and how many of the CLOSE_WAIT sockets
+    had no holder that could be read (another user's, without the
+    capabilities to list and read its descriptors)."""
     forking = frozenset(b.ppid for b in sample.table.values())
     all_held: set[int] = set()
     findings: list[Finding] = []
     rows: list[SocketHolder] = []
+    unattributed = 0
     for ns in later.netns:
         wanted = ns.to_explain
         before = then.get(ns.key) if then is not None else None
@@ -305,6 +310,8 @@ def _descriptor_leaks(then: SocketCensus | None, later: SocketCensus,
         held = find_holders(ns, wanted, sample.table, {ns.owners[i] for i in wanted}, hint,
                             sample.fd_counts)
         all_held.update(held)
+        placed = {i for inodes in held.values() for i in inodes}
+        unattributed += sum(1 for i in wanted if i in ns.close_wait and i not in placed)
         infos, _ = read_processes(sorted(held), sample.table)
         held = {pid: inodes for pid, inodes in held.items() if pid in infos}
         later_snap = Snapshot(target=0, taken_at=later_at, processes=infos,
@@ -326,7 +333,7 @@ def _descriptor_leaks(then: SocketCensus | None, later: SocketCensus,
                     container=infos[pid].container))
     rows.sort(key=lambda h: (not h.verdicts, -h.close_wait,
                              -sum(q.queue for q in h.listeners), h.pid))
-    return findings, rows, frozenset(all_held)
+    return findings, rows, frozenset(all_held), unattributed
 
 
 def _container_rows(ns: MachineNamespaces, sample: MachineSample,
