@@ -11,8 +11,9 @@ limit_findings as `scan PID`), the renderers print.
 
 from __future__ import annotations
 
+import heapq
 import time
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, Mapping, NamedTuple
 
 from ..collect.cgroups import cgroup_member
 from ..collect.listeners import (
@@ -163,15 +164,20 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
             container=container_of(ppid)))
     zombie_parents.sort(key=lambda p: (-p.zombies, p.pid))
 
-    nofile_rows = []
+    ranked = []   # (-ratio, -used, pid) of each process counted: rows for the top only
     for pid, used in first.fd_counts.items():
         soft, hard = first.limits[pid].get("Max open files", (None, None))
         if soft:
-            nofile_rows.append(NofileUsage(pid=pid, name=_name(first, pid),
-                                           uid=first.table[pid].uid, used=used, soft=soft,
-                                           hard=hard, container=container_of(pid)))
-            findings += nofile_findings(pid, LimitUsage(used=used, soft=soft, hard=hard))
-    nofile_rows.sort(key=lambda r: (-r.ratio, -r.used, r.pid))
+            ranked.append((-used / soft, -used, pid))
+            if used / soft >= WARN_RATIO:   # nothing to say below
+                findings += nofile_findings(pid, LimitUsage(used=used, soft=soft, hard=hard))
+    nofile_rows = []
+    for _, _, pid in heapq.nsmallest(TOP_NOFILE, ranked):
+        used = first.fd_counts[pid]
+        soft, hard = first.limits[pid]["Max open files"]
+        nofile_rows.append(NofileUsage(pid=pid, name=_name(first, pid),
+                                       uid=first.table[pid].uid, used=used, soft=soft or 0,
+                                       hard=hard, container=container_of(pid)))
 
     uids = uid_tasks(first.table, first.limits)
     for row in uids:
@@ -203,10 +209,7 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
 
     fd_series = _fd_series(earlier, now)
     if len(fd_series) >= 3:   # RD203 needs three counts at least
-        findings += fd_growth_findings(fd_series, {
-            pid: LimitUsage(used=used, hard=None,
-                            soft=first.limits[pid].get("Max open files", (None, None))[0])
-            for pid, used in now.fd_counts.items()})
+        findings += fd_growth_findings(fd_series, _NofileOf(now))
 
     holders: list[SocketHolder] = []
     held_by: frozenset[int] = frozenset()
@@ -254,8 +257,27 @@ def _fd_series(earlier: CensusState | None, now: MachineSample) -> tuple[FdCount
         return (FdCounts(now.taken_at, now.fd_counts),)
     series = [*earlier.fd_series, FdCounts(now.taken_at, now.fd_counts)]
     alive = now.table
-    return tuple(FdCounts(s.taken_at, {pid: n for pid, n in s.counts.items() if pid in alive})
+    return tuple(s if not s.counts.keys() - alive.keys() else   # none gone: kept as it is
+                 FdCounts(s.taken_at, {pid: n for pid, n in s.counts.items() if pid in alive})
                  for s in series[-FD_HISTORY:])
+
+
+class _NofileOf(Mapping[int, LimitUsage]):
+    """Each counted process's descriptors against its ulimit -n, made when
+    looked up (RD203 looks up the few that grow)."""
+
+    def __init__(self, sample: MachineSample) -> None:
+        self.sample = sample
+
+    def __getitem__(self, pid: int) -> LimitUsage:
+        soft = self.sample.limits[pid].get("Max open files", (None, None))[0]
+        return LimitUsage(used=self.sample.fd_counts[pid], soft=soft, hard=None)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.sample.fd_counts)
+
+    def __len__(self) -> int:
+        return len(self.sample.fd_counts)
 
 
 def _descriptor_leaks(then: SocketCensus | None, later: SocketCensus,
@@ -285,7 +307,8 @@ def _descriptor_leaks(then: SocketCensus | None, later: SocketCensus,
                                or (i in before.listeners and before.listeners[i].rx_queue))
         if not wanted:
             continue
-        held = find_holders(ns, wanted, sample.table, {ns.owners[i] for i in wanted}, hint)
+        held = find_holders(ns, wanted, sample.table, {ns.owners[i] for i in wanted}, hint,
+                            sample.fd_counts)
         all_held.update(held)
         placed = {i for inodes in held.values() for i in inodes}
         unattributed += sum(1 for i in wanted if i in ns.close_wait and i not in placed)
