@@ -47,6 +47,28 @@ print("ready", flush=True)
 time.sleep(300)
 """
 
+# Another user, for the tests that look at another user's process: a UID
+# of its own (no account needed), so that tests counting nobody's tasks
+# against its ulimit -u are not disturbed by these processes.
+OTHER_UID = 61234
+
+# Another user's leaks: a zombie that exited 3, and three accepted sockets
+# left in CLOSE_WAIT on its listening port.
+OTHER_USERS_LEAKS = """
+import os, socket, sys, time
+if os.fork() == 0:
+    os._exit(3)
+srv = socket.create_server(("127.0.0.1", 0))
+held = []
+for _ in range(3):
+    c = socket.create_connection(srv.getsockname())
+    held.append(srv.accept()[0])
+    c.close()
+print("ready", flush=True)
+time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 120)
+"""
+
+
 def wait_until(predicate: Callable[[], Any], timeout_s: float = 10.0,
                interval_s: float = 0.02, what: str = "condition") -> Any:
     """Poll `predicate` until it returns something truthy; fail after `timeout_s`."""

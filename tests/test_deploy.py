@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli_argv, wait_until, zombie_children
+from helpers import OTHER_UID, OTHER_USERS_LEAKS, cli_argv, wait_until, zombie_children
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "reaper-doctor.rules.yml"
@@ -101,7 +101,6 @@ def test_daemonset_parses_and_its_pod_runs_as_the_podman_test_runs_it():
 
 
 SETPRIV = shutil.which("setpriv")
-NOBODY = 65534
 
 
 @pytest.mark.root
@@ -113,7 +112,7 @@ def test_what_root_sees_of_another_users_process_with_each_capability(spawner):
     list (count) the descriptors, CAP_SYS_PTRACE read their links and the
     exit status; the deploy files ask for both."""
     target = subprocess.Popen(
-        [SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        [SETPRIV, f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups",
          "/bin/sh", "-c", "(exit 3) & exec sleep 60"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
@@ -162,3 +161,40 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout + result.stderr == "", (
         result.stdout + result.stderr)
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the scanner drops capabilities")
+@pytest.mark.skipif(SETPRIV is None, reason="setpriv (util-linux) is not installed")
+@pytest.mark.skipif(not os.access("/usr/bin/python3", os.X_OK),
+                    reason="no /usr/bin/python3 to run a leak as another user")
+def test_census_without_the_capabilities_says_what_leak_it_cannot_name(spawner):
+    """Root without CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE sees another
+    user's CLOSE_WAIT sockets in the socket table but cannot read which
+    process holds them: the census counts them as unattributed (text, JSON,
+    Prometheus) instead of reporting no leak; with both it names the holder."""
+    leaker = subprocess.Popen(
+        [SETPRIV, f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups", "/usr/bin/python3",
+         "-c", OTHER_USERS_LEAKS], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    spawner.started.append(leaker)
+    assert leaker.stdout is not None and leaker.stdout.readline().strip() == "ready"
+
+    def census(caps: str, *args: str) -> subprocess.CompletedProcess:
+        bounding = "-all" + "".join(f",+{c}" for c in caps.split(",") if c)
+        return subprocess.run([SETPRIV, "--inh-caps=-all", f"--bounding-set={bounding}",
+                               *cli_argv(), "scan", "--grace", "0", *args],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "COLUMNS": "200"})
+
+    blind = json.loads(census("", "--json").stdout)["machine"]
+    assert leaker.pid not in [h["pid"] for h in blind["descriptor_leaks"]]
+    assert blind["close_wait_unattributed"] >= 3, blind["close_wait_unattributed"]
+    text = census("").stdout
+    assert "CLOSE_WAIT sockets on a listening port held by a process whose descriptors " \
+           "could not be read" in text, text
+    exposition = census("", "--format", "prometheus").stdout
+    gauge = [float(line.split()[-1]) for line in exposition.splitlines()
+             if line.startswith("reaper_doctor_unattributed_close_wait_sockets ")]
+    assert gauge and gauge[0] >= 3, exposition
+    seeing = json.loads(census("dac_read_search,sys_ptrace", "--json").stdout)["machine"]
+    assert [h["close_wait"] for h in seeing["descriptor_leaks"] if h["pid"] == leaker.pid] == [3]

@@ -18,33 +18,17 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import reap_adopted, wait_until, zombie_children
+from helpers import OTHER_UID, OTHER_USERS_LEAKS, reap_adopted, wait_until, zombie_children
 from test_podman import RUN, _conmon_children, podman, pytestmark  # noqa: F401 - pytestmark applies
 
 import reaper_doctor
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-NOBODY = 65534
 # deploy/kubernetes/daemonset.yaml's pod, as podman flags (test_deploy.py
 # checks them against the manifest): the node's PID namespace (hostPID),
 # every capability dropped but two; also a read-only root file system and a
 # network namespace of its own.
 DAEMONSET = ["--pid=host", "--cap-drop=all", "--cap-add=DAC_READ_SEARCH,SYS_PTRACE"]
-# Another user's leaks: a zombie that exited 3, and three accepted sockets
-# left in CLOSE_WAIT on its listening port.
-OTHER_USERS_LEAKS = """
-import os, socket, sys, time
-if os.fork() == 0:
-    os._exit(3)
-srv = socket.create_server(("127.0.0.1", 0))
-held = []
-for _ in range(3):
-    c = socket.create_connection(srv.getsockname())
-    held.append(srv.accept()[0])
-    c.close()
-print("ready", flush=True)
-time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 120)
-"""
 DEBIAN_PYTHON = "/usr/bin/python3"
 
 
@@ -83,11 +67,11 @@ def _in_daemonset_container(settings: list[str], *args: str) -> subprocess.Compl
         _reap_conmon()
 
 
-def _start_leaker_as_nobody(spawner) -> subprocess.Popen:
+def _start_other_users_leaker(spawner) -> subprocess.Popen:
     if not os.access(DEBIAN_PYTHON, os.X_OK) or shutil.which("setpriv") is None:
-        pytest.skip(f"needs {DEBIAN_PYTHON} and setpriv to run a process as nobody")
+        pytest.skip(f"needs {DEBIAN_PYTHON} and setpriv to run a process as another user")
     leaker = subprocess.Popen(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", DEBIAN_PYTHON,
+        ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups", DEBIAN_PYTHON,
          "-c", OTHER_USERS_LEAKS], stdout=subprocess.PIPE, text=True, start_new_session=True)
     spawner.started.append(leaker)
     assert leaker.stdout is not None and leaker.stdout.readline().strip() == "ready"
@@ -102,7 +86,7 @@ def test_what_the_daemonset_settings_see_of_another_users_leaks(settings, spawne
     and CLOSE_WAIT leak (RD101, RD201), and `scan PID` each descriptor and
     the zombie's exit status; without the two capabilities, only the
     zombie; without hostPID, nothing of the host (and it says so)."""
-    me = _start_leaker_as_nobody(spawner).pid
+    me = _start_other_users_leaker(spawner).pid
     flags = {"daemonset": DAEMONSET,
              "no capabilities": ["--pid=host", "--cap-drop=all"],
              "no hostPID": ["--cap-drop=all", "--cap-add=DAC_READ_SEARCH,SYS_PTRACE"]}[settings]
@@ -129,9 +113,12 @@ def test_what_the_daemonset_settings_see_of_another_users_leaks(settings, spawne
         assert scanned["fds"]["close_wait"] == 3 and statuses == ["exit 3"]
     else:
         # Zombies and limits only: another user's descriptors cannot be
-        # listed, so the CLOSE_WAIT sockets have no holder, and a zombie's
-        # exit status is hidden (the kernel shows 0).
+        # listed, so the CLOSE_WAIT sockets have no known holder, and a
+        # zombie's exit status is hidden.
         assert close_wait == [] and codes == ["RD101"], (close_wait, codes)
+        # Nor can it read which network namespace the host's processes are
+        # in (CAP_SYS_PTRACE): the host's sockets go unread, and it says so.
+        assert machine["netns_unreadable"] > 0
         assert scanned["fds"] is None and statuses == ["hidden"]
 
 
@@ -170,7 +157,7 @@ def test_the_systemd_unit_runs_under_systemd(tmp_path, host_root) -> None:
     for file, text in (("reaper-doctor", LAUNCHER), ("leak.py", OTHER_USERS_LEAKS),
                        ("scrape.py", SCRAPE)):
         (tmp_path / file).write_text(text)
-        (tmp_path / file).chmod(0o644)   # the leaker, as nobody, reads its script
+        (tmp_path / file).chmod(0o644)   # the leaker, another user, reads its script
     tmp_path.chmod(0o755)
     name = f"reaper-doctor-systemd-{uuid.uuid4().hex[:8]}"
     started = podman(
@@ -198,7 +185,7 @@ def test_the_systemd_unit_runs_under_systemd(tmp_path, host_root) -> None:
                            " && systemctl daemon-reload"
                            f" && systemctl start {UNIT.name}")
         assert installed.returncode == 0, installed.stderr
-        leaker = inside("sh", "-c", f"setsid setpriv --reuid={NOBODY} --regid={NOBODY} "
+        leaker = inside("sh", "-c", f"setsid setpriv --reuid={OTHER_UID} --regid={OTHER_UID} "
                         f"--clear-groups {DEBIAN_PYTHON} /mnt/test/leak.py 600 "
                         "</dev/null >/dev/null 2>&1 & echo $!")
         leaker_pid = leaker.stdout.strip()

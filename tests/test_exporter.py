@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -312,3 +313,45 @@ def test_every_scrape_carries_a_lasting_leak(exporter, spawner):
                what="both series")
     seen = [values() for _ in range(10)]
     assert all(v == ([3.0], [3.0]) for v in seen), seen
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing another process's real UID needs root")
+def test_warm_process_table_reads_stat_and_sees_a_changed_uid_within_the_refresh(spawner):
+    from reaper_doctor.collect.machine import ProcessCache
+    from reaper_doctor.collect.tasks import process_table
+
+    proc = spawner.python(
+        "import os, signal, time\n"
+        "signal.signal(signal.SIGUSR1, lambda *a: os.setresuid(65534, 65534, 65534))\n"
+        "print('ready', flush=True)\n"
+        "while True: time.sleep(1)\n")
+    parent = spawner.zombie_parent("0")
+    (zombie,) = [pid for pid, b in process_table().items()
+                 if b.ppid == parent.pid and b.state == "Z"]
+    cache = ProcessCache()
+    cache.next_census(process_table(details=True, cache=cache))
+    warm, cold = process_table(details=True, cache=cache), process_table(details=True)
+    cache.next_census(warm)
+    for pid in (proc.pid, parent.pid, zombie):
+        assert warm[pid].fd_size is None   # from /proc/PID/stat: the cache was used
+        assert warm[pid]._replace(fd_size=None) == cold[pid]._replace(fd_size=None), pid
+    assert warm[zombie].state == "Z" and warm[zombie].ppid == parent.pid
+
+    os.kill(proc.pid, signal.SIGUSR1)
+    wait_until(lambda: process_table()[proc.pid].uid == 65534, what="setresuid")
+    seen = []
+    for _ in range(2 * ProcessCache.REFRESH):
+        table = process_table(details=True, cache=cache)
+        cache.next_census(table)
+        seen.append(table[proc.pid].uid)
+    assert seen[0] == 0 and seen[-1] == 65534, seen
+
+
+def test_nproc_lowest_soft_limit_beside_an_unlimited_hard_one():
+    from reaper_doctor.collect.tasks import TaskBrief
+    from reaper_doctor.diagnose.census import uid_tasks
+
+    table = {1: TaskBrief(0, 1000, 1, "S"), 2: TaskBrief(0, 1000, 1, "S")}
+    limits = {1: {"Max processes": (8, None)}, 2: {"Max processes": (8, 600)}}
+    (row,) = uid_tasks(table, limits)
+    assert (row.soft_min, row.soft_min_pid) == (8, 2)

@@ -23,7 +23,7 @@ from ..parse import netlink, procfs
 from . import proc
 from .proc import map_io, read_text
 from .sockets import _dump_tcp
-from .machine import ProcessCache
+from .cache import ProcessCache
 from .tasks import TaskBrief
 
 # What a census needs of TCP: listeners and CLOSE_WAIT sockets.
@@ -65,10 +65,7 @@ def netns_of(pids: Iterable[int], table: Mapping[int, TaskBrief] | None = None,
     pids = list(pids)
     known: dict[int, str] = {}
     if cache is not None and table is not None:
-        for pid in pids:
-            ns = cache.get("netns", pid, table[pid].ino)
-            if ns is not None:
-                known[pid] = ns
+        known = cache.get_many("netns", ((pid, table[pid].ino) for pid in pids))
 
     def key(pid: int) -> str | None:
         try:
@@ -191,32 +188,36 @@ HOLDER_CHUNK = 256
 
 
 def find_holders(ns: NetnsSockets, wanted: frozenset[int], table: Mapping[int, TaskBrief],
-                 owner_uids: Iterable[int], hint: Iterable[int] = ()
-                 ) -> dict[int, dict[int, int]]:
+                 owner_uids: Iterable[int], hint: Iterable[int] = (),
+                 counts: Mapping[int, int] | None = None) -> dict[int, dict[int, int]]:
     """pid -> {inode: fd} of the processes of `ns` that hold any of
     `wanted` (and of the namespace's listeners: a holder's listening ports
     are part of its picture). Read in order of likelihood until every
     wanted socket has a holder and every port of theirs a listener: the
     processes of `hint` (last time's holders), then those of the owner
     UIDs, then the others; within each, the biggest descriptor tables
-    first (FDSize: a leak grows its table). Copies of a socket in
-    processes read after that are not looked for."""
+    first (FDSize, else the count in `counts`: a leak grows both). Copies
+    of a socket in processes read after that are not looked for."""
     interesting = wanted | frozenset(ns.listeners)
     ports = {s.local[1] for i in wanted for s in (ns.close_wait.get(i), ns.listeners.get(i))
              if s is not None}
     uids = set(owner_uids)
     hinted = set(hint)
+    sizes = counts or {}
 
     def order(pid: int) -> tuple[int, int, int]:
         brief = table[pid]
         return (0 if pid in hinted else 1 if brief.uid in uids else 2,
-                -(brief.fd_size or 0), pid)
+                -(brief.fd_size if brief.fd_size is not None else sizes.get(pid, 0)), pid)
 
     todo = sorted(ns.pids, key=order)
+    # Last time's holders on their own first: most often they are all there is.
+    first = sum(1 for pid in todo if pid in hinted)
+    chunks = [todo[:first]] if first else []
+    chunks += [todo[i:i + HOLDER_CHUNK] for i in range(first, len(todo), HOLDER_CHUNK)]
     holders: dict[int, dict[int, int]] = {}
     placed: set[int] = set()
-    for start in range(0, len(todo), HOLDER_CHUNK):
-        chunk = todo[start:start + HOLDER_CHUNK]
+    for chunk in chunks:
         for pid, held in zip(chunk, map_io(lambda pid: _socket_inodes(pid, interesting), chunk)):
             if held:
                 holders[pid] = held

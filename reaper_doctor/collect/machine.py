@@ -5,17 +5,15 @@ from __future__ import annotations
 import heapq
 import os
 import time
-from typing import (
-    Any,
-    NamedTuple,
-)
+from typing import NamedTuple
 
 from ..model import LimitUsage, PidsCgroup, ProcessInfo, Snapshot, Unreadable
 from ..parse import procfs
 from . import proc
+from .cache import ProcessCache
 from .cgroups import pids_cgroup, pids_cgroups_with_limits
 from .namespaces import MachineNamespaces, machine_namespaces
-from .proc import ProcessGone, read_int, read_proc_files, read_small, read_text
+from .proc import ProcessGone, map_io, read_int, read_proc_files, read_small, read_text
 from .process import new_context, nproc_usage, read_process
 from .snapshot import dedupe
 from .tasks import TaskBrief, process_table
@@ -40,43 +38,6 @@ class MachineSample(NamedTuple):
     namespaces: MachineNamespaces | None = None
 
 
-class ProcessCache:
-    """What stays true of a process from one census to the next, for a
-    process that takes censuses one after another (the exporter): each
-    zombie as read (again once re-parented), and each live process's
-    limits and network namespace.
-    Entries are keyed by PID and the inode of /proc/PID, which a new
-    process, or a reused PID, does not share; an entry is read again after
-    REFRESH censuses at most (spread by PID), since prlimit(2) and setns(2)
-    change a live process's; PIDs that are gone are dropped."""
-
-    REFRESH = 6
-
-    def __init__(self) -> None:
-        self.census = 0
-        self.stores: dict[str, dict[int, tuple[int, int, Any]]] = {}
-
-    def get(self, store: str, pid: int, ino: int | None, *, refresh: bool = True) -> Any:
-        """The kept value, or None when there is none still good."""
-        entry = self.stores.get(store, {}).get(pid)
-        if entry is None or ino is None or entry[0] != ino:
-            return None
-        if refresh and self.census - entry[1] >= self.REFRESH + pid % self.REFRESH:
-            return None
-        return entry[2]
-
-    def put(self, store: str, pid: int, ino: int | None, value: Any) -> None:
-        if ino is not None:
-            self.stores.setdefault(store, {})[pid] = (ino, self.census, value)
-
-    def next_census(self, table: dict[int, TaskBrief]) -> None:
-        """Start a census over `table`: forget the PIDs it does not hold."""
-        self.census += 1
-        for store in self.stores.values():
-            for pid in [pid for pid in store if pid not in table]:
-                del store[pid]
-
-
 def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8,
                     cache: ProcessCache | None = None) -> MachineSample:
     """Every process, every zombie, every process's limits, and the
@@ -87,11 +48,12 @@ def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8,
     descriptor table's size) bounds the open count from above, so once
     `fd_top` processes are counted and no uncounted one could reach the
     `fd_top`-th ratio or `fd_floor` (the warning threshold), the rest are
-    left out.
+    left out. A process read without its FDSize (a warm read of `cache`)
+    is always counted.
     """
     ctx = new_context()
     taken_at = time.monotonic()
-    table = process_table(details=True)
+    table = process_table(details=True, cache=cache)
     zombies: dict[int, ProcessInfo] = {}
     sessions: dict[int, int] = {}
     limits: dict[int, dict[str, tuple[int | None, int | None]]] = {}
@@ -134,7 +96,7 @@ def collect_machine(*, fd_top: int = 10, fd_floor: float = 0.8,
         pids_cgroups=pids_cgroups_with_limits(), file_nr=file_nr,
         pid_max=read_int(f"{proc.ROOT}/sys/kernel/pid_max"),
         tasks=sum(b.threads for b in table.values()), unreadable=ctx.unreadable,
-        namespaces=machine_namespaces(table))
+        namespaces=machine_namespaces(table, cache))
 
 
 def _fd_count(pid: int) -> int:
@@ -146,36 +108,58 @@ def _fd_count(pid: int) -> int:
     return os.stat(fd_dir).st_size or len(os.listdir(fd_dir))
 
 
+DENIED, GONE = -1, -2
+
+
+def _fd_count_or(pid: int) -> int:
+    """_fd_count(pid), or DENIED or GONE."""
+    try:
+        return _fd_count(pid)
+    except PermissionError:
+        return DENIED
+    except OSError:
+        return GONE
+
+
 def _count_fds_nearest(table: dict[int, TaskBrief],
                        limits: dict[int, dict[str, tuple[int | None, int | None]]],
                        top: int, floor: float) -> tuple[dict[int, int], int, int]:
-    candidates = []
+    unknown: list[int] = []                  # no FDSize read this census: counted, all at once
+    candidates: list[tuple[float, int]] = []  # (FDSize / soft limit: the highest ratio, pid)
+    softs: dict[int, int] = {}
     for pid, lim in limits.items():
         soft = lim.get("Max open files", (None, None))[0]
         if not soft:
             continue  # unlimited: no ratio
+        softs[pid] = soft
         size = table[pid].fd_size
-        candidates.append((size / soft if size is not None else float("inf"), pid))
+        if size is None:
+            unknown.append(pid)
+        else:
+            candidates.append((size / soft, pid))
     candidates.sort(reverse=True)
     counts: dict[int, int] = {}
     best: list[float] = []   # min-heap of the `top` highest ratios counted so far
     denied = 0
-    for i, (bound, pid) in enumerate(candidates):
-        if len(best) >= top and bound < floor and bound < best[0]:
-            return counts, len(candidates) - i, denied
-        try:
-            count = _fd_count(pid)
-        except PermissionError:
-            denied += 1
-            continue
-        except OSError:
-            continue  # gone
+
+    def counted(pid: int, count: int) -> None:
+        nonlocal denied
+        if count < 0:
+            denied += count == DENIED
+            return
         counts[pid] = count
-        ratio = count / limits[pid]["Max open files"][0]  # type: ignore[operator]
+        ratio = count / softs[pid]
         if len(best) < top:
             heapq.heappush(best, ratio)
         elif ratio > best[0]:
             heapq.heapreplace(best, ratio)
+
+    for pid, count in zip(unknown, map_io(_fd_count_or, unknown)):
+        counted(pid, count)
+    for i, (bound, pid) in enumerate(candidates):
+        if len(best) >= top and bound < floor and bound < best[0]:
+            return counts, len(candidates) - i, denied
+        counted(pid, _fd_count_or(pid))
     return counts, 0, denied
 
 

@@ -14,6 +14,7 @@ from .proc import read_proc_files, read_small, read_text
 from .tasks import status_field
 
 if TYPE_CHECKING:
+    from .cache import ProcessCache
     from .process import SampleContext
     from .tasks import TaskBrief
 
@@ -126,29 +127,48 @@ class MachineNamespaces(NamedTuple):
     containers: dict[int, Container]  # live PID -> its container, where known
 
 
-def machine_namespaces(table: dict[int, TaskBrief]) -> MachineNamespaces:
+def machine_namespaces(table: dict[int, TaskBrief],
+                       cache: ProcessCache | None = None) -> MachineNamespaces:
     """Namespaces from the NSpid lines already read (a readlink only for the
     processes below our namespace); containers from every live process's
-    cgroup file, each distinct text parsed once."""
+    cgroup file, each distinct text parsed once. With `cache`, a process's
+    PID namespace is read once (it is fixed for its life) and its cgroup
+    file every few censuses."""
     view = namespace_view()
     inits: dict[int, int | None] = {}
     members: dict[int, int] = {}
+
+    def pid_ns(pid: int) -> int | None:
+        if cache is None:
+            return _pid_ns(pid)
+        ino = table[pid].ino
+        kept = cache.get("pid_ns", pid, ino, refresh=False)
+        if kept is None:
+            kept = (_pid_ns(pid),)
+            cache.put("pid_ns", pid, ino, kept)
+        return kept[0]
+
     for pid, brief in table.items():
         nspid = brief.nspid
         if len(nspid) > 1:
-            inode = _pid_ns(pid)
+            inode = pid_ns(pid)
             if inode is not None:
                 members[pid] = inode
         if nspid and nspid[-1] == 1 and (len(nspid) > 1 or not view.proc_is_host):
-            inits[pid] = members.get(pid) or _pid_ns(pid)
+            inits[pid] = members.get(pid) or pid_ns(pid)
     live = [pid for pid, brief in table.items() if brief.state != "Z"]
+    kept = cache.get_many("container", ((pid, table[pid].ino) for pid in live)) if cache else {}
+    found = {pid: c[0] for pid, c in kept.items() if c[0] is not None}
+    todo = [pid for pid in live if pid not in kept]
     parsed: dict[bytes, Container | None] = {}
-    found: dict[int, Container] = {}
-    for pid, raw in zip(live, read_proc_files(live, "cgroup")):
+    for pid, raw in zip(todo, read_proc_files(todo, "cgroup")):
         if raw is None:
             continue
         if raw not in parsed:
             parsed[raw] = containers.container_from_cgroup(raw.decode("utf-8", "replace"))
-        if parsed[raw] is not None:
-            found[pid] = parsed[raw]  # type: ignore[assignment]
+        container = parsed[raw]
+        if container is not None:
+            found[pid] = container
+        if cache is not None:
+            cache.put("container", pid, table[pid].ino, (container,))
     return MachineNamespaces(view, inits, members, found)

@@ -11,8 +11,9 @@ limit_findings as `scan PID`), the renderers print.
 
 from __future__ import annotations
 
+import heapq
 import time
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, Mapping, NamedTuple
 
 from ..collect.cgroups import cgroup_member
 from ..collect.listeners import (
@@ -163,15 +164,20 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
             container=container_of(ppid)))
     zombie_parents.sort(key=lambda p: (-p.zombies, p.pid))
 
-    nofile_rows = []
+    ranked = []   # (-ratio, -used, pid) of each process counted: rows for the top only
     for pid, used in first.fd_counts.items():
         soft, hard = first.limits[pid].get("Max open files", (None, None))
         if soft:
-            nofile_rows.append(NofileUsage(pid=pid, name=_name(first, pid),
-                                           uid=first.table[pid].uid, used=used, soft=soft,
-                                           hard=hard, container=container_of(pid)))
-            findings += nofile_findings(pid, LimitUsage(used=used, soft=soft, hard=hard))
-    nofile_rows.sort(key=lambda r: (-r.ratio, -r.used, r.pid))
+            ranked.append((-used / soft, -used, pid))
+            if used / soft >= WARN_RATIO:   # nothing to say below
+                findings += nofile_findings(pid, LimitUsage(used=used, soft=soft, hard=hard))
+    nofile_rows = []
+    for _, _, pid in heapq.nsmallest(TOP_NOFILE, ranked):
+        used = first.fd_counts[pid]
+        soft, hard = first.limits[pid]["Max open files"]
+        nofile_rows.append(NofileUsage(pid=pid, name=_name(first, pid),
+                                       uid=first.table[pid].uid, used=used, soft=soft or 0,
+                                       hard=hard, container=container_of(pid)))
 
     uids = uid_tasks(first.table, first.limits)
     for row in uids:
@@ -203,15 +209,13 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
 
     fd_series = _fd_series(earlier, now)
     if len(fd_series) >= 3:   # RD203 needs three counts at least
-        findings += fd_growth_findings(fd_series, {
-            pid: LimitUsage(used=used, hard=None,
-                            soft=first.limits[pid].get("Max open files", (None, None))[0])
-            for pid, used in now.fd_counts.items()})
+        findings += fd_growth_findings(fd_series, _NofileOf(now))
 
     holders: list[SocketHolder] = []
     held_by: frozenset[int] = frozenset()
+    unattributed = 0
     if later_sockets is not None:
-        found, holders, held_by = _descriptor_leaks(
+        found, holders, held_by, unattributed = _descriptor_leaks(
             then_sockets if samples == 2 else None, later_sockets, now, then_at, later_at,
             recent[-1].holders if recent else frozenset())
         findings += found
@@ -227,8 +231,9 @@ def census_after(earlier: CensusState | None, *, grace_s: float = 1.0,
         zombie_parents=tuple(zombie_parents), nofile_top=tuple(nofile_rows[:TOP_NOFILE]),
         nofile_counted=len(first.fd_counts), nofile_unreadable=first.fds_unreadable,
         uids=tuple(uids), pids_cgroups=tuple(cgroups), samples=samples, grace_s=grace_s,
-        elapsed_s=elapsed_s, socket_holders=tuple(holders),
+        elapsed_s=elapsed_s, socket_holders=tuple(holders), close_wait_unattributed=unattributed,
         netns_read=len(later_sockets.netns) if later_sockets else 0,
+        netns_unreadable=later_sockets.unplaced if later_sockets else 0,
         containers=tuple(containers),
         pid_namespace_is_host=ns.view.proc_is_host if ns is not None else True)
     # Keep the newest sample old enough for the longest wait, and every newer one.
@@ -252,24 +257,46 @@ def _fd_series(earlier: CensusState | None, now: MachineSample) -> tuple[FdCount
         return (FdCounts(now.taken_at, now.fd_counts),)
     series = [*earlier.fd_series, FdCounts(now.taken_at, now.fd_counts)]
     alive = now.table
-    return tuple(FdCounts(s.taken_at, {pid: n for pid, n in s.counts.items() if pid in alive})
+    return tuple(s if not s.counts.keys() - alive.keys() else   # none gone: kept as it is
+                 FdCounts(s.taken_at, {pid: n for pid, n in s.counts.items() if pid in alive})
                  for s in series[-FD_HISTORY:])
+
+
+class _NofileOf(Mapping[int, LimitUsage]):
+    """Each counted process's descriptors against its ulimit -n, made when
+    looked up (RD203 looks up the few that grow)."""
+
+    def __init__(self, sample: MachineSample) -> None:
+        self.sample = sample
+
+    def __getitem__(self, pid: int) -> LimitUsage:
+        soft = self.sample.limits[pid].get("Max open files", (None, None))[0]
+        return LimitUsage(used=self.sample.fd_counts[pid], soft=soft, hard=None)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.sample.fd_counts)
+
+    def __len__(self) -> int:
+        return len(self.sample.fd_counts)
 
 
 def _descriptor_leaks(then: SocketCensus | None, later: SocketCensus,
                       sample: MachineSample, then_at: float, later_at: float,
                       hint: frozenset[int]) -> tuple[list[Finding], list[SocketHolder],
-                                                     frozenset[int]]:
+                                                     frozenset[int], int]:
     """RD201 and RD401 by the rules of `scan PID`, for the processes that
     hold what a network namespace has to explain. With `then` (two
     samples) only what was there in both counts: the same CLOSE_WAIT
     socket, a listener whose queue was never empty. `hint`: the processes
     that held such sockets last time, searched first. Also returns the
-    processes found holding them."""
+    processes found holding them, and how many of the CLOSE_WAIT sockets
+    had no holder that could be read (another user's, without the
+    capabilities to list and read its descriptors)."""
     forking = frozenset(b.ppid for b in sample.table.values())
     all_held: set[int] = set()
     findings: list[Finding] = []
     rows: list[SocketHolder] = []
+    unattributed = 0
     for ns in later.netns:
         wanted = ns.to_explain
         before = then.get(ns.key) if then is not None else None
@@ -280,8 +307,11 @@ def _descriptor_leaks(then: SocketCensus | None, later: SocketCensus,
                                or (i in before.listeners and before.listeners[i].rx_queue))
         if not wanted:
             continue
-        held = find_holders(ns, wanted, sample.table, {ns.owners[i] for i in wanted}, hint)
+        held = find_holders(ns, wanted, sample.table, {ns.owners[i] for i in wanted}, hint,
+                            sample.fd_counts)
         all_held.update(held)
+        placed = {i for inodes in held.values() for i in inodes}
+        unattributed += sum(1 for i in wanted if i in ns.close_wait and i not in placed)
         infos, _ = read_processes(sorted(held), sample.table)
         held = {pid: inodes for pid, inodes in held.items() if pid in infos}
         later_snap = Snapshot(target=0, taken_at=later_at, processes=infos,
@@ -303,7 +333,7 @@ def _descriptor_leaks(then: SocketCensus | None, later: SocketCensus,
                     container=infos[pid].container))
     rows.sort(key=lambda h: (not h.verdicts, -h.close_wait,
                              -sum(q.queue for q in h.listeners), h.pid))
-    return findings, rows, frozenset(all_held)
+    return findings, rows, frozenset(all_held), unattributed
 
 
 def _container_rows(ns: MachineNamespaces, sample: MachineSample,

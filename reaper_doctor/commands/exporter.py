@@ -196,7 +196,9 @@ def serve(host: str, port: int, run_census: Callable[[], Report], *, min_interva
     return. A census that fails is counted, told to `on_error`, and its
     scrape carries the exporter's own series only. Raises OSError if the
     address cannot be bound."""
-    from ..system.lifecycle import signals_unwind
+    from ..system.lifecycle import one_malloc_arena, signals_unwind
+
+    one_malloc_arena()   # each scrape's census runs on the thread of its request
 
     def census() -> Report:
         try:

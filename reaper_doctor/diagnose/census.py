@@ -4,7 +4,7 @@ rules themselves are those of `scan PID` (zombies.py, limits.py, fds.py)."""
 
 from __future__ import annotations
 
-from collections import Counter
+import math
 from typing import Mapping
 
 from ..model import ProcessInfo, UidTasks
@@ -45,29 +45,41 @@ def uid_tasks(table: Mapping[int, TaskBrief],
     """Tasks per real UID, against the most common soft RLIMIT_NPROC of its
     processes (and the lowest, which fails first). `limits`: the parsed
     /proc/<pid>/limits of the processes that could be read."""
-    tasks: Counter[int] = Counter()
-    processes: Counter[int] = Counter()
-    by_uid: dict[int, list[tuple[int | None, int | None, int, int]]] = {}
+    tasks: dict[int, int] = {}
+    processes: dict[int, int] = {}
+    # uid -> (soft, hard) -> processes; uid -> the lowest finite soft limit,
+    # by (soft, hard, most threads, PID)
+    pairs: dict[int, dict[tuple[int | None, int | None], int]] = {}
+    lowest: dict[int, tuple[int, float, int, int]] = {}
     for pid, brief in table.items():
-        if brief.uid is None:
+        uid = brief.uid
+        if uid is None:
             continue
-        tasks[brief.uid] += brief.threads
-        processes[brief.uid] += 1
+        tasks[uid] = tasks.get(uid, 0) + brief.threads
+        processes[uid] = processes.get(uid, 0) + 1
         lim = limits.get(pid)
-        if lim and "Max processes" in lim:
-            soft, hard = lim["Max processes"]
-            by_uid.setdefault(brief.uid, []).append((soft, hard, -brief.threads, pid))
+        pair = lim.get("Max processes") if lim else None
+        if pair is None:
+            continue
+        held = pairs.get(uid)
+        if held is None:
+            held = pairs[uid] = {}
+        held[pair] = held.get(pair, 0) + 1
+        soft, hard = pair
+        if soft is not None:
+            key = (soft, math.inf if hard is None else hard, -brief.threads, pid)
+            low = lowest.get(uid)
+            if low is None or key < low:
+                lowest[uid] = key
     rows = []
     for uid, count in tasks.items():
-        held = by_uid.get(uid, [])
-        soft = hard = soft_min = soft_min_pid = None
+        held = pairs.get(uid)
+        soft = hard = None
         if held:
-            (soft, hard), _ = Counter((s, h) for s, h, _, _ in held).most_common(1)[0]
-            finite = [h for h in held if h[0] is not None]
-            if finite:
-                low = min(finite)
-                soft_min, soft_min_pid = low[0], low[3]
+            soft, hard = max(held, key=held.__getitem__)   # the first of the most common
+        low = lowest.get(uid)
         rows.append(UidTasks(uid=uid, tasks=count, processes=processes[uid], soft=soft, hard=hard,
-                             soft_min=soft_min, soft_min_pid=soft_min_pid, enforced=uid != 0))
+                             soft_min=low[0] if low else None,
+                             soft_min_pid=low[3] if low else None, enforced=uid != 0))
     rows.sort(key=lambda r: (-(r.ratio or 0), -r.tasks, r.uid))
     return rows

@@ -348,8 +348,12 @@ def fd_growth_findings(series: Sequence[FdCounts],
     over at least three samples."""
     if len(series) < 3:
         return
-    pids = set(series[0].counts).intersection(*(s.counts for s in series[1:]))
-    for pid in sorted(pids):
+    first, last = series[0].counts, series[-1].counts
+    # The total first (one pass over the newest counts): few processes grow.
+    grown = [pid for pid, n in last.items() if n - first.get(pid, n) >= FD_GROWTH_TOTAL]
+    for pid in sorted(grown):
+        if not all(pid in s.counts for s in series[1:-1]):
+            continue
         counts = [s.counts[pid] for s in series]
         steps = [b - a for a, b in zip(counts, counts[1:])]
         total = counts[-1] - counts[0]

@@ -162,6 +162,13 @@ class MachineCensus(NamedTuple):
     elapsed_s: float                            # between the two samples (0 with one)
     socket_holders: tuple[SocketHolder, ...] = ()  # CLOSE_WAIT / accept queues, worst first
     netns_read: int = 0                         # network namespaces whose sockets were read
+    # Live processes whose network namespace could not be read (without
+    # CAP_SYS_PTRACE: any other user's, and root's with more capabilities):
+    # their sockets are seen only where they share ours.
+    netns_unreadable: int = 0
+    # CLOSE_WAIT sockets on a listening port whose holder could not be read
+    # (another user's, without CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE).
+    close_wait_unattributed: int = 0
     containers: tuple[ContainerRow, ...] = ()   # worst verdict first
     # False when this /proc is a container's: the census sees only that
     # PID namespace, whose PID 1 is the container's init.

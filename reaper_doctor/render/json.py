@@ -104,7 +104,8 @@ def machine_document(m: MachineCensus) -> dict[str, Any]:
                            for q in h.listeners],
              "verdicts": list(h.verdicts), "container": _container(h.container)}
             for h in m.socket_holders],
-        "netns_read": m.netns_read,
+        "netns_read": m.netns_read, "netns_unreadable": m.netns_unreadable,
+        "close_wait_unattributed": m.close_wait_unattributed,
         "samples": m.samples, "grace_s": m.grace_s, "elapsed_s": m.elapsed_s,
         "pid_namespace": {"is_host": m.pid_namespace_is_host,
                           "note": None if m.pid_namespace_is_host else OWN_NAMESPACE_NOTE},

@@ -83,6 +83,9 @@ CG_CURRENT = ("reaper_doctor_pids_cgroup_current", "gauge",
 CG_MAX = ("reaper_doctor_pids_cgroup_max", "gauge", "Task limit of this pids cgroup (pids.max).")
 CG_REFUSALS = ("reaper_doctor_pids_cgroup_fork_refusals", "counter",
                "Forks refused because this pids cgroup was at pids.max (pids.events max).")
+UNATTRIBUTED = ("reaper_doctor_unattributed_close_wait_sockets", "gauge",
+                "CLOSE_WAIT sockets on a listening port whose holding process could not be "
+                "read (another user's, without CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE).")
 FINDINGS = ("reaper_doctor_findings", "gauge", "Findings of this scan by code and severity.")
 FINDING = ("reaper_doctor_process_findings", "gauge",
            "Findings of this scan by process, code and severity.")
@@ -145,6 +148,7 @@ def report_families(report: Report) -> Iterator[Metric]:
             fams.set(UID_NPROC, u.soft if u.enforced else None, uid=u.uid)
         for cg in machine.pids_cgroups:
             _cgroup_metrics(fams, cg)
+        fams.set(UNATTRIBUTED, machine.close_wait_unattributed)
         fams.set(TASKS, machine.tasks)
         fams.set(PID_MAX, machine.pid_max)
         fams.set(FILES, machine.files_open)

@@ -104,20 +104,31 @@ def render_census(report: Report, style: Callable[..., str], width: int = DEFAUL
     else:
         parts.append(fill(f"{title} none", width, hang="  "))
 
+    namespaces = f"{m.netns_read} network namespace{'s' if m.netns_read != 1 else ''} read"
+    if m.netns_unreadable:
+        namespaces += (f"; that of {m.netns_unreadable} process"
+                       f"{'es' if m.netns_unreadable != 1 else ''} could not be read, their "
+                       "sockets are seen only where they share ours")
     if m.socket_holders:
         rows = [[_who(h), h.close_wait or "-",
                  ", ".join(f"{q.port}: {q.queue}" + (f" of {q.backlog}" if q.backlog else "")
                            for q in h.listeners) or "-",
                  " ".join(h.verdicts) or "-"] for h in m.socket_holders[:MAX_CENSUS_ROWS]]
-        parts.append(fill(f"Descriptor leaks ({m.netns_read} network namespace"
-                          f"{'s' if m.netns_read != 1 else ''} read)", width, hang="  ") + "\n"
+        parts.append(fill(f"Descriptor leaks ({namespaces})", width, hang="  ") + "\n"
                      + fit_table(rows, ["process", "CLOSE_WAIT", "accept queue", "verdict"],
                                  width)
                      + _more(len(m.socket_holders), "processes"))
-    else:
+    elif not m.close_wait_unattributed:
         parts.append(fill(f"Descriptor leaks: no CLOSE_WAIT socket on a listening port, no "
-                          f"accept queue waiting ({m.netns_read} network namespace"
-                          f"{'s' if m.netns_read != 1 else ''} read)", width, hang="  "))
+                          f"accept queue waiting ({namespaces})", width, hang="  "))
+    else:
+        parts.append(fill(f"Descriptor leaks ({namespaces})", width, hang="  "))
+    if m.close_wait_unattributed:
+        n = m.close_wait_unattributed
+        parts[-1] += "\n" + style(fill(
+            f"{n} CLOSE_WAIT socket{'s' if n != 1 else ''} on a listening port held by a "
+            "process whose descriptors could not be read (another user's: run as root with "
+            "CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)", width, hang="  "), fg="yellow")
 
     if m.nofile_top:
         rows = [[_who(r), r.used, r.soft, f"{r.ratio:.0%}"]

@@ -48,6 +48,25 @@ def become_subreaper() -> bool:
         return False
 
 
+M_ARENA_MAX = -8   # mallopt(3)
+
+
+def one_malloc_arena() -> bool:
+    """Have glibc's malloc serve every thread from one arena (mallopt
+    M_ARENA_MAX 1, as MALLOC_ARENA_MAX=1 does). A server whose work moves
+    from thread to thread (one per request) otherwise leaves each arena
+    holding the high-water mark of what ran on it: measured on the
+    exporter, RSS wandered 38-47 MB over 200 scrapes, against flat at 42
+    with one arena. False where it cannot be set (not glibc)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.mallopt(M_ARENA_MAX, 1)) == 1
+    except (OSError, AttributeError):
+        return False
+
+
 def _kill(pid: int, sig: int, *, group: bool = False) -> None:
     try:
         (os.killpg if group else os.kill)(pid, sig)
