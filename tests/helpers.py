@@ -47,6 +47,11 @@ print("ready", flush=True)
 time.sleep(300)
 """
 
+# Another user, for the tests that look at another user's process: a UID
+# of its own (no account needed), so that tests counting nobody's tasks
+# against its ulimit -u are not disturbed by these processes.
+OTHER_UID = 61234
+
 # Another user's leaks: a zombie that exited 3, and three accepted sockets
 # left in CLOSE_WAIT on its listening port.
 OTHER_USERS_LEAKS = """

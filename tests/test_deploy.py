@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import OTHER_USERS_LEAKS, cli_argv, wait_until, zombie_children
+from helpers import OTHER_UID, OTHER_USERS_LEAKS, cli_argv, wait_until, zombie_children
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "reaper-doctor.rules.yml"
@@ -101,7 +101,6 @@ def test_daemonset_parses_and_its_pod_runs_as_the_podman_test_runs_it():
 
 
 SETPRIV = shutil.which("setpriv")
-NOBODY = 65534
 
 
 @pytest.mark.root
@@ -113,7 +112,7 @@ def test_what_root_sees_of_another_users_process_with_each_capability(spawner):
     list (count) the descriptors, CAP_SYS_PTRACE read their links and the
     exit status; the deploy files ask for both."""
     target = subprocess.Popen(
-        [SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        [SETPRIV, f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups",
          "/bin/sh", "-c", "(exit 3) & exec sleep 60"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
@@ -168,14 +167,14 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the scanner drops capabilities")
 @pytest.mark.skipif(SETPRIV is None, reason="setpriv (util-linux) is not installed")
 @pytest.mark.skipif(not os.access("/usr/bin/python3", os.X_OK),
-                    reason="no /usr/bin/python3 to run a leak as nobody")
+                    reason="no /usr/bin/python3 to run a leak as another user")
 def test_census_without_the_capabilities_says_what_leak_it_cannot_name(spawner):
     """Root without CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE sees another
     user's CLOSE_WAIT sockets in the socket table but cannot read which
     process holds them: the census counts them as unattributed (text, JSON,
     Prometheus) instead of reporting no leak; with both it names the holder."""
     leaker = subprocess.Popen(
-        [SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "/usr/bin/python3",
+        [SETPRIV, f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups", "/usr/bin/python3",
          "-c", OTHER_USERS_LEAKS], stdout=subprocess.PIPE, text=True, start_new_session=True)
     spawner.started.append(leaker)
     assert leaker.stdout is not None and leaker.stdout.readline().strip() == "ready"

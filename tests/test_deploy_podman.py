@@ -18,13 +18,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import OTHER_USERS_LEAKS, reap_adopted, wait_until, zombie_children
+from helpers import OTHER_UID, OTHER_USERS_LEAKS, reap_adopted, wait_until, zombie_children
 from test_podman import RUN, _conmon_children, podman, pytestmark  # noqa: F401 - pytestmark applies
 
 import reaper_doctor
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-NOBODY = 65534
 # deploy/kubernetes/daemonset.yaml's pod, as podman flags (test_deploy.py
 # checks them against the manifest): the node's PID namespace (hostPID),
 # every capability dropped but two; also a read-only root file system and a
@@ -68,11 +67,11 @@ def _in_daemonset_container(settings: list[str], *args: str) -> subprocess.Compl
         _reap_conmon()
 
 
-def _start_leaker_as_nobody(spawner) -> subprocess.Popen:
+def _start_other_users_leaker(spawner) -> subprocess.Popen:
     if not os.access(DEBIAN_PYTHON, os.X_OK) or shutil.which("setpriv") is None:
-        pytest.skip(f"needs {DEBIAN_PYTHON} and setpriv to run a process as nobody")
+        pytest.skip(f"needs {DEBIAN_PYTHON} and setpriv to run a process as another user")
     leaker = subprocess.Popen(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", DEBIAN_PYTHON,
+        ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups", DEBIAN_PYTHON,
          "-c", OTHER_USERS_LEAKS], stdout=subprocess.PIPE, text=True, start_new_session=True)
     spawner.started.append(leaker)
     assert leaker.stdout is not None and leaker.stdout.readline().strip() == "ready"
@@ -87,7 +86,7 @@ def test_what_the_daemonset_settings_see_of_another_users_leaks(settings, spawne
     and CLOSE_WAIT leak (RD101, RD201), and `scan PID` each descriptor and
     the zombie's exit status; without the two capabilities, only the
     zombie; without hostPID, nothing of the host (and it says so)."""
-    me = _start_leaker_as_nobody(spawner).pid
+    me = _start_other_users_leaker(spawner).pid
     flags = {"daemonset": DAEMONSET,
              "no capabilities": ["--pid=host", "--cap-drop=all"],
              "no hostPID": ["--cap-drop=all", "--cap-add=DAC_READ_SEARCH,SYS_PTRACE"]}[settings]
@@ -158,7 +157,7 @@ def test_the_systemd_unit_runs_under_systemd(tmp_path, host_root) -> None:
     for file, text in (("reaper-doctor", LAUNCHER), ("leak.py", OTHER_USERS_LEAKS),
                        ("scrape.py", SCRAPE)):
         (tmp_path / file).write_text(text)
-        (tmp_path / file).chmod(0o644)   # the leaker, as nobody, reads its script
+        (tmp_path / file).chmod(0o644)   # the leaker, another user, reads its script
     tmp_path.chmod(0o755)
     name = f"reaper-doctor-systemd-{uuid.uuid4().hex[:8]}"
     started = podman(
@@ -186,7 +185,7 @@ def test_the_systemd_unit_runs_under_systemd(tmp_path, host_root) -> None:
                            " && systemctl daemon-reload"
                            f" && systemctl start {UNIT.name}")
         assert installed.returncode == 0, installed.stderr
-        leaker = inside("sh", "-c", f"setsid setpriv --reuid={NOBODY} --regid={NOBODY} "
+        leaker = inside("sh", "-c", f"setsid setpriv --reuid={OTHER_UID} --regid={OTHER_UID} "
                         f"--clear-groups {DEBIAN_PYTHON} /mnt/test/leak.py 600 "
                         "</dev/null >/dev/null 2>&1 & echo $!")
         leaker_pid = leaker.stdout.strip()
