@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import Callable
@@ -76,9 +78,10 @@ while True:
 """
 
 # Fork per connection. argv[1] "inherit": the child keeps the listening
-# socket (RD202); "fixed": the child closes it. Either way the parent closes
-# conn and reaps in a WNOHANG loop; each child serves one request, then
-# holds its connection until the client closes it.
+# socket (RD202); "fixed": the child closes it; "leak": the child closes it,
+# but the parent keeps every accepted socket (RD201). Otherwise the parent
+# closes conn. It reaps in a WNOHANG loop in a SIGCHLD handler; each child
+# serves one request, then holds its connection until the client closes it.
 PER_CONNECTION_SERVER = r"""
 import os, signal, socket, sys
 variant = sys.argv[1]
@@ -94,6 +97,7 @@ signal.signal(signal.SIGCHLD, reap)
 ls = socket.create_server(("127.0.0.1", 0), backlog=64)
 print("ready", flush=True)
 print(ls.getsockname()[1], flush=True)
+leaked = []
 while True:
     try:
         conn, _ = ls.accept()
@@ -101,7 +105,7 @@ while True:
         continue
     if os.fork() == 0:
         try:
-            if variant == "fixed":
+            if variant != "inherit":
                 ls.close()
             conn.recv(4096)
             conn.sendall(RESPONSE)
@@ -109,7 +113,10 @@ while True:
             conn.close()
         finally:
             os._exit(0)
-    conn.close()
+    if variant == "leak":
+        leaked.append(conn)                # BUG: never conn.close()
+    else:
+        conn.close()
 """.replace("RESPONSE", RESPONSE)
 
 # Pre-fork: three workers accept on the shared listener by design.
@@ -198,8 +205,10 @@ def test_rd201_parent_never_closes_accepted_sockets(spawner):
     assert ev["close_wait_by_port"] == {str(port): ev["close_wait"]}
     assert ev["oldest_fd"] == min(ev["fds"]) and ev["oldest_by"] == "lowest fd"
     # It forks (its last child may still wait to be reaped): the advice is
-    # about the parent's copy.
-    assert ev["forks"] in ("children in its tree", "children it has reaped")
+    # about the parent's copy. No request came during the scan, so reaped
+    # children alone might be a wrapper's, from before exec().
+    assert ev["forks"] in ("children in its tree", "children reaped, maybe before exec")
+    assert "by a wrapper" in rd201["message"] or ev["forks"] == "children in its tree"
     assert "close the parent's copy right after fork()" in rd201["message"]
     assert "client_connection" not in rd201["message"]
     fds = doc["targets"][0]["fds"]
@@ -252,6 +261,55 @@ def test_rd401_at_the_descriptor_limit_points_at_the_leak(spawner):
     assert "EMFILE" in message and "RD301" in message
     assert "concurrently" not in message
     assert "RD301" in codes_of(doc)
+
+
+def test_rd201_reaped_children_before_exec_are_not_proof_of_forking(spawner):
+    """stat cminflt (faults of reaped children) survives exec(): a server
+    that never forks, started by a shell that ran a command first, has it.
+    The advice says what that does and does not prove."""
+    proc = subprocess.Popen(["/bin/sh", "-c", '/bin/true; exec "$0" -c "$1" 0',
+                             sys.executable, SINGLE_PROCESS_LEAK],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    spawner.started.append(proc)
+    assert proc.stdout.readline().strip() == "ready"
+    port = int(proc.stdout.readline())
+    base = open_fds(proc.pid)
+    for _ in range(3):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    wait_until(lambda: open_fds(proc.pid) >= base + 3, what="3 accepted sockets")
+    code, doc = run_json("scan", str(proc.pid), "--grace", "0.3")
+    rd201 = only(findings_of(doc), "RD201")
+    assert rd201["evidence"]["forks"] == "children reaped, maybe before exec"
+    assert "or by a wrapper that ran commands before exec()ing it" in rd201["message"]
+    assert "if it serves connections itself, close each one" in rd201["message"]
+
+
+def test_rd201_children_reaped_during_the_scan_or_a_handler_prove_forking(spawner):
+    from reaper_doctor.commands.scan import scan
+
+    proc, port = start_server(spawner, PER_CONNECTION_SERVER, "leak")
+    children = f"/proc/{proc.pid}/task/{proc.pid}/children"
+    for _ in range(3):
+        assert http_request(port) == b"ok\n"
+    wait_until(lambda: not open(children).read().split(), what="the children reaped")
+    # Idle: no child now, none reaped during the scan; but a SIGCHLD
+    # handler, which exec() resets, is this program's own.
+    rd201 = only(findings_of(run_json("scan", str(proc.pid), "--grace", "0.3")[1]), "RD201")
+    assert rd201["evidence"]["forks"] == "children reaped, SIGCHLD caught"
+    assert "it catches SIGCHLD and children were reaped in it, so it forks" in rd201["message"]
+    requested: list[bool] = []
+
+    def request_then_sleep(seconds: float) -> None:
+        if not requested:   # after the first sample: one child, forked and reaped
+            requested.append(True)
+            assert http_request(port) == b"ok\n"
+            wait_until(lambda: not open(children).read().split(), what="the child reaped")
+        time.sleep(seconds)
+
+    report = scan([proc.pid], grace_s=0.3, sleep=request_then_sleep)
+    (rd201,) = [f for f in report.targets[0].findings if f.code == "RD201"]
+    assert rd201.evidence["forks"] == "children reaped during the scan"
+    assert "it reaped children during the scan, so it forks" in rd201.message
 
 
 def test_rd201_after_shutdown_although_ss_and_psutil_see_nothing(spawner):

@@ -13,6 +13,7 @@ import time
 import pytest
 from click.testing import CliRunner
 from helpers import (
+    OTHER_UID,
     as_nobody,
     cli_argv,
     live_children,
@@ -354,10 +355,11 @@ def test_unprivileged_scan_of_a_root_process_is_partial_not_an_error(spawner):
     assert target["sigchld"] == "default"   # status masks are readable by anyone
 
 
-# Drops to nobody, then leaves two zombies: exit 3 and exit 0.
-NOBODY_ZOMBIE_PARENT = r"""
-import os, time
-os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+# Drops to UID and GID argv[1], then leaves two zombies: exit 3 and exit 0.
+OTHER_USERS_ZOMBIE_PARENT = r"""
+import os, sys, time
+uid = int(sys.argv[1])
+os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)
 for code in (3, 0):
     if os.fork() == 0:
         os._exit(code)
@@ -372,7 +374,7 @@ def test_exit_status_of_another_users_zombie_is_hidden_without_cap_sys_ptrace(sp
     """/proc/PID/stat shows 0 as the exit status to a reader that may not
     ptrace-read the zombie, root included when it lacks CAP_SYS_PTRACE:
     that 0 is unknown, not "exit 0"."""
-    parent = spawner.python(NOBODY_ZOMBIE_PARENT)
+    parent = spawner.python(OTHER_USERS_ZOMBIE_PARENT, str(OTHER_UID))
     wait_until(lambda: len(zombie_children(parent.pid)) == 2, what="2 zombies")
     no_ptrace = ["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"]
     scan = [*cli_argv(), "scan", str(parent.pid), "--grace", "0"]

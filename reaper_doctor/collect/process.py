@@ -119,7 +119,7 @@ def read_process(pid: int, ctx: SampleContext, brief: TaskBrief | None,
     # Positional, in field order: half the cost of keywords, once per process.
     return ProcessInfo(pid, st.ppid, st.comm, st.state, st.start_ticks, age, st.threads,
                        uid, cmdline, num_fds, exit_status, sigchld, pending,
-                       bool(st.flags & procfs.PF_KTHREAD), st.child_faults > 0, *ns)
+                       bool(st.flags & procfs.PF_KTHREAD), st.child_faults, *ns)
 
 
 def _sigchld(pid: int, ctx: SampleContext, threads: int,

@@ -23,6 +23,11 @@ from .findings import MAX_EVIDENCE_PIDS, finding
 # that forks (it hands connections to children and should keep none) -- is
 # the leak. One could be a handler still busy with a client that half-closed.
 CLOSE_WAIT_MIN = 2
+# RD201's evidence that the process forks (`forks`), strongest first.
+FORKS_IN_TREE = "children in its tree"
+FORKS_REAPED_NOW = "children reaped during the scan"
+FORKS_HANDLER = "children reaped, SIGCHLD caught"
+FORKS_REAPED_SOMETIME = "children reaped, maybe before exec"
 # Accepted sockets shut down (TCP CLOSE, in no table) but still open: a
 # listening process may briefly hold a few closed sockets (an outgoing
 # connection reset by its peer, a pool); ten that persist is a leak.
@@ -121,28 +126,43 @@ def _close_wait_finding(info: ProcessInfo, waiting: list[SocketFd],
                         shut_down_fds=[fd for fd, _ in closed][:MAX_EVIDENCE_PIDS])
     # The advice fits what the process does: a forking server hands each
     # connection to a child and must close its own copy; a process that
-    # never forked serves the connection itself and never closes it. Having
-    # waited for children proves less: a wrapper that ran commands before
-    # exec()ing the server leaves the same trace (stat cminflt survives exec).
-    if info.pid in later.parent_pids or info.pid in earlier.parent_pids:
-        forks = "children in its tree"
-    elif info.has_reaped_children:
-        forks = "children it has reaped"
-    else:
-        forks = None
+    # never forked serves the connection itself and never closes it.
+    forks = _forks(info, earlier, later)
     evidence["forks"] = forks
     held = f"PID {info.pid} ({info.name}) holds " + " and ".join(parts)
-    if forks == "children in its tree":
+    either = ("if it forks per connection, close the parent's copy right after fork(); "
+              "if it serves connections itself, close each one when its request is done")
+    if forks == FORKS_IN_TREE:
         advice = ("it forks and keeps its own copy of each connection it hands to a child; "
                   "close the parent's copy right after fork()")
+    elif forks == FORKS_REAPED_NOW:
+        advice = f"it reaped children during the scan, so it forks: {either}"
+    elif forks == FORKS_HANDLER:
+        advice = f"it catches SIGCHLD and children were reaped in it, so it forks: {either}"
     elif forks:
-        advice = ("it has reaped children, so it may fork per connection: if so, close the "
-                  "parent's copy right after fork(); if it serves connections itself, close "
-                  "each one when its request is done")
+        advice = ("children were reaped in this process (by it, or by a wrapper that ran "
+                  f"commands before exec()ing it): {either}")
     else:
         advice = ("it shows no sign of forking (no child in its tree, none ever waited for): "
                   "close each accepted socket when its request is done")
     return finding("RD201", info.pid, f"{held}: {advice}", **evidence)
+
+
+def _forks(info: ProcessInfo, earlier: Snapshot, later: Snapshot) -> str | None:
+    """The evidence that `info` forks, strongest first. Children in the
+    tree prove it; so does stat cminflt (faults of reaped children) rising
+    between the samples. cminflt > 0 alone does not: it survives exec(),
+    so a wrapper's reaped commands count as well; with a SIGCHLD handler,
+    which exec() resets, this program itself expects children."""
+    if info.pid in later.parent_pids or info.pid in earlier.parent_pids:
+        return FORKS_IN_TREE
+    if not info.child_faults:
+        return None
+    was = earlier.processes.get(info.pid)
+    if was is not None and was.identity == info.identity and \
+            info.child_faults > was.child_faults:
+        return FORKS_REAPED_NOW
+    return FORKS_HANDLER if info.sigchld == "caught" else FORKS_REAPED_SOMETIME
 
 
 def inherited_listener_findings(earlier: Snapshot, later: Snapshot) -> Iterable[Finding]:

@@ -61,7 +61,10 @@ class ProcessInfo(NamedTuple):
     sigchld: str | None = None         # "default" | "caught" | "ignored" | "blocked"; None: unread
     sigchld_pending: bool = False      # SIGCHLD pending process-wide (ShdPnd)
     is_kernel_thread: bool = False     # PF_KTHREAD: no descriptors, no ulimit -n
-    has_reaped_children: bool = False  # it forked and waited for a child (stat cminflt > 0)
+    # stat cminflt: page faults of the children waited for in this process,
+    # > 0 once one was. It survives exec(): a wrapper that ran commands and
+    # then exec()ed the program leaves it too.
+    child_faults: int = 0
     # PID namespace and container. A zombie has its parent's namespace and
     # container, and ns_pid only where the parent is in a namespace below ours.
     pid_ns: int | None = None          # inode of /proc/PID/ns/pid; None: not read
