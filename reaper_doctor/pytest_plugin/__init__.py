@@ -12,7 +12,8 @@ nothing runs between two tests. It reports what each test left behind:
   options    the command-line options and ini keys, read into Settings
   checker    the per-test check: the fast path (one fstat, one waitid), the
              full before/after comparison when a cheap signal changed, the
-             grace wait, the fixtures broader than the test
+             grace wait
+  fixtures   what the fixtures broader than the test own
   diff       the comparison itself, pure
   findings   what was found, described: kinds, origins, pipe ends, blame
   origins    where each descriptor and child was made (wrapped functions)
@@ -74,11 +75,10 @@ def pytest_configure(config: pytest.Config) -> None:
             ReaperDoctorWarning("reaper-doctor: no /proc here; the leak check is off"),
             stacklevel=2)
         return
-    from .checker import LeakChecker, SetupEnd
+    from .checker import LeakChecker
 
-    checker = LeakChecker(chosen, str(config.rootpath))
-    config.pluginmanager.register(checker, "reaper-doctor-checker")
-    config.pluginmanager.register(SetupEnd(checker), "reaper-doctor-setup-end")
+    config.pluginmanager.register(LeakChecker(chosen, str(config.rootpath)),
+                                  "reaper-doctor-checker")
 
 
 def __getattr__(name: str) -> Any:

@@ -29,7 +29,8 @@ import pytest
 from ..collect import adopted, own
 from . import ReaperDoctorWarning
 from .diff import CHECKS, ChildKey, FdKey, Key, Leaks, Sample, child_keys, diff, fd_keys
-from .findings import Findings, fixture_label
+from .findings import Findings
+from .fixtures import Setup, broader_fixturedefs, fixture_label, own_setups
 from .options import Settings, parse_checks
 from .origins import Event, Origin, Recorder
 from .report import MARKER, Entry, block
@@ -49,18 +50,6 @@ _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 def _boot_ticks() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME) * _TICKS_PER_S
-
-
-class SetupEnd:
-    """The end of a test's setup, where the last fixture's setup ends: a
-    second plugin object, since the checker's own setup hook runs first."""
-
-    def __init__(self, checker: LeakChecker) -> None:
-        self.checker = checker
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        self.checker._close_interval()
 
 
 class LeakCheck:
@@ -124,10 +113,10 @@ class LeakChecker(Findings, Summary):
         self.argv: tuple[str, ...] | None = None
         self.fixture_codes: dict[Any, str] = {}   # broader fixtures' code -> label
         self._owned_keys: set[Key] | None = None   # owned and kept, all together
-        self._interval: tuple[Any, set[Key]] | None = None   # a broader fixture's setup
+        self._setups: list[Setup] = []   # broader fixtures' setups under way
         self.allowed: dict[str, frozenset[str]] = {}   # node id -> what its marker allows
         self.bad_markers: dict[str, str] = {}           # node id -> what is wrong with it
-        self.results: dict[str, tuple[LeakCheck, str, bool]] = {}
+        self.result: tuple[LeakCheck, str, bool] | None = None
         self.recorder: Recorder | None = None
         if settings.origins:
             self.recorder = Recorder(self._last_pid, audit=settings.origins == "audit")
@@ -248,9 +237,13 @@ class LeakChecker(Findings, Summary):
     # -- hooks ---------------------------------------------------------------
 
     @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        # Once, not per test: what each marked test may leak. A bad marker
-        # fails the test's setup through a fixture of the plugin's.
+    def pytest_collection_modifyitems(self, session: pytest.Session,
+                                      items: list[pytest.Item]) -> None:
+        # Once, not per test: the broader fixtures own what they make; what
+        # each marked test may leak. A bad marker fails the test's setup
+        # through a fixture of the plugin's.
+        for fixturedef in broader_fixturedefs(items, session):
+            own_setups(self, fixturedef)
         for item in items:
             marker = item.get_closest_marker(MARKER)
             if marker is None:
@@ -286,38 +279,34 @@ class LeakChecker(Findings, Summary):
         if self.recorder is not None:
             # What it records from now on is this test's (the next item is
             # known but for the last test of a run, or of an xdist batch).
-            self.recorder.test = item.nodeid if item is not None else ""
+            self.recorder.test = item if item is not None else ""
         try:
             check.before = after if after is not None else self.sample()
         except Exception as e:  # never raised into the suite: reported on its test
             check.error = f"{type(e).__name__}: {e}"
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> None:
-        # A fixture broader than the test keeps its resources past this
-        # test's teardown on purpose: note what its setup makes, from here
-        # to the next fixture's setup or the end of the test's setup. (Fixtures are set
-        # up one after the other, each once its own fixtures are; a plain
-        # hook costs less than a wrapper around every fixture of every test.)
-        self._close_interval()
-        check = self.current
-        if check is None or check.before is None or fixturedef.scope == "function":
-            return None
-        try:
-            self._interval = (fixturedef, self._keys(self.sample(keep=False)))
-        except Exception:
-            pass
-        return None
+    # -- fixtures broader than the test (fixtures.py) ---------------------------
 
-    def _close_interval(self) -> None:
-        if self._interval is None:
-            return
-        fixturedef, before = self._interval
-        self._interval = None
+    def open_setup(self) -> Setup:
         try:
-            made = self._keys(self.sample(keep=False)) - before
+            before: set[Key] | None = self._keys(self.sample(keep=False))
+        except Exception:
+            before = None
+        setup = Setup(before)
+        self._setups.append(setup)
+        return setup
+
+    def close_setup(self, fixturedef: Any, setup: Setup) -> None:
+        self._setups.remove(setup)
+        if setup.before is None:
+            return
+        try:
+            made = self._keys(self.sample(keep=False)) - setup.before
         except Exception:
             return
+        if self._setups:
+            self._setups[-1].nested |= made   # the enclosing setup's are not these
+        made -= setup.nested
         name, keys = self.owned.get(id(fixturedef), (fixture_label(fixturedef), set()))
         code = getattr(getattr(fixturedef, "func", None), "__code__", None)
         if code is not None:
@@ -326,14 +315,15 @@ class LeakChecker(Findings, Summary):
         self._owned_keys = None
         self._remember_origins(made)
 
-    @pytest.hookimpl
-    def pytest_fixture_post_finalizer(self, fixturedef: Any, request: Any) -> None:
+    def released(self, fixturedef: Any) -> None:
+        """A broader fixture was finalized: what it owned must be gone by the
+        end of this test."""
         owned = self.owned.pop(id(fixturedef), None)
         if owned is None:
             return
         self._owned_keys = None
         if self.current is not None:
-            self.current.released |= owned[1]  # they must be gone by the end of this test
+            self.current.released |= owned[1]
             self.current.released_by.append(owned)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -341,7 +331,6 @@ class LeakChecker(Findings, Summary):
                                 ) -> Generator[None, None, None]:
         # tryfirst: the outermost wrapper, so this runs after every fixture
         # finalizer and every other plugin's teardown.
-        self._close_interval()   # the setup failed before its end
         try:
             result = yield
         except BaseException:
@@ -356,11 +345,12 @@ class LeakChecker(Findings, Summary):
         self.current = None
         if check is None or os.getpid() != self.pid:
             return  # a forked child running pytest code: not the process we watch
-        nodeid = item.nodeid
-        if self.allowed:
+        if self.allowed or self.bad_markers:
+            # (A node id is built anew on each access: only when needed.)
+            nodeid = item.nodeid
             check.checks = check.checks - self.allowed.get(nodeid, frozenset())
-        if nodeid in self.bad_markers:
-            check.checks = frozenset()
+            if nodeid in self.bad_markers:
+                check.checks = frozenset()
         events: list[Event] = []
         if self.recorder is not None:
             events = self.recorder.take()
@@ -374,19 +364,20 @@ class LeakChecker(Findings, Summary):
             elif not check.checks:
                 after = self.sample()   # what it was allowed to leave is the next one's before
             elif check.before is None:
-                text = block(nodeid, [Entry("check-error", f"before the test: {check.error}")])
+                text = block(item.nodeid, [Entry("check-error",
+                                                 f"before the test: {check.error}")])
             else:
                 text, fails = self._check(check, item, events, full=same is None)
                 after = self.last
         except Exception as e:  # never raised into the suite: reported on this test
-            text = block(nodeid, [Entry("check-error",
-                                        f"after the test: {type(e).__name__}: {e}")])
+            text = block(item.nodeid, [Entry("check-error",
+                                             f"after the test: {type(e).__name__}: {e}")])
             fails = False
         if self.pending_notes:
             self.session_notes += self.pending_notes
             self.pending_notes = []
         if check.checks:
-            self.results[nodeid] = (check, text, fails)
+            self.result = (check, text, fails)   # for its teardown report, next
         self._begin(nextitem, after)
         if not text:
             return

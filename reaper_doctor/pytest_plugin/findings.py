@@ -17,15 +17,13 @@ import pytest
 
 from ..collect import own
 from .diff import FdKey, Key, Leaks
+from .fixtures import fixture_label
 from .origins import Event, Origin, match_children, match_fds, user_places
 from .report import Entry, describe_child, describe_fd, describe_zombie, fd_kind
 
 if TYPE_CHECKING:
     from ..parse.procfs import StatLine
     from .checker import LeakCheck, LeakChecker
-
-_SETUP_CLASS = "_unittest_setUpClass_fixture_"
-
 
 class Findings:
     """The describing half of LeakChecker."""
@@ -278,13 +276,6 @@ class Findings:
             info = self.process.describe_process(self.pid)
             argv = self.argv = tuple(info.cmdline) if info is not None and info.cmdline else ()
         return argv
-
-
-def fixture_label(fixturedef: Any) -> str:
-    name = fixturedef.argname
-    if name.startswith(_SETUP_CLASS):
-        return f"setUpClass of {name[len(_SETUP_CLASS):]}"
-    return f"fixture '{name}' ({fixturedef.scope} scope)"
 
 
 def _test_code(item: pytest.Item) -> Any:

@@ -84,7 +84,7 @@ class Recorder:
         self.active = False
         self.busy = False          # our own reads raise events too
         self.seq = 0
-        self.test: str | None = None
+        self.test: Any = None    # the item running (or its node id; None: between tests)
         self.events: list[Event] = []
         # Spawns are few and a grandchild may come home tests later.
         self.spawns: deque[Event] = deque(maxlen=256)
@@ -236,7 +236,10 @@ class Recorder:
             frames.append((frame.f_code, frame.f_lasti))
             frame = frame.f_back
         self.seq += 1
-        event = Event(kind, self.seq, self.test or _current_test(), tuple(frames), **fields)
+        test = self.test
+        if not isinstance(test, str):
+            test = test.nodeid   # the item (its node id is built on each access)
+        event = Event(kind, self.seq, test or _current_test(), tuple(frames), **fields)
         self.events.append(event)
         if kind in SPAWNS:
             self.spawns.append(event)

@@ -35,7 +35,9 @@ class Summary:
                 check.failed = check.failed or report.failed
                 check.ran = check.ran or report.when == "call"
             return
-        result = self.results.pop(report.nodeid, None)
+        # The test just checked: its teardown report comes right after its
+        # teardown hook.
+        result, self.result = self.result, None
         if result is None:
             return
         check, text, fails = result
