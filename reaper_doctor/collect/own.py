@@ -1,5 +1,5 @@
 """This process, cheaply: its descriptor count, its descriptors' keys and
-links, whether it has any child. The pytest plugin reads these after every
+links, whether it has any child, the PID counter. The pytest plugin reads these after every
 test, so this module imports nothing beyond os and the door to /proc."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
+from ..parse.loadavg import parse_loadavg_last_pid
 from . import proc
 
 
@@ -97,3 +98,13 @@ def has_children() -> bool:
     except OSError:
         return True  # cannot tell (EINVAL on an odd kernel): assume some, look
     return True
+
+
+def last_pid() -> int | None:
+    """The PID most recently allocated in our PID namespace (/proc/loadavg):
+    every process created after a reading of it has a PID above it, until
+    the PID counter wraps at pid_max."""
+    try:
+        return parse_loadavg_last_pid(proc.read_text(f"{proc.ROOT}/loadavg"))
+    except (OSError, ValueError, IndexError):
+        return None

@@ -16,7 +16,7 @@ from ..model.snapshot import HolderLook
 from ..parse import containers, procfs
 from . import proc
 from .cache import ProcessCache
-from .own import has_children  # noqa: F401  (re-exported)
+from .own import has_children, last_pid  # noqa: F401  (re-exported)
 from .proc import (
     ProcessGone,
     check_gone,
@@ -389,16 +389,6 @@ def _tree_from_table(target: int) -> ProcessTree:
         elif pid == target:
             raise ProcessGone(target)
     return ProcessTree(order=order, stats=stats, table=table, statuses={})
-
-
-def last_pid() -> int | None:
-    """The PID most recently allocated in our PID namespace (/proc/loadavg):
-    every process created after a reading of it has a PID above it, until
-    the PID counter wraps at pid_max."""
-    try:
-        return procfs.parse_loadavg_last_pid(read_text(f"{proc.ROOT}/loadavg"))
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def pids_since(last: int | None, now: int | None, pid_max: int,

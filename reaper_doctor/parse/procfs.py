@@ -12,6 +12,7 @@ import signal
 from typing import Iterator, NamedTuple
 
 from ..model.kernel import TCP_STATES, ExitStatus, SocketRow, UnixSocketRow
+from .loadavg import parse_loadavg_last_pid  # noqa: F401  (re-exported)
 
 SIGCHLD_BIT = 1 << (signal.SIGCHLD - 1)  # 0x10000: signal N is bit N-1
 
@@ -420,10 +421,3 @@ def parse_unix_table(text: str) -> Iterator[UnixSocketRow]:
 def parse_children(text: str) -> list[int]:
     """/proc/<pid>/task/<tid>/children: space-separated PIDs (CONFIG_PROC_CHILDREN)."""
     return [int(p) for p in text.split()]
-
-
-def parse_loadavg_last_pid(text: str) -> int | None:
-    """The last field of /proc/loadavg: the PID most recently allocated in
-    the reader's PID namespace ("0.20 0.18 0.12 1/80 11206")."""
-    parts = text.split()
-    return int(parts[4]) if len(parts) >= 5 and parts[4].isdigit() else None

@@ -119,7 +119,7 @@ class LeakChecker(Findings, Summary):
         self.result: tuple[LeakCheck, str, bool] | None = None
         self.recorder: Recorder | None = None
         if settings.origins:
-            self.recorder = Recorder(self._last_pid, audit=settings.origins == "audit")
+            self.recorder = Recorder(own.last_pid, audit=settings.origins == "audit")
             self.recorder.start()
 
     # -- what describing needs, loaded late ------------------------------------
@@ -155,9 +155,6 @@ class LeakChecker(Findings, Summary):
     def library(self) -> Library:
         return self.describers.library
 
-    def _last_pid(self) -> int | None:
-        return self.tasks.last_pid()
-
     # -- sampling ------------------------------------------------------------
 
     def sample(self, *, full: bool = False, keep: bool = True,
@@ -186,7 +183,7 @@ class LeakChecker(Findings, Summary):
 
     def _children(self, pid: int) -> tuple[dict[int, StatLine], int | None]:
         if not own.has_children():
-            return {}, self.tasks.last_pid() if self.children_file is False else None
+            return {}, own.last_pid() if self.children_file is False else None
         if self.children_file is not False:
             pids = self.tasks.task_children(pid)
             self.children_file = pids is not None
@@ -194,7 +191,7 @@ class LeakChecker(Findings, Summary):
                 return self.tasks.child_stats(pid, pids), None
         # No children file (CONFIG_PROC_CHILDREN off). Read the PID counter
         # first: any process created after it has a larger PID (modulo wrap).
-        last = self.tasks.last_pid()
+        last = own.last_pid()
         candidates: Iterable[int] | None = None
         previous = self.last
         if previous is not None and previous.last_pid is not None and last is not None:

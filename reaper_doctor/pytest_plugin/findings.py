@@ -44,7 +44,11 @@ class Findings:
         if events is None:
             events = self.recorder.events
         fds = {fd: key for kind, fd, key in keys if kind == "fd"}
-        wanted = self._links(k for k in fds if ("fd", k, fds[k]) not in self.origins)
+        unknown = [k for k in fds if ("fd", k, fds[k]) not in self.origins]
+        if any(e.path is not None for e in events):
+            wanted = self._links(unknown)   # the audit hook's opens: matched by path
+        else:
+            wanted = dict.fromkeys(unknown, "")   # events that name their descriptors
         for fd, origin in match_fds(events, wanted).items():
             self.origins[("fd", fd, fds[fd])] = origin
 
