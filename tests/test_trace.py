@@ -284,6 +284,35 @@ def test_wnohang_loop_parent_leaves_no_zombie(spawner, trace_cli):
     assert not instance.exists()
 
 
+# Forks a child every 2 ms, each exiting 5 ms later, and never reaps: every
+# exit leaves a zombie that /proc shows, so none is missed. At most argv[1].
+CHURN = r"""
+import os, sys, time
+print("ready", flush=True)
+for _ in range(int(sys.argv[1])):
+    if os.fork() == 0:
+        time.sleep(0.005)
+        os._exit(0)
+    time.sleep(0.002)
+time.sleep(60)
+"""
+
+
+@needs_root
+def test_children_seen_to_exit_never_outnumber_the_signals(spawner, trace_cli):
+    """/proc is looked at only while the tracepoints count, and the counts
+    are read after each look, so every exit seen was traced: children exited
+    (a lower bound) <= SIGCHLD generated, with children exiting throughout,
+    as the trace starts and as it ends."""
+    target = spawner.python(CHURN, "1500")
+    for _ in range(2):
+        cli, instance = trace_cli(str(target.pid), "--duration", "0.5", "--json")
+        _, doc, _ = _finish(cli)
+        assert doc["children_exited"] > 0 and doc["generated"] > 0
+        assert doc["children_exited"] <= doc["generated"], doc
+        assert not instance.exists()
+
+
 @needs_root
 def test_text_output_and_interval_lines(spawner, trace_cli):
     target = _target(spawner, "once", 16)

@@ -82,13 +82,18 @@ def run_trace(pid: int, signum: int = signal.SIGCHLD, *, duration_s: float | Non
               clock: Callable[[], float] = time.monotonic) -> TraceResult:
     """Trace `signum` for `pid` until `duration_s` (None: until Ctrl-C or the
     target exits). Raises tracefs.TracefsError before anything starts."""
-    watch = ChildWatch(pid, clock)
-    if not watch.poll():
+    # The children are looked at only while the tracepoints count, and the
+    # counts read after each look: every exit the watch counts was traced,
+    # so children_exited <= generated (missed children only widen the gap).
+    if not target_alive(pid):
         raise TraceTargetGone(f"no process with PID {pid}")
+    watch = ChildWatch(pid, clock)
     disposition = disposition_of(pid, signum)
     samples: list[TraceSample] = []
     ended = "duration"
     with sigterm_ends_trace(), SignalTrace(pid, signum, tracefs=tracefs) as tr:
+        if not watch.poll():
+            raise TraceTargetGone(f"no process with PID {pid}")
         instance = str(tr.instance)
         t0 = clock()
         last_t, last_exited = t0, watch.exited
@@ -113,9 +118,10 @@ def run_trace(pid: int, signum: int = signal.SIGCHLD, *, duration_s: float | Non
                     break
                 wake = min(next_sample, now + TICK_S, end if end is not None else now + TICK_S)
                 time.sleep(max(0.0, wake - now))  # the tick of a sampler, not a wait
+                alive = watch.poll()
                 tr.read()
                 now = clock()
-                if not watch.poll():
+                if not alive:
                     ended = "target-exited"
                     if on_target_exit is not None:
                         on_target_exit(now - t0)
@@ -126,10 +132,10 @@ def run_trace(pid: int, signum: int = signal.SIGCHLD, *, duration_s: float | Non
         except KeyboardInterrupt:
             ended = "interrupted"
         end_t = clock()
-        tr.read()
         if ended != "target-exited":
             watch.poll()
             disposition = disposition_of(pid, signum) or disposition
+        tr.read()
         if end_t - last_t > 0.05 or not samples:
             sample(end_t)
         totals = tr.totals

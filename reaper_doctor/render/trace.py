@@ -73,7 +73,8 @@ def render_text(r: TraceResult, *, color: bool = False, width: int = DEFAULT_WID
         persisting = ("" if r.zombies_persisting == r.zombies_left else
                       f"; {r.zombies_persisting} of them for {r.grace_s:g} s or more")
         rows += [("children exited", r.children_exited,
-                  "at least: seen in /proc (one born and reaped between two looks is missed)"),
+                  "at least: seen in /proc while traced (one born and reaped between two "
+                  "looks is missed), so never more than generated"),
                  ("zombies left", r.zombies_left,
                   f"at the end ({r.zombies_before} before the trace){persisting}")]
     ended = {"duration": "duration reached", "interrupted": "interrupted",
