@@ -704,6 +704,10 @@ def test_a_first_use_module_cache_is_not_reported_but_growth_is(run, pytester):
                 proc.stdin.close()
                 proc.wait()
     """)
+    pytester.makeini("""
+        [pytest]
+        reaper_doctor_first_use = true
+    """)
     pytester.makeconftest("""
         import helper, pytest
 
@@ -741,6 +745,50 @@ def test_a_first_use_module_cache_is_not_reported_but_growth_is(run, pytester):
         "*reaper-doctor: 4 tests checked, 1 leaked*",
         "  kept from first use in *::test_first_use: pid * python*, made at helper.py:7",
     ])
+
+
+HELPER_PIPE = """
+    import os
+
+    KEPT = []
+
+    def read_end():
+        read, write = os.pipe()
+        os.close(write)
+        KEPT.append(read)
+        return read
+"""
+
+
+@pytest.mark.parametrize("first_use", [False, True])
+def test_a_helper_leaking_a_pipe_on_each_call_is_reported(run, pytester, first_use):
+    """Off (the default), the first-use baseline hides nothing: a helper
+    that leaks a pipe on its first call is reported there. On, the first
+    is kept as a cache and the same line making another is reported."""
+    pytester.makepyfile(helper=HELPER_PIPE)
+    pytester.makepyfile("""
+        import helper
+
+        def test_one():
+            helper.read_end()
+
+        def test_two():
+            helper.read_end()
+    """)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0", "-p", "no:randomly",
+                 "-o", f"reaper_doctor_first_use={str(first_use).lower()}")
+    out = result.stdout.str()
+    assert "ERROR at teardown of test_two" in out
+    assert "made at helper.py:6 in read_end" in out
+    if first_use:
+        result.assert_outcomes(passed=2, errors=1)
+        assert "ERROR at teardown of test_one" not in out
+        result.stdout.fnmatch_lines(["  kept from first use in *::test_one: pipe:* "
+                                     "made at helper.py:6"])
+    else:
+        result.assert_outcomes(passed=2, errors=2)
+        assert "ERROR at teardown of test_one" in out
+        assert "kept from first use" not in out
 
 
 def test_adopted_and_ini_allowed_resources_are_not_reported(run, pytester):

@@ -43,9 +43,10 @@ def add_options(parser: pytest.Parser) -> None:
                        "text (pipe:[*], socket:[*] ...).")
     parser.addini("reaper_doctor_allow_commands", type="linelist", default=[],
                   help="children kept on purpose: glob patterns on their command line.")
-    parser.addini("reaper_doctor_first_use", type="bool", default=True,
+    parser.addini("reaper_doctor_first_use", type="bool", default=False,
                   help="a resource a helper makes on first use is a cache, reported only "
-                       "when the same line makes another (default true).")
+                       "when the same line makes another (default false: a leak made "
+                       "once would go unseen).")
     parser.addini("reaper_doctor_origins", default="true",
                   help="record where descriptors and children are made: true (default), "
                        "false, or audit (also Python's audit hook; slower).")
@@ -58,7 +59,7 @@ class Settings:
     grace_s: float
     allow_paths: tuple[str, ...] = ()
     allow_commands: tuple[str, ...] = ()
-    first_use: bool = True
+    first_use: bool = False
     origins: bool | str = True    # False, True (wrappers) or "audit" (and the audit hook)
 
 
