@@ -409,6 +409,52 @@ def test_broader_fixtures_own_their_resources_until_finalized(run, pytester):
                                  "*reaper-doctor: 3 tests checked, 1 leaked*"])
 
 
+def test_a_broader_fixture_owns_only_what_its_own_setup_makes(run, pytester):
+    """Setups nest: a module fixture's session-scoped dependency, asked for
+    only with getfixturevalue() (in no test's closure), is set up inside it. The session fixture's
+    pipe, open until the session ends, is
+    not the module fixture's; the module fixture's own pipe, left open by
+    its finalizer, is reported on the test whose teardown finalized it."""
+    pytester.makeconftest("""
+        import os, pytest
+
+        @pytest.fixture(scope="session")
+        def pool():
+            read, write = os.pipe()
+            yield read
+            os.close(read)
+            os.close(write)
+    """)
+    pytester.makepyfile(test_nested="""
+        import os, pytest
+
+        KEPT = []
+
+        @pytest.fixture(scope="module")
+        def conn(request):
+            request.getfixturevalue("pool")
+            KEPT.append(os.pipe())
+            yield
+
+        def test_a(conn):
+            pass
+
+        def test_b(conn):
+            pass
+    """, test_z_later="""
+        def test_c(request):
+            request.getfixturevalue("pool")
+    """)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0", "-p", "no:randomly")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_b*",
+                                 "*test_b leaked 2 descriptors",
+                                 "  left by fixture 'conn' (module scope), finalized in this "
+                                 "test's teardown",
+                                 "*made at test_nested.py:8 in conn*"])
+    assert "fixture 'pool'" not in result.stdout.str()
+
+
 def test_failing_test_that_leaks_fails_once_with_the_leak_as_a_section(run, pytester):
     pytester.makepyfile("""
         import os

@@ -40,7 +40,10 @@ def broader_fixturedefs(items: Iterable[Any], session: Any) -> list[Any]:
         info = getattr(item, "_fixtureinfo", None)
         groups += (getattr(info, "name2fixturedefs", None) or {}).values()
     manager = getattr(session, "_fixturemanager", None)
-    groups += (getattr(manager, "_arg2fixturedefs", None) or {}).values()
+    # pytest 8: {name: [FixtureDef]}; pytest 9: {name: {node: [FixtureDef]}}.
+    for table in ("_arg2fixturedefs", "_arg2node2fixturedefs", "_arg2nodeid2fixturedefs"):
+        for value in (getattr(manager, table, None) or {}).values():
+            groups += value.values() if isinstance(value, dict) else [value]
     for defs in groups:
         for fixturedef in defs:
             if getattr(fixturedef, "scope", "function") != "function":
