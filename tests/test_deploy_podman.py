@@ -178,9 +178,20 @@ def test_the_systemd_unit_runs_under_systemd(tmp_path, host_root) -> None:
         def inside(*argv: str) -> subprocess.CompletedProcess:
             return podman("exec", name, *argv, timeout_s=120)
 
-        wait_until(lambda: inside("systemctl", "is-system-running").stdout.strip()
-                   in ("running", "degraded"), timeout_s=60, interval_s=0.5,
-                   what="systemd to boot")
+        state = [""]
+
+        def booted() -> bool:
+            state[0] = inside("systemctl", "is-system-running").stdout.strip()
+            return state[0] in ("running", "degraded")
+
+        try:
+            wait_until(booted, timeout_s=60, interval_s=0.5, what="systemd to boot")
+        except AssertionError:
+            # The unit is not at fault: systemd itself did not come up in a
+            # container here (seen in a chroot: it stays "starting").
+            jobs = inside("systemctl", "list-jobs", "--no-legend").stdout.strip()
+            pytest.skip(f"systemd did not boot in a container here within 60 s "
+                        f"(is-system-running: {state[0] or 'no answer'}; jobs: {jobs[:200]})")
         installed = inside("sh", "-c", "install -m 755 /mnt/test/reaper-doctor /usr/local/bin/"
                            " && systemctl daemon-reload"
                            f" && systemctl start {UNIT.name}")
