@@ -929,3 +929,58 @@ def test_slow_teardown_is_waited_for_only_while_something_is_in_flight(run, pyte
     match = re.search(r"([\d.]+)s teardown +\S+::test_leak_with_nothing_in_flight",
                       result.stdout.str())
     assert match and float(match.group(1)) < 5, result.stdout.str()
+
+
+def test_the_recorders_wrappers_stay_out_of_the_suites_tracebacks(run, pytester):
+    """A call that fails inside a wrapped function (open, os.pipe, Popen...)
+    shows the test's own line last, not the plugin's wrapper."""
+    pytester.makepyfile(test_tb="""
+        import subprocess
+
+        def test_open():
+            open("/nonexistent/reaper-doctor")
+
+        def test_popen():
+            subprocess.Popen(["/nonexistent/reaper-doctor"])
+    """)
+    result = run("--reaper-doctor", "--tb=long")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert "FileNotFoundError" in out
+    assert "origins.py" not in out, out
+
+
+ORPHAN_TEST = """
+    import os, signal, subprocess
+
+    def test_orphan_is_not_ours():
+        # The shell exits at once; its `sleep` is an orphan. Is it ours?
+        pid = int(subprocess.run(["sh", "-c", "sleep 30 >/dev/null 2>&1 & echo $!"],
+                                 capture_output=True, text=True, check=True).stdout)
+        with open("orphan.pid", "w") as f:
+            f.write(str(pid))
+        os.kill(pid, signal.SIGKILL)
+        try:
+            os.waitpid(pid, 0)
+            adopted = True
+        except ChildProcessError:
+            adopted = False
+        assert not adopted, "the orphan came home to the test process"
+"""
+
+
+def test_the_subreaper_can_be_turned_off_for_suites_that_test_orphans(run, pytester):
+    """A suite that checks who inherits its orphans (psutil's does) fails
+    while the test process is a subreaper; `reaper_doctor_subreaper = false`
+    gives it back the plain behaviour."""
+    pytester.makepyfile(test_orphan=ORPHAN_TEST)
+    run("--reaper-doctor").assert_outcomes(failed=1)
+    pytester.makeini("[pytest]\nreaper_doctor_subreaper = false\n")
+    result = run("--reaper-doctor")
+    # Not the inner test process's: the killed orphan is a zombie of the
+    # nearest subreaper above it (this suite's, when its plugin runs).
+    try:
+        os.waitpid(int((pytester.path / "orphan.pid").read_text()), 0)
+    except ChildProcessError:
+        pass
+    result.assert_outcomes(passed=1)

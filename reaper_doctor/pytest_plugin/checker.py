@@ -93,7 +93,7 @@ class LeakChecker(Findings, Summary):
         self.settings = settings
         self.rootpath = rootpath
         self.pid = os.getpid()
-        self.subreaper = become_subreaper()
+        self.subreaper = settings.subreaper and become_subreaper()
         self.fd_count = own.OwnFdCount()
         self._describers: Describers | None = None
         self.children_file: bool | None = None   # /proc/<pid>/task/*/children works

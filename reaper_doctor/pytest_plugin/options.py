@@ -47,6 +47,10 @@ def add_options(parser: pytest.Parser) -> None:
                   help="a resource a helper makes on first use is a cache, reported only "
                        "when the same line makes another (default false: a leak made "
                        "once would go unseen).")
+    parser.addini("reaper_doctor_subreaper", type="bool", default=True,
+                  help="make the test process a child subreaper, so that grandchildren "
+                       "left behind come home and are reported (default true; false "
+                       "for a suite that tests who inherits its orphans).")
     parser.addini("reaper_doctor_origins", default="true",
                   help="record where descriptors and children are made: true (default), "
                        "false, or audit (also Python's audit hook; slower).")
@@ -61,6 +65,7 @@ class Settings:
     allow_commands: tuple[str, ...] = ()
     first_use: bool = False
     origins: bool | str = True    # False, True (wrappers) or "audit" (and the audit hook)
+    subreaper: bool = True        # orphans of the suite's children come home
 
 
 def settings(config: pytest.Config) -> Settings | None:
@@ -88,7 +93,8 @@ def settings(config: pytest.Config) -> Settings | None:
                     allow_paths=tuple(config.getini("reaper_doctor_allow_paths")),
                     allow_commands=tuple(config.getini("reaper_doctor_allow_commands")),
                     first_use=bool(config.getini("reaper_doctor_first_use")),
-                    origins=_origins(config.getini("reaper_doctor_origins")))
+                    origins=_origins(config.getini("reaper_doctor_origins")),
+                    subreaper=bool(config.getini("reaper_doctor_subreaper")))
 
 
 def _origins(value: str) -> bool | str:

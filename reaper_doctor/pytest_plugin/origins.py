@@ -147,6 +147,7 @@ class Recorder:
         kind = f"os.{'pipe' if name == 'pipe2' else name}"
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True   # pytest: the error is the caller's
             result = original(*args, **kwargs)
             if recorder._on():
                 fds = result if isinstance(result, tuple) else (result,)
@@ -159,6 +160,7 @@ class Recorder:
         recorder = self
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True   # pytest: the error is the caller's
             result = original(*args, **kwargs)
             if recorder._on():
                 try:
@@ -174,6 +176,7 @@ class Recorder:
         recorder = self
 
         def __init__(sock: Any, *args: Any, **kwargs: Any) -> None:
+            __tracebackhide__ = True   # pytest: the error is the caller's
             original(sock, *args, **kwargs)
             if recorder._on():
                 fd = sock.fileno()
@@ -186,6 +189,7 @@ class Recorder:
         recorder = self
 
         def _execute_child(popen: Any, args: Any, *rest: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True   # pytest: the error is the caller's
             if not recorder._on():
                 return original(popen, args, *rest, **kwargs)
             last_pid = recorder.last_pid()
@@ -200,6 +204,7 @@ class Recorder:
         recorder = self
 
         def system(command: Any) -> int:
+            __tracebackhide__ = True   # pytest: the error is the caller's
             if recorder._on():
                 recorder.note("os.system", sys._getframe(1), last_pid=recorder.last_pid(),
                               argv=("/bin/sh", "-c", os.fsdecode(command)))
@@ -212,6 +217,7 @@ class Recorder:
         kind = f"os.{'posix_spawn' if name == 'posix_spawnp' else name}"
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True   # pytest: the error is the caller's
             if not recorder._on():
                 return original(*args, **kwargs)
             last_pid = recorder.last_pid()
