@@ -984,3 +984,36 @@ def test_the_subreaper_can_be_turned_off_for_suites_that_test_orphans(run, pytes
     except ChildProcessError:
         pass
     result.assert_outcomes(passed=1)
+
+
+def test_an_orphan_that_exits_in_the_test_is_reaped_not_reported(run, pytester):
+    """A grandchild that outlives its parent but exits within the test
+    comes home only because of the subreaper: init would have reaped it.
+    Reaped, noted in the summary, not a leak."""
+    pytester.makepyfile(test_orphan_exited="""
+        import subprocess, time
+
+        def test_orphan_exits():
+            subprocess.run(["sh", "-c", "sleep 0.2 & exit 0"], check=True)
+            time.sleep(1)
+    """)
+    result = run("--reaper-doctor")
+    result.assert_outcomes(passed=1)
+    out = result.stdout.str()
+    assert "(sleep), an orphan of a process" in out and "reaped, not reported" in out, out
+
+
+def test_a_forked_child_that_execd_gets_the_advice_of_a_child(run, pytester):
+    """fork() then exec: no os._exit() of the test's to call; end it and wait."""
+    pytester.makepyfile(test_fork_exec="""
+        import os
+
+        def test_fork_exec():
+            pid = os.fork()
+            if pid == 0:
+                os.execvp("sleep", ["sleep", "30"])
+    """)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0.2")
+    result.assert_outcomes(passed=1, errors=1)
+    out = result.stdout.str()
+    assert "running-child:" in out and "os._exit()" not in out, out
