@@ -1017,3 +1017,34 @@ def test_a_forked_child_that_execd_gets_the_advice_of_a_child(run, pytester):
     result.assert_outcomes(passed=1, errors=1)
     out = result.stdout.str()
     assert "running-child:" in out and "os._exit()" not in out, out
+
+
+def test_the_origin_ends_with_the_tests_own_line_however_deep_the_helpers(run, pytester):
+    """A leak made four helpers down names the helper's line, the two
+    callers above it, and the line in the test that called them."""
+    pytester.makepyfile(helpers_deep="""
+        def opener(path):
+            return open(path)
+
+        def level3(path):
+            return opener(path)
+
+        def level2(path):
+            return level3(path)
+
+        def level1(path):
+            return level2(path)
+    """, test_deep="""
+        from helpers_deep import level1
+
+        KEEP = []
+
+        def test_deep(tmp_path):
+            (tmp_path / "f").write_text("x")
+            KEEP.append(level1(tmp_path / "f"))
+    """)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0")
+    result.assert_outcomes(passed=1, errors=1)
+    out = result.stdout.str()
+    assert "made at helpers_deep.py:2 in opener" in out, out
+    assert "called from test_deep.py:7 in test_deep" in out, out

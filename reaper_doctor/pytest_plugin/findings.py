@@ -259,7 +259,15 @@ class Findings:
         source = linecache.getline(first.filename, first.lineno).strip()
         if source:
             lines.append(f"  {source}")
-        for place in places[1:3]:
+        shown = places[1:3]
+        # However deep the helpers, the frame in the test (or its fixture)
+        # ends the list: that is the line a maintainer looks for.
+        codes = self._fixture_codes(item)
+        test_code = _test_code(item)
+        anchor = next((p for p in places[3:] if p.code is test_code or p.code in codes), None)
+        if anchor is not None:
+            shown.append(anchor)
+        for place in shown:
             lines.append(f"called from {self._relative(place.filename)}:{place.lineno} "
                          f"in {place.function}")
         return tuple(lines)
