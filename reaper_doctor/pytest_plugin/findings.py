@@ -250,7 +250,8 @@ class Findings:
         verb = {"started": "started", "forked": "forked",
                 "orphan": "orphan of a process started"}.get(origin.relation, "made")
         line = f"{verb} at {self._relative(first.filename)}:{first.lineno} in {first.function}"
-        fixture = self._fixture_of(places, item)
+        codes = self._fixture_codes(item)
+        fixture = _fixture_of(places, codes)
         if fixture:
             line += f" ({fixture})"
         if origin.event.test and origin.event.test != item.nodeid:
@@ -262,7 +263,6 @@ class Findings:
         shown = places[1:3]
         # However deep the helpers, the frame in the test (or its fixture)
         # ends the list: that is the line a maintainer looks for.
-        codes = self._fixture_codes(item)
         test_code = _test_code(item)
         anchor = next((p for p in places[3:] if p.code is test_code or p.code in codes), None)
         if anchor is not None:
@@ -286,21 +286,22 @@ class Findings:
                     codes[code] = fixture_label(fixturedef)
         return codes
 
-    def _fixture_of(self: LeakChecker, places: list[Any], item: pytest.Item) -> str | None:
-        codes = self._fixture_codes(item)
-        for place in places:
-            if place.code in codes:
-                return codes[place.code]
-            if place.function.endswith("setUpClass"):
-                return f"setUpClass of {place.function.rsplit('.', 1)[0]}"
-        return None
-
     def _own_argv(self: LeakChecker) -> tuple[str, ...]:
         argv = self.argv
         if argv is None:
             info = self.process.describe_process(self.pid)
             argv = self.argv = tuple(info.cmdline) if info is not None and info.cmdline else ()
         return argv
+
+
+def _fixture_of(places: list[Any], codes: dict[Any, str]) -> str | None:
+    """The fixture (or setUpClass) among `places`, by its code."""
+    for place in places:
+        if place.code in codes:
+            return codes[place.code]
+        if place.function.endswith("setUpClass"):
+            return f"setUpClass of {place.function.rsplit('.', 1)[0]}"
+    return None
 
 
 def _reap(pid: int) -> bool:
