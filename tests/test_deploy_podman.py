@@ -35,7 +35,11 @@ DEBIAN_PYTHON = "/usr/bin/python3"
 def _suite_mounts() -> list[str]:
     """--volume flags for the suite's Python and reaper-doctor, read-only."""
     package_root = Path(reaper_doctor.__file__).resolve().parent.parent
-    mounts = {sys.prefix, sys.base_prefix, str(package_root)}
+    # The container's root is this machine's own (an overlay), /usr with it:
+    # mounting a Debian Python's /usr read-only over it would also make
+    # /usr/local read-only, where the systemd test installs its launcher.
+    mounts = {m for m in (sys.prefix, sys.base_prefix, str(package_root))
+              if m != "/usr" and not m.startswith("/usr/")}
     return [arg for m in sorted(mounts) for arg in ("--volume", f"{m}:{m}:ro")]
 
 
