@@ -5,6 +5,7 @@ namespace's PID 1, /proc/PID/wchan."""
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..model import Container, ProcessInfo
@@ -101,20 +102,39 @@ def _container(pid: int, ctx: SampleContext) -> Container | None:
     return known[raw]
 
 
+# Looks at a PID 1 whose masks say "default" or "ignored" before believing
+# them, a pause apart (see _sigterm): at most ~80 ms, only for such a PID 1.
+SIGTERM_LOOKS = 5
+SIGTERM_LOOK_PAUSE_S = 0.02
+
+
 def _sigterm(pid: int, status_raw: bytes) -> str | None:
     """SIGTERM disposition of a namespace's PID 1, from its status masks
     and, when neither caught nor blocked, its wchan: an init waiting in
-    sigtimedwait shows the waited signals out of SigBlk meanwhile."""
-    status = procfs.parse_status(status_raw.decode("utf-8", "replace"))
-    found = containers.sigterm_disposition(status.sig_blk, status.sig_ign, status.sig_cgt)
-    if found in ("default", "ignored"):
+    sigtimedwait shows the waited signals out of SigBlk meanwhile.
+
+    The masks and the wchan are two reads: an init that wakes between them
+    (tini does every second, and on a busy CPU it waits to run with the
+    wait's mask still in place) looks like one with no handler. "default"
+    and "ignored" are believed only when every look, a pause apart, agrees."""
+    found: str | None = None
+    for look in range(SIGTERM_LOOKS):
+        if look:
+            time.sleep(SIGTERM_LOOK_PAUSE_S)
+            try:
+                status_raw = read_small(f"{proc.ROOT}/{pid}/status")
+            except OSError:
+                return found
+        status = procfs.parse_status(status_raw.decode("utf-8", "replace"))
+        found = containers.sigterm_disposition(status.sig_blk, status.sig_ign, status.sig_cgt)
+        if found not in ("default", "ignored"):
+            return found
         try:
             wchan = read_text(f"{proc.ROOT}/{pid}/wchan")
         except OSError:
             return found
-        found = containers.sigterm_disposition(
-            status.sig_blk, status.sig_ign, status.sig_cgt,
-            waits_for_signals=containers.waits_for_signals(wchan))
+        if containers.waits_for_signals(wchan):
+            return "waited"
     return found
 
 
