@@ -472,6 +472,22 @@ def test_failing_test_that_leaks_fails_once_with_the_leak_as_a_section(run, pyte
                                  "*test_fails leaked 2 descriptors"])
 
 
+def test_the_plugins_own_modules_are_not_assertion_rewritten(run, pytester):
+    """pytest reads a rewritten module back slowly (see pytest_addhooks in
+    the plugin): the modules imported once the plugin has started are
+    imported plainly. Fails if pytest has changed how it marks them."""
+    pytester.makepyfile("""
+        import sys
+
+        def test_loaders():
+            for name in ("reaper_doctor.pytest_plugin.checker",
+                         "reaper_doctor.pytest_plugin.origins", "reaper_doctor.collect.own"):
+                loader = type(sys.modules[name].__loader__).__name__
+                assert loader == "SourceFileLoader", (name, loader)
+    """)
+    run("--reaper-doctor").assert_outcomes(passed=1)
+
+
 def test_each_xdist_worker_checks_its_own_tests(run, pytester):
     pytest.importorskip("xdist")
     pytester.makepyfile(**{f"test_{n}": """
