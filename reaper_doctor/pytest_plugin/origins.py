@@ -192,10 +192,10 @@ class Recorder:
             __tracebackhide__ = True   # pytest: the error is the caller's
             if not recorder._on():
                 return original(popen, args, *rest, **kwargs)
-            last_pid = recorder.last_pid()
             result = original(popen, args, *rest, **kwargs)
+            pid = getattr(popen, "pid", None)
             recorder.note("subprocess.Popen", sys._getframe(1), argv=_argv(args),
-                          last_pid=last_pid, pid=getattr(popen, "pid", None))
+                          last_pid=_before(pid), pid=pid)
             return result
 
         return _named(_execute_child, name, original)
@@ -220,7 +220,6 @@ class Recorder:
             __tracebackhide__ = True   # pytest: the error is the caller's
             if not recorder._on():
                 return original(*args, **kwargs)
-            last_pid = recorder.last_pid()
             recorder.busy = True   # the audit event of this call is noted here, with the PID
             try:
                 result = original(*args, **kwargs)
@@ -229,7 +228,7 @@ class Recorder:
             pid = result[0] if isinstance(result, tuple) else result
             if pid:   # 0: this is the forked child
                 argv = _argv(args[1]) if kind == "os.posix_spawn" and len(args) > 1 else None
-                recorder.note(kind, sys._getframe(1), argv=argv, last_pid=last_pid, pid=pid)
+                recorder.note(kind, sys._getframe(1), argv=argv, last_pid=_before(pid), pid=pid)
             return result
 
         return _named(wrapper, name, original)
@@ -238,8 +237,12 @@ class Recorder:
 
     def note(self, kind: str, frame: Any, **fields: Any) -> None:
         frames: list[tuple[Any, int]] = []
+        boundary = _BOUNDARY
         while frame is not None and len(frames) < MAX_FRAMES:
-            frames.append((frame.f_code, frame.f_lasti))
+            code = frame.f_code
+            if code is boundary:
+                break   # pytest's machinery from here up: nobody's origin
+            frames.append((code, frame.f_lasti))
             frame = frame.f_back
         self.seq += 1
         test = self.test
@@ -296,10 +299,28 @@ class Recorder:
 _RECORDER: Recorder | None = None
 
 
+def _hook_dispatch_code() -> Any:
+    """The code of pluggy's hook dispatch: every test, fixture and hook
+    runs below a frame of it, and above it lies only pytest's machinery
+    (some 30 frames a walk would otherwise note for every event)."""
+    module = sys.modules.get("pluggy._callers")
+    return getattr(getattr(module, "_multicall", None), "__code__", None)
+
+
+_BOUNDARY = _hook_dispatch_code()
+
+
 def _current_test() -> str:
     """The test running, as pytest says in PYTEST_CURRENT_TEST ("<node id>
     (setup)"): for the first test, whose node id the recorder is not told."""
     return os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+
+
+def _before(pid: Any) -> int | None:
+    """The PID counter just before a spawn whose PID is known: what the
+    child and its descendants were given comes after it (read from
+    /proc/loadavg only where the PID is unknown, as for os.system)."""
+    return pid - 1 if isinstance(pid, int) and pid > 1 else None
 
 
 def _named(wrapper: Callable[..., Any], name: str, original: Callable[..., Any]
