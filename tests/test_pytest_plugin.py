@@ -472,6 +472,41 @@ def test_failing_test_that_leaks_fails_once_with_the_leak_as_a_section(run, pyte
                                  "*test_fails leaked 2 descriptors"])
 
 
+def test_checked_counts_tests_whose_code_ran_and_a_failed_setup_is_not_failed_twice(
+        run, pytester):
+    pytester.makepyfile("""
+        import os
+        import pytest
+        KEPT = []
+
+        @pytest.fixture
+        def broken():
+            KEPT.append(os.pipe())
+            raise RuntimeError("setup fails")
+
+        @pytest.mark.skip(reason="not today")
+        def test_skipped():
+            pass
+
+        def test_skips_itself():
+            pytest.skip("ran, then skipped")
+
+        def test_setup_fails(broken):
+            pass
+
+        def test_passes():
+            pass
+    """)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0")
+    result.assert_outcomes(passed=1, skipped=2, errors=1)
+    result.stdout.fnmatch_lines(["*reaper-doctor: 2 tests checked, 1 leaked*",
+                                 "*leaked: *::test_setup_fails",
+                                 "left open by a test that failed*",
+                                 "*test_setup_fails leaked 2 descriptors"])
+    assert result.stdout.str().count("ERROR at setup of test_setup_fails") == 1
+    assert "ERROR at teardown" not in result.stdout.str()
+
+
 def test_the_plugins_own_modules_are_not_assertion_rewritten(run, pytester):
     """pytest reads a rewritten module back slowly (see pytest_addhooks in
     the plugin): the modules imported once the plugin has started are

@@ -48,27 +48,23 @@ _MAX_PID_SPAN = 2048
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
-def _boot_ticks() -> float:
-    return time.clock_gettime(time.CLOCK_BOOTTIME) * _TICKS_PER_S
-
-
 class LeakCheck:
-    """One test's check (a plain class: one is made per test)."""
+    """One test's check (one is made per test: what is rarely set is a
+    class default, not stored anew each time)."""
 
-    __slots__ = ("checks", "before", "error", "started_ticks", "threads", "released",
-                 "released_by", "ran", "failed")
+    error: str | None = None       # the before sample failed
+    # Of the broader fixtures finalized in this test.
+    released: frozenset[Key] = frozenset()
+    released_by: tuple[tuple[str, set[Key]], ...] = ()
+    ran = False                    # its call phase ran
+    failed = False                 # setup or call already failed
 
     def __init__(self, checks: frozenset[str], before: Sample | None = None,
                  started_ticks: float = 0.0, threads: int = 0) -> None:
         self.checks = checks
         self.before = before
-        self.error: str | None = None          # the before sample failed
         self.started_ticks = started_ticks     # boot time, clock ticks
         self.threads = threads                 # alive when it started
-        self.released: set[Key] = set()        # of broader fixtures finalized here
-        self.released_by: list[tuple[str, set[Key]]] = []
-        self.ran = False                       # its call phase ran
-        self.failed = False                    # setup or call already failed
 
 
 class Describers:
@@ -116,7 +112,6 @@ class LeakChecker(Findings, Summary):
         self._setups: list[Setup] = []   # broader fixtures' setups under way
         self.allowed: dict[str, frozenset[str]] = {}   # node id -> what its marker allows
         self.bad_markers: dict[str, str] = {}           # node id -> what is wrong with it
-        self.result: tuple[LeakCheck, str, bool] | None = None
         self.recorder: Recorder | None = None
         if settings.origins:
             self.recorder = Recorder(own.last_pid, audit=settings.origins == "audit")
@@ -218,11 +213,12 @@ class LeakChecker(Findings, Summary):
         test is open where another was before (the set must be read again
         although the count is the same); False otherwise."""
         before = check.before
+        full = self.full
         if (before is None or before.children or check.released
-                or self.full is None or before.fds is not self.full[1]):
+                or full is None or before.fds is not full[1]):
             return False
-        count = self.fd_count()
-        if count is None or count != before.fd_count:
+        count = before.fd_count
+        if count is None or self.fd_count() != count:
             return False
         if events and _made_and_open(events, before):
             return None
@@ -242,6 +238,11 @@ class LeakChecker(Findings, Summary):
         for fixturedef in broader_fixturedefs(items, session):
             own_setups(self, fixturedef)
         for item in items:
+            # A keyword lookup first: get_closest_marker() walks the item's
+            # chain and its marks, which cost more than checking the test.
+            keywords = getattr(item, "keywords", None)
+            if keywords is not None and MARKER not in keywords:
+                continue
             marker = item.get_closest_marker(MARKER)
             if marker is None:
                 continue
@@ -266,13 +267,11 @@ class LeakChecker(Findings, Summary):
     def _begin(self, item: pytest.Item | None, after: Sample | None) -> None:
         """Open the next test's check: its before is the last test's after
         (nothing runs between two tests), read outside capture like the
-        after is; there is no setup hook to pay for."""
-        self.current = None
-        if os.getpid() != self.pid:
-            return
-        check = self.current = LeakCheck(checks=self.settings.checks,
-                                         started_ticks=_boot_ticks(),
-                                         threads=threading.active_count())
+        after is; there is no setup hook to pay for. (Called in the process
+        watched only: _after has asked, and the run loop is its own.)"""
+        check = self.current = LeakCheck(
+            self.settings.checks, None,
+            time.clock_gettime(time.CLOCK_BOOTTIME) * _TICKS_PER_S, threading.active_count())
         if self.recorder is not None:
             # What it records from now on is this test's (the next item is
             # known but for the last test of a run, or of an xdist batch).
@@ -321,7 +320,7 @@ class LeakChecker(Findings, Summary):
         self._owned_keys = None
         if self.current is not None:
             self.current.released |= owned[1]
-            self.current.released_by.append(owned)
+            self.current.released_by += (owned,)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None
@@ -374,7 +373,10 @@ class LeakChecker(Findings, Summary):
             self.session_notes += self.pending_notes
             self.pending_notes = []
         if check.checks:
-            self.result = (check, text, fails)   # for its teardown report, next
+            if check.ran:
+                self.checked += 1
+            if fails:
+                self._failed(item, check, text)
         self._begin(nextitem, after)
         if not text:
             return

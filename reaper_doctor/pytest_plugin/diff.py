@@ -51,7 +51,7 @@ def child_keys(sample: Sample) -> set[Key]:
 
 
 def diff(before: Sample, after: Sample, checks: frozenset[str], *, owned: set[Key],
-         released: set[Key], adopted_fds: set[tuple[int, FdKey]],
+         released: frozenset[Key] | set[Key], adopted_fds: set[tuple[int, FdKey]],
          adopted_pids: set[int]) -> Leaks:
     """What `after` holds that `before` did not, or that a fixture released
     during the test should have taken with it.

@@ -36,8 +36,12 @@ def broader_fixturedefs(items: Iterable[Any], session: Any) -> list[Any]:
     getfixturevalue(), every one the fixture manager knows."""
     found: dict[int, Any] = {}
     groups: list[Iterable[Any]] = []
+    seen: set[int] = set()
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
+        if id(info) in seen:
+            continue   # the items of one parametrized function share it
+        seen.add(id(info))
         groups += (getattr(info, "name2fixturedefs", None) or {}).values()
     manager = getattr(session, "_fixturemanager", None)
     # pytest 8: {name: [FixtureDef]}; pytest 9: {name: {node: [FixtureDef]}}.
@@ -59,6 +63,9 @@ def own_setups(checker: LeakChecker, fixturedef: Any) -> None:
         return
 
     def execute_owned(request: Any) -> Any:
+        # Called for every test that uses the fixture: most find it cached.
+        if fixturedef.cached_result is not None and fixturedef.params is None:
+            return execute(request)   # not parametrized: the cached value is the one
         check = checker.current
         if check is None or check.before is None or not _sets_up(fixturedef, request):
             return execute(request)

@@ -25,35 +25,37 @@ WORKER_KEY = "reaper_doctor"
 class Summary:
     """The session half of LeakChecker."""
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_logreport(self: LeakChecker, report: pytest.TestReport) -> None:
-        # First of all: the teardown report is amended before anyone (the
-        # terminal, -x, junitxml, xdist) reads it.
-        if report.when != "teardown":
-            check = self.current
-            if check is not None:
-                check.failed = check.failed or report.failed
-                check.ran = check.ran or report.when == "call"
-            return
-        # The test just checked: its teardown report comes right after its
-        # teardown hook.
-        result, self.result = self.result, None
-        if result is None:
-            return
-        check, text, fails = result
-        if check.ran:
-            self.checked += 1
-        if fails:
-            self.leaked.append(report.nodeid)
-        if text:
-            self._amend(report, check, text, fails)
+    # What each test's phases did comes from two hooks pytest calls at most
+    # once per test (pytest_runtest_logreport, called three times, cost a
+    # trivial test more than the whole check).
 
-    def _amend(self: LeakChecker, report: pytest.TestReport, check: LeakCheck, text: str,
-               fails: bool) -> None:
-        """The teardown report gets the check's result (an error in fail
-        mode); it travels with the report to an xdist controller."""
-        if not fails or self.settings.mode != "fail":
-            return
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self: LeakChecker, item: pytest.Item) -> None:
+        # Its setup passed and its own code runs: the test counts as checked.
+        check = self.current
+        if check is not None:
+            check.ran = True
+
+    @pytest.hookimpl
+    def pytest_exception_interact(self: LeakChecker, node: Any, call: Any, report: Any) -> None:
+        # Called only when a phase failed with an exception (neither a skip
+        # nor an xfail).
+        check = self.current
+        if check is not None and getattr(report, "when", None) in ("setup", "call"):
+            check.failed = True
+
+    def _failed(self: LeakChecker, item: pytest.Item, check: LeakCheck, text: str) -> None:
+        """A test leaked: counted, and in fail mode its teardown report
+        gets the error."""
+        self.leaked.append(item.nodeid)
+        if self.settings.mode == "fail":
+            amender = TeardownAmender(self, item, check, text)
+            item.config.pluginmanager.register(amender)
+
+    def _amend(self: LeakChecker, report: pytest.TestReport, check: LeakCheck, text: str
+               ) -> None:
+        """The teardown report gets the check's result, an error; it travels
+        with the report to an xdist controller."""
         if report.passed and not check.failed:
             report.outcome = "failed"   # an error in teardown, with the block as its text
             report.longrepr = text
@@ -142,3 +144,24 @@ class Summary:
             terminalreporter.write_line("left open by a test that failed (its traceback may "
                                         "hold them):")
             terminalreporter.write_line(textwrap.indent(note, "  "))
+
+
+class TeardownAmender:
+    """Registered after a test leaked (fail mode) for its teardown report
+    alone, which pytest makes right after the teardown hook: amended first
+    of all, before anyone (the terminal, -x, junitxml, xdist) reads it."""
+
+    def __init__(self, checker: LeakChecker, item: pytest.Item, check: LeakCheck,
+                 text: str) -> None:
+        self.checker = checker
+        self.nodeid = item.nodeid
+        self.pluginmanager = item.config.pluginmanager
+        self.check = check
+        self.text = text
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "teardown" or report.nodeid != self.nodeid:
+            return
+        self.pluginmanager.unregister(self)
+        self.checker._amend(report, self.check, self.text)
