@@ -96,9 +96,15 @@ def run_once(where: Path, plugin: bool) -> tuple[float, float]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     env.pop("PYTEST_ADDOPTS", None)
+    env.pop("PYTEST_PLUGINS", None)
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     if plugin:
-        args += ["-p", "reaper_doctor.pytest_plugin", "--reaper-doctor"]
+        # Loaded as pytest loads an installed plugin, without the scan of
+        # every installed distribution's entry points that `-p` makes when
+        # autoloading is off (an installed plugin never adds that scan:
+        # pytest makes it on every run).
+        env["PYTEST_PLUGINS"] = "reaper_doctor.pytest_plugin"
+        args += ["--reaper-doctor"]
     cpu_before = _children_cpu()
     started = time.perf_counter()
     result = subprocess.run(args, cwd=where, env=env, capture_output=True, text=True,

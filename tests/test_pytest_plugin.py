@@ -515,7 +515,8 @@ def test_the_plugins_own_modules_are_not_assertion_rewritten(run, pytester):
         import sys
 
         def test_loaders():
-            for name in ("reaper_doctor.pytest_plugin.checker",
+            for name in ("reaper_doctor.pytest_plugin.options",
+                         "reaper_doctor.pytest_plugin.checker",
                          "reaper_doctor.pytest_plugin.origins", "reaper_doctor.collect.own"):
                 loader = type(sys.modules[name].__loader__).__name__
                 assert loader == "SourceFileLoader", (name, loader)

@@ -42,10 +42,6 @@ from typing import Any
 
 import pytest
 
-from .diff import CHECKS
-from .options import Settings, add_options, settings
-from .report import MARKER
-
 
 class ReaperDoctorWarning(pytest.PytestWarning):
     """A test leaked a child process, a zombie or a descriptor (warn mode),
@@ -60,7 +56,9 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     # module back with marshal.load(file), one readinto() call per object:
     # about 25 M instructions at every start, a third of what the plugin
     # added to a run. This package's modules are imported plainly instead.
-    # (Private: where pytest has changed, nothing is undone and nothing breaks.)
+    # (Private: where pytest has changed, nothing is undone and nothing breaks.
+    # This module is read before this hook runs: it imports the others in
+    # its hooks, not at its top.)
     hook = getattr(pluginmanager, "rewrite_hook", None)
     marked = getattr(hook, "_must_rewrite", None)
     cache = getattr(hook, "_marked_for_rewrite_cache", None)
@@ -73,10 +71,16 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from .options import add_options
+
     add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from .diff import CHECKS
+    from .options import settings
+    from .report import MARKER
+
     config.addinivalue_line(
         "markers",
         f"{MARKER}(*checks): reaper-doctor allows this test to leak these resources "
@@ -105,6 +109,14 @@ def __getattr__(name: str) -> Any:
         from . import checker
 
         return getattr(checker, name)
+    if name == "Settings":
+        from .options import Settings
+
+        return Settings
+    if name == "CHECKS":
+        from .diff import CHECKS
+
+        return CHECKS
     raise AttributeError(name)
 
 

@@ -235,20 +235,27 @@ class Recorder:
 
     # -- recording -----------------------------------------------------------
 
-    def note(self, kind: str, frame: Any, **fields: Any) -> None:
-        frames: list[tuple[Any, int]] = []
+    def note(self, kind: str, frame: Any, fds: tuple[int, ...] = (), path: str | None = None,
+             sock: Any = None, argv: tuple[str, ...] | None = None,
+             last_pid: int | None = None, pid: Any = None) -> None:
+        # Called for every descriptor and process a test makes: the frames
+        # are kept raw, formatted only for a report.
+        frames = []
         boundary = _BOUNDARY
-        while frame is not None and len(frames) < MAX_FRAMES:
+        depth = MAX_FRAMES
+        while frame is not None and depth:
             code = frame.f_code
             if code is boundary:
                 break   # pytest's machinery from here up: nobody's origin
             frames.append((code, frame.f_lasti))
             frame = frame.f_back
+            depth -= 1
         self.seq += 1
         test = self.test
         if not isinstance(test, str):
-            test = test.nodeid   # the item (its node id is built on each access)
-        event = Event(kind, self.seq, test or _current_test(), tuple(frames), **fields)
+            test = test.nodeid   # the item
+        event = Event(kind, self.seq, test or _current_test(), tuple(frames), fds, path, sock,
+                      argv, last_pid, pid)
         self.events.append(event)
         if kind in SPAWNS:
             self.spawns.append(event)
