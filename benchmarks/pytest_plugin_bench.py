@@ -17,7 +17,12 @@ other work shares the machine. Python
 writes its bytecode caches as usual (PYTHONDONTWRITEBYTECODE is dropped): a
 first run, not timed, fills them.
 
-Usage: python benchmarks/pytest_plugin_bench.py [--rounds N] [--json]
+With --instructions each variant also runs once without and once with the
+plugin under valgrind's callgrind, which counts user-space instructions: a
+figure the machine's load does not move (times on a shared 2-core machine
+move by several per cent between runs).
+
+Usage: python benchmarks/pytest_plugin_bench.py [--rounds N] [--instructions] [--json]
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import resource
 import statistics
 import subprocess
@@ -89,8 +96,8 @@ def write_suite(where: Path, *, held: bool) -> None:
     (where / "pytest.ini").write_text("[pytest]\n")
 
 
-def run_once(where: Path, plugin: bool) -> tuple[float, float]:
-    """(wall, cpu) seconds of one pytest run."""
+def pytest_command(plugin: bool) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of one pytest run."""
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -105,6 +112,12 @@ def run_once(where: Path, plugin: bool) -> tuple[float, float]:
         # pytest makes it on every run).
         env["PYTEST_PLUGINS"] = "reaper_doctor.pytest_plugin"
         args += ["--reaper-doctor"]
+    return args, env
+
+
+def run_once(where: Path, plugin: bool) -> tuple[float, float]:
+    """(wall, cpu) seconds of one pytest run."""
+    args, env = pytest_command(plugin)
     cpu_before = _children_cpu()
     started = time.perf_counter()
     result = subprocess.run(args, cwd=where, env=env, capture_output=True, text=True,
@@ -116,6 +129,29 @@ def run_once(where: Path, plugin: bool) -> tuple[float, float]:
     return elapsed, cpu
 
 
+def count_instructions(where: Path) -> tuple[int, int]:
+    """User-space instructions of one run without the plugin and one with
+    it, under valgrind's callgrind (side by side, one per core). Unlike
+    times they do not move with the machine's load; the hash seed is fixed
+    so that both runs hash alike."""
+    runs = []
+    for plugin in (False, True):
+        args, env = pytest_command(plugin)
+        env["PYTHONHASHSEED"] = "0"
+        out = where / f"callgrind.{int(plugin)}"
+        runs.append(subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *args],
+            cwd=where, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    counts = []
+    for run in runs:
+        _, err = run.communicate(timeout=1800)
+        found = re.search(r"Collected : (\d+)", err)
+        if run.returncode != 0 or found is None:
+            raise SystemExit(f"valgrind failed in {where}:\n{err[-3000:]}")
+        counts.append(int(found.group(1)))
+    return counts[0], counts[1]
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -125,7 +161,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count each variant's instructions under valgrind "
+                             "(a minute or two more)")
     options = parser.parse_args()
+    if options.instructions and shutil.which("valgrind") is None:
+        parser.error("--instructions needs valgrind on PATH")
     rows = []
     with tempfile.TemporaryDirectory(prefix="rd-plugin-bench-") as tmp:
         for variant, held in (("2,400 tests", False), ("same, 1,000 fds held", True)):
@@ -149,6 +190,11 @@ def main() -> None:
                                           for a, b in zip(plain, checked))
                 row.update({f"{what}_plain_s": round(p, 3), f"{what}_plugin_s": round(c, 3),
                             f"{what}_added_pct": round(added, 1)})
+            if options.instructions:
+                p_instr, c_instr = count_instructions(where)
+                row.update({"instructions_plain": p_instr, "instructions_plugin": c_instr,
+                            "instructions_added_pct":
+                                round(100 * (c_instr - p_instr) / p_instr, 1)})
             rows.append(row)
     if options.json:
         print(json.dumps(rows, indent=2))
@@ -159,6 +205,11 @@ def main() -> None:
         print(f"{r['variant']:<22} {r['wall_plain_s']:>11.2f}s {r['wall_plugin_s']:>6.2f}s "
               f"{r['wall_added_pct']:>6.1f}%  {r['cpu_plain_s']:>10.2f}s "
               f"{r['cpu_plugin_s']:>6.2f}s {r['cpu_added_pct']:>6.1f}%")
+    if options.instructions:
+        print(f"\n{'suite':<22} {'instructions: plain':>20} {'plugin':>15} {'added':>7}")
+        for r in rows:
+            print(f"{r['variant']:<22} {r['instructions_plain']:>20,} "
+                  f"{r['instructions_plugin']:>15,} {r['instructions_added_pct']:>6.1f}%")
 
 
 if __name__ == "__main__":
