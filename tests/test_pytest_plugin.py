@@ -507,6 +507,15 @@ def test_checked_counts_tests_whose_code_ran_and_a_failed_setup_is_not_failed_tw
     assert "ERROR at teardown" not in result.stdout.str()
 
 
+def test_the_recorder_knows_where_pytests_machinery_begins():
+    """A creation event keeps the frames below pluggy's hook dispatch only
+    (fewer than 40 otherwise noted for each): fails if pluggy has moved it."""
+    from reaper_doctor.pytest_plugin import origins
+
+    assert origins._BOUNDARY is not None
+    assert origins._BOUNDARY.co_name == "_multicall"
+
+
 def test_the_plugins_own_modules_are_not_assertion_rewritten(run, pytester):
     """pytest reads a rewritten module back slowly (see pytest_addhooks in
     the plugin): the modules imported once the plugin has started are

@@ -310,8 +310,11 @@ def _hook_dispatch_code() -> Any:
     """The code of pluggy's hook dispatch: every test, fixture and hook
     runs below a frame of it, and above it lies only pytest's machinery
     (some 30 frames a walk would otherwise note for every event)."""
-    module = sys.modules.get("pluggy._callers")
-    return getattr(getattr(module, "_multicall", None), "__code__", None)
+    for name in ("pluggy._execution", "pluggy._callers"):   # pluggy >= 1.6, before
+        code = getattr(getattr(sys.modules.get(name), "_multicall", None), "__code__", None)
+        if code is not None:
+            return code
+    return None
 
 
 _BOUNDARY = _hook_dispatch_code()

@@ -48,9 +48,12 @@ class Summary:
         """A test leaked: counted, and in fail mode its teardown report
         gets the error."""
         self.leaked.append(item.nodeid)
-        if self.settings.mode == "fail":
-            amender = TeardownAmender(self, item, check, text)
-            item.config.pluginmanager.register(amender)
+        if self.settings.mode != "fail":
+            return
+        try:
+            item.config.pluginmanager.register(TeardownAmender(self, item, check, text))
+        except Exception:   # never raised into the suite: the summary still has it
+            self.notes.append(text)
 
     def _amend(self: LeakChecker, report: pytest.TestReport, check: LeakCheck, text: str
                ) -> None:
