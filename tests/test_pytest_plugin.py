@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -505,6 +506,24 @@ def test_checked_counts_tests_whose_code_ran_and_a_failed_setup_is_not_failed_tw
                                  "*test_setup_fails leaked 2 descriptors"])
     assert result.stdout.str().count("ERROR at setup of test_setup_fails") == 1
     assert "ERROR at teardown" not in result.stdout.str()
+
+
+def test_a_leaked_pty_gets_the_advice_of_a_pty_not_of_a_file(run, pytester):
+    source = """
+        import os
+        KEPT = []
+
+        def test_pty():
+            KEPT.append(os.openpty())
+    """
+    pytester.makepyfile(test_pty=source)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0")
+    result.assert_outcomes(passed=1, errors=1)
+    out = result.stdout.str()
+    assert "/dev/ptmx" in out and "/dev/pts/" in out, out
+    assert "unclosed-pty: close both ends: os.openpty()" in out, out
+    assert "unclosed-file" not in out, out
+    assert f"made at test_pty.py:{line_of(textwrap.dedent(source).strip(), 'os.openpty')} in " in out
 
 
 def test_the_recorder_knows_where_pytests_machinery_begins():

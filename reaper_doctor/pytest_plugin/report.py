@@ -18,6 +18,8 @@ ADVICE = {
     "unclosed-file": "close it: `with open(...)`, or close it in the fixture that made it",
     "unclosed-socket": "close it: `with socket...`, or close it in the fixture's teardown",
     "unclosed-pipe": "close both ends; once a child holds one, the parent closes its own copy",
+    "unclosed-pty": "close both ends: os.openpty() returns a master and a slave, each "
+                    "closed with os.close (the parent's slave once a child has it)",
     "unclosed-fd": "close it (os.close) where it is made, or in the fixture's teardown",
     "gc-closed": "a reference cycle held it until gc.collect() closed it: close it explicitly",
     "running-child": "end it and wait for it: `with Popen(...)`, or kill() then wait() "
@@ -29,7 +31,8 @@ ADVICE = {
     "check-error": "reaper-doctor could not check this test: the line above says why",
 }
 ALLOW = {"table-full": "fds", "unclosed-file": "fds", "unclosed-socket": "fds",
-         "unclosed-pipe": "fds", "unclosed-fd": "fds", "gc-closed": "fds",
+         "unclosed-pipe": "fds", "unclosed-pty": "fds", "unclosed-fd": "fds",
+         "gc-closed": "fds",
          "running-child": "children", "forked-child": "children", "orphan": "children",
          "zombie": "zombies"}
 
@@ -48,6 +51,8 @@ def fd_kind(d: FdDetail) -> str:
         return "unclosed-socket"
     if d.kind == "pipe":
         return "unclosed-pipe"
+    if d.kind == "device" and (d.link == "/dev/ptmx" or d.link.startswith("/dev/pts/")):
+        return "unclosed-pty"   # os.openpty(): no `with open` to give
     if d.kind in ("file", "directory", "device", "fifo"):
         return "unclosed-file"
     return "unclosed-fd"
