@@ -94,6 +94,7 @@ class LeakChecker(Findings, Summary):
         self._describers: Describers | None = None
         self.children_file: bool | None = None   # /proc/<pid>/task/*/children works
         self.full: tuple[int | None, dict[int, FdKey]] | None = None  # last full fd read
+        self.last_read: tuple[int | None, dict[int, FdKey]] | None = None  # kept or not
         self.last: Sample | None = None
         self.owned: dict[int, tuple[str, set[Key]]] = {}  # id(fixturedef) -> (name, keys)
         self.origins: dict[Key, Origin] = {}  # resources still open, made earlier
@@ -162,10 +163,7 @@ class LeakChecker(Findings, Summary):
         count = self.fd_count()
         known = self.full
         if full or not keep or count is None or known is None or known[0] != count:
-            keys = own.own_fd_keys(count)
-            if self.fd_count.fd is not None:
-                keys.pop(self.fd_count.fd, None)   # ours: the count, not the test's
-            known = (count, keys)
+            known = (count, self._fd_keys(count, full))
             if keep:
                 self.full = known
         if children_of is not None:
@@ -175,6 +173,44 @@ class LeakChecker(Findings, Summary):
         sample = Sample(fd_count=count, fds=known[1], children=children, last_pid=last)
         self.last = sample
         return sample
+
+    def _fd_keys(self, count: int | None, full: bool) -> dict[int, FdKey]:
+        """The descriptors' keys: a whole read (a listdir and an fstat per
+        descriptor), or, when the last read, inside capture or not, saw the
+        same count, that read again with only the standard descriptors
+        (which capture swaps) and those made since (the recorder's events)
+        looked at anew. A broader fixture's setup, read before and after,
+        is what makes the count change at all."""
+        last = self.last_read
+        made = self._made_fds() if not full and last is not None and last[0] == count else None
+        if made is None or count is None or last is None:
+            keys = own.own_fd_keys(count)
+            if self.fd_count.fd is not None:
+                keys.pop(self.fd_count.fd, None)   # ours: the count, not the test's
+        else:
+            keys = dict(last[1])
+            fstat = os.fstat
+            for fd in made:
+                try:
+                    st = fstat(fd)
+                except OSError:
+                    keys.pop(fd, None)
+                    continue
+                keys[fd] = (st.st_dev, st.st_ino)
+        self.last_read = (count, keys)
+        return keys
+
+    def _made_fds(self) -> set[int] | None:
+        """The descriptors to look at again over a read of the same count:
+        0, 1, 2 and those the recorder saw made (None: it cannot tell)."""
+        fds = {0, 1, 2}
+        if self.recorder is None:
+            return None
+        for event in self.recorder.events:
+            if not event.fds and (event.sock is not None or event.path is not None):
+                return None   # the audit hook's: no descriptor named
+            fds.update(event.fds)
+        return fds
 
     def _children(self, pid: int) -> tuple[dict[int, StatLine], int | None]:
         if not own.has_children():
