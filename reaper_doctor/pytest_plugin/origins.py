@@ -85,6 +85,7 @@ class Recorder:
         self.busy = False          # our own reads raise events too
         self.seq = 0
         self.test: Any = None    # the item running (or its node id; None: between tests)
+        self._told = ""          # the node id pytest gave for a test of unknown id ("")
         self.events: list[Event] = []
         # Spawns are few and a grandchild may come home tests later.
         self.spawns: deque[Event] = deque(maxlen=256)
@@ -254,8 +255,11 @@ class Recorder:
         test = self.test
         if not isinstance(test, str):
             test = test.nodeid   # the item
-        event = Event(kind, self.seq, test or _current_test(), tuple(frames), fds, path, sock,
-                      argv, last_pid, pid)
+        elif not test:
+            # A test the recorder was not told of: pytest says which, the same
+            # until the next take().
+            test = self._told = self._told or _current_test()
+        event = Event(kind, self.seq, test, tuple(frames), fds, path, sock, argv, last_pid, pid)
         self.events.append(event)
         if kind in SPAWNS:
             self.spawns.append(event)
@@ -300,6 +304,7 @@ class Recorder:
     def take(self) -> list[Event]:
         """The events since the last take, and forget them."""
         events, self.events = self.events, []
+        self._told = ""
         return events
 
 
