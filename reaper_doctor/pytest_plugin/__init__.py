@@ -103,21 +103,17 @@ def pytest_configure(config: pytest.Config) -> None:
                                   "reaper-doctor-checker")
 
 
+# Imported on first use only: the checker when the plugin is on.
+_LAZY = {"LeakCheck": "checker", "LeakChecker": "checker", "Settings": "options",
+         "CHECKS": "diff"}
+
+
 def __getattr__(name: str) -> Any:
-    # The checker is imported only when the plugin is on.
-    if name in ("LeakCheck", "LeakChecker"):
-        from . import checker
+    if name not in _LAZY:
+        raise AttributeError(name)
+    from importlib import import_module
 
-        return getattr(checker, name)
-    if name == "Settings":
-        from .options import Settings
-
-        return Settings
-    if name == "CHECKS":
-        from .diff import CHECKS
-
-        return CHECKS
-    raise AttributeError(name)
+    return getattr(import_module(f".{_LAZY[name]}", __name__), name)
 
 
 __all__ = ["CHECKS", "LeakCheck", "LeakChecker", "ReaperDoctorWarning", "Settings"]

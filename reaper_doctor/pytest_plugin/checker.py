@@ -182,8 +182,8 @@ class LeakChecker(Findings, Summary):
         looked at anew. A broader fixture's setup, read before and after,
         is what makes the count change at all."""
         last = self.last_read
-        made = self._made_fds() if not full and last is not None and last[0] == count else None
-        if made is None or count is None or last is None:
+        if (full or count is None or last is None or last[0] != count
+                or (made := self._made_fds()) is None):
             keys = own.own_fd_keys(count)
             if self.fd_count.fd is not None:
                 keys.pop(self.fd_count.fd, None)   # ours: the count, not the test's
