@@ -10,12 +10,14 @@ Writes a suite of its own into a temporary directory:
 and a variant in which a session fixture holds 1,000 descriptors open for
 the whole run (the plugin's cost must not grow with them). Each variant runs
 as a whole pytest process without the plugin and with it (`--reaper-doctor`),
-alternating round by round because the machine is shared; the table gives
-the medians and the time added (the median of each round's own ratio): wall
-time, and the CPU time (user + system) of the pytest process, steadier when
-other work shares the machine. Python
-writes its bytecode caches as usual (PYTHONDONTWRITEBYTECODE is dropped): a
-first run, not timed, fills them.
+side by side in each round because the machine is shared, and in turn
+first and second (on this 2-core machine, of two identical runs back to
+back, the second was some 2 % faster: always running the plugin second
+hid that much of its cost). The table gives the medians and the time added
+(the median of each round's own ratio, and the middle half of those
+ratios): wall time, and the CPU time (user + system) of the pytest
+process. Python writes its bytecode caches as usual (PYTHONDONTWRITEBYTECODE
+is dropped): a first run, not timed, fills them.
 
 With --instructions each variant also runs once without and once with the
 plugin under valgrind's callgrind, which counts user-space instructions: a
@@ -176,9 +178,13 @@ def main() -> None:
             run_once(where, False)   # bytecode caches, file cache
             run_once(where, True)
             plain, checked = [], []
-            for _ in range(options.rounds):
-                plain.append(run_once(where, False))
-                checked.append(run_once(where, True))
+            for round_ in range(options.rounds):
+                if round_ % 2:
+                    checked.append(run_once(where, True))
+                    plain.append(run_once(where, False))
+                else:
+                    plain.append(run_once(where, False))
+                    checked.append(run_once(where, True))
             row: dict[str, object] = {"variant": variant, "rounds": options.rounds}
             for i, what in enumerate(("wall", "cpu")):
                 p = statistics.median(r[i] for r in plain)
@@ -186,10 +192,13 @@ def main() -> None:
                 # Each round's two runs ran back to back, under the same
                 # neighbours: the median of the rounds' own ratios is
                 # steadier than the ratio of the medians.
-                added = statistics.median(100 * (b[i] - a[i]) / a[i]
-                                          for a, b in zip(plain, checked))
+                ratios = [100 * (b[i] - a[i]) / a[i] for a, b in zip(plain, checked)]
+                quartiles = (statistics.quantiles(ratios, n=4) if len(ratios) > 1
+                             else [ratios[0]] * 3)
                 row.update({f"{what}_plain_s": round(p, 3), f"{what}_plugin_s": round(c, 3),
-                            f"{what}_added_pct": round(added, 1)})
+                            f"{what}_added_pct": round(statistics.median(ratios), 1),
+                            f"{what}_added_iqr_pct": [round(quartiles[0], 1),
+                                                      round(quartiles[2], 1)]})
             if options.instructions:
                 p_instr, c_instr = count_instructions(where)
                 row.update({"instructions_plain": p_instr, "instructions_plugin": c_instr,
@@ -199,12 +208,13 @@ def main() -> None:
     if options.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'suite':<22} {'wall: plain':>12} {'plugin':>7} {'added':>7}  "
+    print(f"{'suite':<22} {'wall: plain':>12} {'plugin':>7} {'added':>7} {'(middle half)':>15}  "
           f"{'cpu: plain':>11} {'plugin':>7} {'added':>7}   (median of {options.rounds})")
     for r in rows:
+        low, high = r["wall_added_iqr_pct"]
         print(f"{r['variant']:<22} {r['wall_plain_s']:>11.2f}s {r['wall_plugin_s']:>6.2f}s "
-              f"{r['wall_added_pct']:>6.1f}%  {r['cpu_plain_s']:>10.2f}s "
-              f"{r['cpu_plugin_s']:>6.2f}s {r['cpu_added_pct']:>6.1f}%")
+              f"{r['wall_added_pct']:>6.1f}% {f'({low:+.1f} to {high:+.1f})':>15}  "
+              f"{r['cpu_plain_s']:>10.2f}s {r['cpu_plugin_s']:>6.2f}s {r['cpu_added_pct']:>6.1f}%")
     if options.instructions:
         print(f"\n{'suite':<22} {'instructions: plain':>20} {'plugin':>15} {'added':>7}")
         for r in rows:
