@@ -42,6 +42,22 @@ if TYPE_CHECKING:
     from ..parse.procfs import StatLine
     from .origins import Library
 
+_NO_EVENTS: list[Event] = []
+_clock, _BOOTTIME, _active_count = time.clock_gettime, time.CLOCK_BOOTTIME, threading.active_count
+_fstat = os.fstat
+has_children = own.has_children
+
+# Raised in every child forked from here: a forked child running pytest code
+# is not the process watched (cheaper than a getpid() per test).
+_FORKS = [0]
+
+
+def _count_fork() -> None:
+    _FORKS[0] += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
 # More PIDs than this allocated on the machine between two samples (other
 # workloads fork too) and a full /proc walk is cheaper than probing each.
 _MAX_PID_SPAN = 2048
@@ -89,6 +105,7 @@ class LeakChecker(Findings, Summary):
         self.settings = settings
         self.rootpath = rootpath
         self.pid = os.getpid()
+        self.forks = _FORKS[0]
         self.subreaper = settings.subreaper and become_subreaper()
         self.fd_count = own.OwnFdCount()
         self._describers: Describers | None = None
@@ -96,6 +113,8 @@ class LeakChecker(Findings, Summary):
         self.full: tuple[int | None, dict[int, FdKey]] | None = None  # last full fd read
         self.last_read: tuple[int | None, dict[int, FdKey]] | None = None  # kept or not
         self.last: Sample | None = None
+        self.steady: Sample | None = None   # a before the fast path may use (_steady)
+        self.steady_fd = -1                 # the count's descriptor, for the fast path
         self.owned: dict[int, tuple[str, set[Key]]] = {}  # id(fixturedef) -> (name, keys)
         self.origins: dict[Key, Origin] = {}  # resources still open, made earlier
         self.ledger: dict[ChildKey, str] = {}  # children seen new -> the test that made them
@@ -306,16 +325,31 @@ class LeakChecker(Findings, Summary):
         after is; there is no setup hook to pay for. (Called in the process
         watched only: _after has asked, and the run loop is its own.)"""
         check = self.current = LeakCheck(
-            self.settings.checks, None,
-            time.clock_gettime(time.CLOCK_BOOTTIME) * _TICKS_PER_S, threading.active_count())
+            self.settings.checks, after,
+            _clock(_BOOTTIME) * _TICKS_PER_S, _active_count())
+        if after is None:
+            try:
+                check.before = self.sample()
+            except Exception as e:  # never raised into the suite: reported on its test
+                check.error = f"{type(e).__name__}: {e}"
+        self.steady = self._steady(check.before)
         if self.recorder is not None:
             # What it records from now on is this test's (the next item is
             # known but for the last test of a run, or of an xdist batch).
             self.recorder.test = item if item is not None else ""
-        try:
-            check.before = after if after is not None else self.sample()
-        except Exception as e:  # never raised into the suite: reported on its test
-            check.error = f"{type(e).__name__}: {e}"
+
+    def _steady(self, before: Sample | None) -> Sample | None:
+        """`before` if the fast path may compare the next test's end with it
+        (a count to compare, no child, the last full read's set, every check
+        on for every test), else None. What this asks of the checker changes
+        only in a slow path, which ends in _begin."""
+        full = self.full
+        if (before is None or before.fd_count is None or before.children
+                or full is None or before.fds is not full[1] or self.fd_count.fd is None
+                or not self.settings.checks or self.allowed or self.bad_markers):
+            return None
+        self.steady_fd = self.fd_count.fd
+        return before
 
     # -- fixtures broader than the test (fixtures.py) ---------------------------
 
@@ -375,18 +409,44 @@ class LeakChecker(Findings, Summary):
                may_raise: bool) -> None:
         check = self.current
         self.current = None
-        if check is None or os.getpid() != self.pid:
+        if check is None or _FORKS[0] != self.forks:
             return  # a forked child running pytest code: not the process we watch
+        # The fast path, what almost every test takes, in one function: its
+        # code runs cold after the test's, where each call and lookup costs
+        # several times what it costs in a loop. Nothing can have changed:
+        # the count is the same, the process had no child before and has
+        # none now, and no descriptor made during the test is open where
+        # another was. (unchanged() says the same, for the rest.)
+        before = check.before
+        recorder = self.recorder
+        events = recorder.take() if recorder is not None and recorder.events else _NO_EVENTS
+        if before is self.steady and before is not None and not check.released:
+            try:
+                same = (_fstat(self.steady_fd).st_size == before.fd_count
+                        and not (events and _made_and_open(events, before))
+                        and not has_children())
+            except OSError:   # our descriptor closed by the test: the slow path says
+                same = False
+            if same:
+                if check.ran:
+                    self.checked += 1
+                self.current = LeakCheck(check.checks, before, _clock(_BOOTTIME) * _TICKS_PER_S,
+                                         _active_count())
+                if recorder is not None:
+                    recorder.test = nextitem if nextitem is not None else ""
+                return
+        if recorder is not None:
+            recorder.test = None   # the check's own reads are nobody's
+        self._after_slow(item, nextitem, check, events, may_raise)
+
+    def _after_slow(self, item: pytest.Item, nextitem: pytest.Item | None,
+                    check: LeakCheck, events: list[Event], may_raise: bool) -> None:
         if self.allowed or self.bad_markers:
             # (A node id is built anew on each access: only when needed.)
             nodeid = item.nodeid
             check.checks = check.checks - self.allowed.get(nodeid, frozenset())
             if nodeid in self.bad_markers:
                 check.checks = frozenset()
-        events: list[Event] = []
-        if self.recorder is not None:
-            events = self.recorder.take()
-            self.recorder.test = None
         after: Sample | None = None
         text, fails = "", False
         try:

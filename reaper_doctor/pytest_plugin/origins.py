@@ -302,9 +302,11 @@ class Recorder:
             self.busy = False
 
     def take(self) -> list[Event]:
-        """The events since the last take, and forget them."""
+        """The events of the test that ended, and forget them: until the
+        next test is set, nothing is recorded (the check's own reads)."""
         events, self.events = self.events, []
         self._told = ""
+        self.test = None
         return events
 
 
