@@ -508,6 +508,27 @@ def test_checked_counts_tests_whose_code_ran_and_a_failed_setup_is_not_failed_tw
     assert "ERROR at teardown" not in result.stdout.str()
 
 
+def test_under_setup_only_no_test_runs_so_none_is_checked(run, pytester):
+    """--setup-only sets tests up and never calls them: "checked" is then
+    told by the call phase beginning (where pytest's setup stack cannot
+    tell it), and is 0."""
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.fixture
+        def value():
+            return 1
+
+        def test_with_a_fixture(value):
+            pass
+
+        def test_plain():
+            pass
+    """)
+    result = run("--reaper-doctor", "--setup-only")
+    result.stdout.fnmatch_lines(["*reaper-doctor: 0 tests checked, 0 leaked*"])
+
+
 def test_a_leaked_pty_gets_the_advice_of_a_pty_not_of_a_file(run, pytester):
     source = """
         import os

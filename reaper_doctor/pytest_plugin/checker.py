@@ -34,7 +34,7 @@ from .fixtures import Setup, broader_fixturedefs, fixture_label, own_setups
 from .options import Settings, parse_checks
 from .origins import Event, Origin, Recorder
 from .report import MARKER, Entry, block
-from .session import Summary
+from .session import CallWatcher, Summary, setup_stack
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -115,6 +115,7 @@ class LeakChecker(Findings, Summary):
         self.last: Sample | None = None
         self.steady: Sample | None = None   # a before the fast path may use (_steady)
         self.steady_fd = -1                 # the count's descriptor, for the fast path
+        self.setup_stack: dict[Any, Any] | None = None   # pytest's, read at teardown (setup_stack)
         self.owned: dict[int, tuple[str, set[Key]]] = {}  # id(fixturedef) -> (name, keys)
         self.origins: dict[Key, Origin] = {}  # resources still open, made earlier
         self.ledger: dict[ChildKey, str] = {}  # children seen new -> the test that made them
@@ -316,6 +317,9 @@ class LeakChecker(Findings, Summary):
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, None, Any]:
+        self.setup_stack = setup_stack(session)
+        if self.setup_stack is None:
+            session.config.pluginmanager.register(CallWatcher(self))
         self._begin(None, None)
         return (yield)
 
@@ -397,6 +401,12 @@ class LeakChecker(Findings, Summary):
                                 ) -> Generator[None, None, None]:
         # tryfirst: the outermost wrapper, so this runs after every fixture
         # finalizer and every other plugin's teardown.
+        check, stack = self.current, self.setup_stack
+        if check is not None and stack is not None:
+            # Before pytest tears the test down: its setup passed (so its
+            # call phase ran) if it is on the stack with no error.
+            entry = stack.get(item)
+            check.ran = entry is not None and entry[1] is None
         try:
             result = yield
         except BaseException:

@@ -22,19 +22,41 @@ if TYPE_CHECKING:
 WORKER_KEY = "reaper_doctor"
 
 
+def setup_stack(session: pytest.Session) -> dict[Any, Any] | None:
+    """pytest's stack of nodes set up, {node: (finalizers, error or None)},
+    where a test's teardown can tell whether its setup passed, and so
+    whether its call phase ran: at no cost per test, where a
+    pytest_runtest_call hook cost a trivial test a fifth of the whole check.
+    (Private, as of pytest 7.0: None where it is not that, or under
+    --setup-only, whose tests' call phase never runs; CallWatcher then.)"""
+    stack = getattr(getattr(session, "_setupstate", None), "stack", None)
+    if not isinstance(stack, dict) or getattr(session.config.option, "setuponly", False):
+        return None
+    return stack
+
+
+class CallWatcher:
+    """Where setup_stack() cannot tell: a test counts as checked when its
+    call phase begins."""
+
+    def __init__(self, checker: LeakChecker) -> None:
+        self.checker = checker
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        check = self.checker.current
+        if check is not None:
+            check.ran = True
+
+
 class Summary:
     """The session half of LeakChecker."""
 
-    # What each test's phases did comes from two hooks pytest calls at most
-    # once per test (pytest_runtest_logreport, called three times, cost a
-    # trivial test more than the whole check).
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_call(self: LeakChecker, item: pytest.Item) -> None:
-        # Its setup passed and its own code runs: the test counts as checked.
-        check = self.current
-        if check is not None:
-            check.ran = True
+    # What each test's phases did: whether its call phase ran, read from
+    # pytest's setup stack at teardown (setup_stack); whether it failed,
+    # from a hook pytest calls only on a failure
+    # (pytest_runtest_logreport, called three times a test, cost a trivial
+    # test more than the whole check).
 
     @pytest.hookimpl
     def pytest_exception_interact(self: LeakChecker, node: Any, call: Any, report: Any) -> None:
