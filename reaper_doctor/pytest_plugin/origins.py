@@ -67,6 +67,11 @@ class Event(NamedTuple):
         return getattr(popen, "pid", None)
 
 
+# An Event made without its generated __new__ (a Python function: a third
+# of what recording an open() costs).
+_new_event = tuple.__new__
+
+
 class Origin(NamedTuple):
     """A leaked resource's creation, once matched."""
 
@@ -259,7 +264,8 @@ class Recorder:
             # A test the recorder was not told of: pytest says which, the same
             # until the next take().
             test = self._told = self._told or _current_test()
-        event = Event(kind, self.seq, test, tuple(frames), fds, path, sock, argv, last_pid, pid)
+        event = _new_event(Event, (kind, self.seq, test, tuple(frames), fds, path, sock, argv,
+                                   last_pid, pid))
         self.events.append(event)
         if kind in SPAWNS:
             self.spawns.append(event)
