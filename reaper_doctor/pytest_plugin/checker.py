@@ -345,8 +345,8 @@ class LeakChecker(Findings, Summary):
     def _steady(self, before: Sample | None) -> Sample | None:
         """`before` if the fast path may compare the next test's end with it
         (a count to compare, no child, the last full read's set, checks on
-        and no marker that changes a test's), else None. What this asks of the checker changes
-        only in a slow path, which ends in _begin."""
+        and no marker that changes a test's), else None. What this asks of
+        the checker changes only in a slow path, which ends in _begin."""
         full = self.full
         if (before is None or before.fd_count is None or before.children
                 or full is None or before.fds is not full[1] or self.fd_count.fd is None
