@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from ..parse.procfs import StatLine
     from .origins import Library
 
-_NO_EVENTS: list[Event] = []
 _clock, _BOOTTIME, _active_count = time.clock_gettime, time.CLOCK_BOOTTIME, threading.active_count
 _fstat = os.fstat
 has_children = own.has_children
@@ -346,7 +345,9 @@ class LeakChecker(Findings, Summary):
         """`before` if the fast path may compare the next test's end with it
         (a count to compare, no child, the last full read's set, checks on
         and no marker that changes a test's), else None. What this asks of
-        the checker changes only in a slow path, which ends in _begin."""
+        the checker changes only in a slow path, which ends in _begin. (With
+        markers, whether a test counts as checked depends on its checks,
+        which need its node id, built anew on each access: the slow path.)"""
         full = self.full
         if (before is None or before.fd_count is None or before.children
                 or full is None or before.fds is not full[1] or self.fd_count.fd is None
@@ -429,7 +430,7 @@ class LeakChecker(Findings, Summary):
         # another was. (unchanged() says the same, for the rest.)
         before = check.before
         recorder = self.recorder
-        events = recorder.take() if recorder is not None and recorder.events else _NO_EVENTS
+        events = recorder.take() if recorder is not None and recorder.events else []
         if before is self.steady and before is not None and not check.released:
             try:
                 same = (_fstat(self.steady_fd).st_size == before.fd_count
