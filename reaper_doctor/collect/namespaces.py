@@ -133,8 +133,11 @@ def _sigterm(pid: int, status_raw: bytes) -> str | None:
             wchan = read_text(f"{proc.ROOT}/{pid}/wchan")
         except OSError:
             return found
-        if containers.waits_for_signals(wchan):
-            return "waited"
+        waited = containers.sigterm_disposition(
+            status.sig_blk, status.sig_ign, status.sig_cgt,
+            waits_for_signals=containers.waits_for_signals(wchan))
+        if waited == "waited":
+            return waited
     return found
 
 
