@@ -745,6 +745,38 @@ def test_a_descriptor_swapped_at_the_same_count_is_still_seen(run, pytester):
                                  "in test_swap*"])
 
 
+def test_a_swap_at_the_count_of_a_fixtures_setup_is_still_seen(run, pytester):
+    """A module fixture's setup is read (what it owns); a test that then
+    closes what the fixture opened and leaks a new descriptor on the same
+    number ends at that read's count: the read may be reused, but only with
+    the descriptors made since it looked at anew."""
+    source = """\
+        import os, pytest
+        KEPT = []
+
+        @pytest.fixture(scope="module")
+        def spare():
+            fd = os.open(os.devnull, os.O_RDONLY)
+            yield fd
+
+        def test_swap(spare):
+            os.close(spare)
+            KEPT.append(open(__file__))
+            assert KEPT[0].fileno() == spare
+
+        def test_after(spare):
+            pass
+    """
+    pytester.makepyfile(test_swap=source)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_swap*",
+                                 "*test_swap.py::test_swap leaked 1 descriptor*",
+                                 "*fd * file *test_swap.py*",
+                                 f"*made at test_swap.py:{line_of(source, 'KEPT.append')} "
+                                 "in test_swap*"])
+
+
 def test_a_child_that_exits_during_a_later_test_is_blamed_once(run, pytester):
     pytester.makepyfile("""
 import atexit, subprocess, sys, time

@@ -111,6 +111,10 @@ class LeakChecker(Findings, Summary):
         self.children_file: bool | None = None   # /proc/<pid>/task/*/children works
         self.full: tuple[int | None, dict[int, FdKey]] | None = None  # last full fd read
         self.last_read: tuple[int | None, dict[int, FdKey]] | None = None  # kept or not
+        # Made since last_read: the descriptors of events the tests' ends
+        # took (None: an event named none), and the recorder's count then.
+        self.made_since_read: set[int] | None = set()
+        self.read_seq = 0
         self.last: Sample | None = None
         self.steady: Sample | None = None   # a before the fast path may use (_steady)
         self.steady_fd = -1                 # the count's descriptor, for the fast path
@@ -197,9 +201,9 @@ class LeakChecker(Findings, Summary):
         """The descriptors' keys: a whole read (a listdir and an fstat per
         descriptor), or, when the last read, inside capture or not, saw the
         same count, that read again with only the standard descriptors
-        (which capture swaps) and those made since (the recorder's events)
-        looked at anew. A broader fixture's setup, read before and after,
-        is what makes the count change at all."""
+        (which capture swaps) and those made since it (the recorder's
+        events) looked at anew. A broader fixture's setup, read before and
+        after, is what makes the count change at all."""
         last = self.last_read
         if (full or count is None or last is None or last[0] != count
                 or (made := self._made_fds()) is None):
@@ -217,19 +221,27 @@ class LeakChecker(Findings, Summary):
                     continue
                 keys[fd] = (st.st_dev, st.st_ino)
         self.last_read = (count, keys)
+        self.made_since_read = set()
+        self.read_seq = self.recorder.seq if self.recorder is not None else 0
         return keys
 
     def _made_fds(self) -> set[int] | None:
-        """The descriptors to look at again over a read of the same count:
-        0, 1, 2 and those the recorder saw made (None: it cannot tell)."""
-        fds = {0, 1, 2}
-        if self.recorder is None:
+        """The descriptors to look at again over the last read: 0, 1, 2 and
+        those made since it, whether a test's end has taken their events or
+        the recorder still holds them (None: it cannot tell)."""
+        if self.recorder is None or self.made_since_read is None:
             return None
-        for event in self.recorder.events:
-            if not event.fds and (event.sock is not None or event.path is not None):
-                return None   # the audit hook's: no descriptor named
-            fds.update(event.fds)
-        return fds
+        fds = {0, 1, 2, *self.made_since_read}
+        if _add_made_fds(fds, self.recorder.events, self.read_seq):
+            return fds
+        return None
+
+    def _took(self, events: list[Event]) -> None:
+        """A test's events, taken from the recorder: what they made since
+        the last read is looked at again by the next reuse of it."""
+        made = self.made_since_read
+        if made is not None and not _add_made_fds(made, events, self.read_seq):
+            self.made_since_read = None
 
     def _children(self, pid: int) -> tuple[dict[int, StatLine], int | None]:
         if not own.has_children():
@@ -431,6 +443,8 @@ class LeakChecker(Findings, Summary):
         before = check.before
         recorder = self.recorder
         events = recorder.take() if recorder is not None and recorder.events else []
+        if events:
+            self._took(events)
         if before is self.steady and before is not None and not check.released:
             try:
                 same = (_fstat(self.steady_fd).st_size == before.fd_count
@@ -562,6 +576,20 @@ class LeakChecker(Findings, Summary):
             count = now
             found = self.leaks(check)
         return found
+
+
+def _add_made_fds(fds: set[int], events: Iterable[Event], after_seq: int) -> bool:
+    """Add the descriptors of the events recorded after `after_seq` to
+    `fds`; False if one of them names none (the audit hook's open and
+    socket events), so that what was made cannot be told."""
+    for event in events:
+        if event.seq <= after_seq:
+            continue
+        if event.fds:
+            fds.update(event.fds)
+        elif event.sock is not None or event.path is not None:
+            return False
+    return True
 
 
 def _made_and_open(events: list[Event], before: Sample) -> bool:
