@@ -457,8 +457,13 @@ class LeakChecker(Findings, Summary):
             if same:
                 if check.ran:
                     self.checked += 1
-                self.current = LeakCheck(check.checks, before, _clock(_BOOTTIME) * _TICKS_PER_S,
-                                         _active_count())
+                # The next test's check is this one, made new: nothing else
+                # holds it (no leak), and the rest of it is as it was made
+                # (no release; no error with a before sample).
+                check.ran = check.failed = False
+                check.started_ticks = _clock(_BOOTTIME) * _TICKS_PER_S
+                check.threads = _active_count()
+                self.current = check
                 if recorder is not None:
                     recorder.test = nextitem if nextitem is not None else ""
                 return

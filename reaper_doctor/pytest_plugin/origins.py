@@ -67,6 +67,8 @@ class Event(NamedTuple):
         return getattr(popen, "pid", None)
 
 
+_getframe = sys._getframe
+
 # An Event made without its generated __new__ (a Python function: a third
 # of what recording an open() costs).
 _new_event = tuple.__new__
@@ -155,9 +157,10 @@ class Recorder:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             __tracebackhide__ = True   # pytest: the error is the caller's
             result = original(*args, **kwargs)
-            if recorder._on():
-                fds = result if isinstance(result, tuple) else (result,)
-                recorder.note(kind, sys._getframe(1), fds=tuple(fds))
+            # (_on(), inlined: this runs for every descriptor a test makes.)
+            if recorder.active and recorder.test is not None and not recorder.busy:
+                recorder.note(kind, _getframe(1),
+                              tuple(result) if isinstance(result, tuple) else (result,))
             return result
 
         return _named(wrapper, name, original)
@@ -168,12 +171,12 @@ class Recorder:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             __tracebackhide__ = True   # pytest: the error is the caller's
             result = original(*args, **kwargs)
-            if recorder._on():
+            if recorder.active and recorder.test is not None and not recorder.busy:
                 try:
                     fd = result.fileno()
                 except (AttributeError, ValueError, OSError):
                     return result
-                recorder.note("open", sys._getframe(1), fds=(fd,))
+                recorder.note("open", _getframe(1), (fd,))
             return result
 
         return _named(wrapper, name, original)
@@ -184,10 +187,10 @@ class Recorder:
         def __init__(sock: Any, *args: Any, **kwargs: Any) -> None:
             __tracebackhide__ = True   # pytest: the error is the caller's
             original(sock, *args, **kwargs)
-            if recorder._on():
+            if recorder.active and recorder.test is not None and not recorder.busy:
                 fd = sock.fileno()
                 if fd >= 0:
-                    recorder.note("socket", sys._getframe(1), fds=(fd,))
+                    recorder.note("socket", _getframe(1), (fd,))
 
         return _named(__init__, name, original)
 
