@@ -200,19 +200,17 @@ class LeakChecker(Findings, Summary):
         return sample
 
     def _fd_keys(self, count: int | None, full: bool) -> dict[int, FdKey]:
-        """The descriptors' keys: a whole read (a listdir and an fstat per
-        descriptor), or, when the last read, inside capture or not, saw the
-        same count, that read again with only the standard descriptors
-        (which capture swaps) and those made since it (the recorder's
-        events) looked at anew. A broader fixture's setup, read before and
-        after, is what makes the count change at all."""
+        """The descriptors' keys: the last read, inside capture or not, with
+        the standard descriptors (which capture swaps) and those made since
+        it (the recorder's events) looked at anew, if that accounts for the
+        count; else a whole read (a listdir and an fstat per descriptor).
+        So a broader fixture's setup, read before and after, costs one
+        fstat per descriptor it made, and a test that leaks from Python one
+        per descriptor it leaked."""
+        keys: dict[int, FdKey] | None = None
         last = self.last_read
-        if (full or count is None or last is None or last[0] != count
-                or (made := self._made_fds()) is None):
-            keys = own.own_fd_keys(count)
-            if self.fd_count.fd is not None:
-                keys.pop(self.fd_count.fd, None)   # ours: the count, not the test's
-        else:
+        if (not full and count is not None and last is not None
+                and (made := self._made_fds()) is not None):
             keys = dict(last[1])
             fstat = os.fstat
             for fd in made:
@@ -222,6 +220,12 @@ class LeakChecker(Findings, Summary):
                     keys.pop(fd, None)
                     continue
                 keys[fd] = (st.st_dev, st.st_ino)
+            if len(keys) + (self.fd_count.fd is not None) != count:
+                keys = None   # opened or closed out of the recorder's sight
+        if keys is None:
+            keys = own.own_fd_keys(count)
+            if self.fd_count.fd is not None:
+                keys.pop(self.fd_count.fd, None)   # ours: the count, not the test's
         self.last_read = (count, keys)
         self.made_since_read = set()
         self.read_seq = self.recorder.seq if self.recorder is not None else 0
