@@ -607,8 +607,8 @@ def _made_and_open(events: list[Event], before: Sample) -> bool:
     """Whether a descriptor made during the test is open now where the
     before sample had none or another (an event that names no descriptor
     counts as one). Most are closed again: one poll() tells which (an
-    fstat() of a closed one raises, which costs three times as much), and
-    only the open ones are fstat()ed."""
+    fstat() of each raises: for three, that costs twice as much), and only
+    the open ones are fstat()ed."""
     made: list[int] = []
     for event in events:
         if event.fds:
