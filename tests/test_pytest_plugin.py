@@ -719,6 +719,19 @@ def test_a_test_that_fills_the_table_is_the_report_and_the_next_test_passes(run,
     result.stdout.fnmatch_lines(["*reaper-doctor: 2 tests checked, 1 leaked*"])
 
 
+def _assert_the_swap_is_reported(run, pytester, source: str) -> None:
+    """test_swap (of `source`) leaks the file it opens where another
+    descriptor was: reported on it, with its line; test_after is clean."""
+    pytester.makepyfile(test_swap=source)
+    result = run("--reaper-doctor", "--reaper-doctor-grace=0", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_swap*",
+                                 "*test_swap.py::test_swap leaked 1 descriptor*",
+                                 "*fd * file *test_swap.py*",
+                                 f"*made at test_swap.py:{line_of(source, 'KEPT.append')} "
+                                 "in test_swap*"])
+
+
 def test_a_descriptor_swapped_at_the_same_count_is_still_seen(run, pytester):
     """The fast path compares counts; a test that closes a descriptor it did
     not open and opens another keeps the count, and is still reported (the
@@ -735,14 +748,7 @@ def test_a_descriptor_swapped_at_the_same_count_is_still_seen(run, pytester):
         def test_after():
             pass
     """
-    pytester.makepyfile(test_swap=source)
-    result = run("--reaper-doctor", "--reaper-doctor-grace=0", "-p", "no:randomly")
-    result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["*ERROR at teardown of test_swap*",
-                                 "*test_swap.py::test_swap leaked 1 descriptor*",
-                                 "*fd * file *test_swap.py*",
-                                 f"*made at test_swap.py:{line_of(source, 'KEPT.append')} "
-                                 "in test_swap*"])
+    _assert_the_swap_is_reported(run, pytester, source)
 
 
 def test_a_swap_at_the_count_of_a_fixtures_setup_is_still_seen(run, pytester):
@@ -767,14 +773,7 @@ def test_a_swap_at_the_count_of_a_fixtures_setup_is_still_seen(run, pytester):
         def test_after(spare):
             pass
     """
-    pytester.makepyfile(test_swap=source)
-    result = run("--reaper-doctor", "--reaper-doctor-grace=0", "-p", "no:randomly")
-    result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["*ERROR at teardown of test_swap*",
-                                 "*test_swap.py::test_swap leaked 1 descriptor*",
-                                 "*fd * file *test_swap.py*",
-                                 f"*made at test_swap.py:{line_of(source, 'KEPT.append')} "
-                                 "in test_swap*"])
+    _assert_the_swap_is_reported(run, pytester, source)
 
 
 def test_a_descriptor_made_in_c_is_reported_without_an_origin(run, pytester):
