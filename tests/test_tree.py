@@ -56,7 +56,9 @@ def test_children_files_find_the_same_tree_as_a_full_walk(spawner):
     assert walked.order == full.order and len(walked.order) == 1 + 1 + 4 + 2
     assert walked.order[0] == proc.pid
     for pid in walked.order:
-        assert walked.stats[pid].state == full.stats[pid].state
+        # A live process may be running in one read and sleeping in the
+        # next: what must agree is whether it is a zombie.
+        assert (walked.stats[pid].state == "Z") == (full.stats[pid].state == "Z")
         assert walked.table[pid].uid == full.table[pid].uid == os.getuid()
     assert sorted(p for p in walked.order if walked.stats[p].state == "Z") == sorted(
         p for p in full.order if full.stats[p].state == "Z")
